@@ -1,0 +1,89 @@
+"""The ``rtvla`` command line.
+
+Each subcommand is a hydra app configured from ``configs/<subcommand>.yaml`` and implemented by
+``runtime.commands.<subcommand>.main(cfg) -> dict``; the returned figures are printed as one
+line of JSON at the end. Everything after the subcommand is passed to hydra, so overrides
+(``task=reach episodes=5``), ``--cfg job`` and ``--help`` work as usual. Hydra keeps each
+run's resolved config and log under ``outputs/runs/<subcommand>/<time>/``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+COMMANDS: dict[str, str] = {
+    "demo": "record a few demonstrations and replay them in the simulator (the quickstart)",
+    "record": "record scripted expert demonstrations as a LeRobotDataset v3",
+    "expert": "measure the scripted expert's success rate (with or without injected failures)",
+}
+
+# Errors that mean "the user asked for something impossible": print the message, no traceback.
+USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, KeyError)
+
+log = logging.getLogger("rtvla")
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {name:<{width}}  {doc}" for name, doc in COMMANDS.items()]
+    return (
+        "usage: rtvla <command> [key=value ...] [hydra options]\n\ncommands:\n"
+        + "\n".join(lines)
+        + "\n\n'rtvla <command> --cfg job' prints a command's resolved configuration."
+    )
+
+
+def _command(name: str) -> Callable[[DictConfig], dict]:
+    return importlib.import_module(f"runtime.commands.{name.replace('-', '_')}").main
+
+
+def _as_hydra_app(name: str) -> Callable[[], None]:
+    def app(cfg: DictConfig) -> None:
+        try:
+            figures = _command(name)(cfg)
+        except USER_ERRORS as err:
+            message = err.args[0] if err.args else repr(err)
+            print(f"rtvla {name}: error: {message}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            print(f"rtvla {name}: interrupted", file=sys.stderr)
+            sys.exit(130)
+        print(json.dumps(figures, default=_json_default))
+
+    return hydra.main(config_path=str(CONFIG_DIR), config_name=name, version_base="1.3")(app)
+
+
+def _json_default(value: object) -> object:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    if isinstance(value, DictConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``rtvla`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(usage())
+        return
+    name, overrides = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"rtvla: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    sys.argv = [f"rtvla {name}", f"hydra.job.name={name}", *overrides]
+    _as_hydra_app(name)()
+
+
+if __name__ == "__main__":
+    main()
