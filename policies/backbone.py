@@ -1,0 +1,221 @@
+"""The VLA backbone: what the action expert and the FAST loss need from a vision-language model.
+
+``Backbone`` is the interface; ``SmallBackbone`` is the default implementation, a small
+transformer trained from scratch. The backbone reads a prefix of [image tokens per camera,
+language tokens, one state token] with bidirectional attention (pi0, Black et al. 2024), and
+optionally FAST action tokens after it, causally (pi0-FAST, Pertsch et al. 2025). It returns
+the prefix keys and values of every layer (the cache the action expert attends to) and the
+FAST next-token logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from policies.transformer import Block, init_weights
+
+if TYPE_CHECKING:
+    from policies.vla import VLAConfig
+
+logger = logging.getLogger(__name__)
+
+BYTE_VOCAB = 257  # language ids: UTF-8 byte + 1, and 0 for padding
+
+
+@dataclass
+class PrefixCache:
+    """Keys and values of the prefix tokens at every backbone layer, computed once per input."""
+
+    keys: list[Tensor]  # one (B, nh, P, hd) per layer
+    values: list[Tensor]  # one (B, nh, P, hd) per layer
+    valid: Tensor  # (B, P) bool, False at padding
+
+    def detach(self) -> PrefixCache:
+        """The same cache cut from the autograd graph: stop_grad(K, V) of knowledge insulation."""
+        return PrefixCache(
+            [k.detach() for k in self.keys], [v.detach() for v in self.values], self.valid
+        )
+
+
+class Backbone(nn.Module, ABC):
+    """A vision-language backbone the action expert can attend to, layer by layer.
+
+    Implementations set ``num_layers``, ``num_heads`` and ``head_dim``: the expert has one block
+    per backbone layer and reads that layer's prefix keys/values (B, num_heads, P, head_dim).
+    """
+
+    num_layers: int
+    num_heads: int
+    head_dim: int
+
+    @abstractmethod
+    def tokenize_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
+        """Instructions -> (lang_tokens long (B, L), lang_mask bool (B, L))."""
+
+    @abstractmethod
+    def embed_prefix(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """Images, language and state of a batch -> (prefix (B, P, C), valid bool (B, P))."""
+
+    @abstractmethod
+    def forward(
+        self, prefix: Tensor, prefix_valid: Tensor, fast_tokens: Tensor | None, mask: Tensor
+    ) -> tuple[PrefixCache, Tensor | None]:
+        """Run the prefix (B, P, C) and the FAST tokens (B, F) (teacher-forced) under
+        mask (B, P + F, P + F). Returns the prefix cache and the FAST logits (B, F, V), where
+        logits[:, i] predicts fast_tokens[:, i]; None when fast_tokens is None."""
+
+
+class PatchStem(nn.Module):
+    """One camera's images (B, 3, h, w) in [0, 1] -> patch tokens (B, h * w / p^2, C).
+
+    Two stride-2 3x3 convolutions, then a (p / 4)-strided convolution that patchifies (a
+    small convolutional stem helps a ViT trained from scratch: Xiao et al. 2021, "Early
+    Convolutions Help Transformers See Better"), plus a learned position embedding.
+    """
+
+    def __init__(self, width: int, patch_size: int, num_patches: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(64, width, kernel_size=patch_size // 4, stride=patch_size // 4),
+        )
+        self.pos = nn.Parameter(0.02 * torch.randn(num_patches, width))
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.convs(2.0 * images - 1.0)  # (B, C, h / p, w / p)
+        return x.flatten(2).transpose(1, 2) + self.pos  # (B, h * w / p^2, C)
+
+
+class SmallBackbone(Backbone):
+    """The default backbone: a small transformer trained from scratch, CPU-friendly.
+
+    Language is tokenized as UTF-8 bytes (id = byte + 1, 0 = padding), so any instruction,
+    seen or not, has a tokenization and nothing needs fitting or saving.
+    """
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.num_layers, self.num_heads = config.depth, config.num_heads
+        self.head_dim = config.width // config.num_heads
+        C = config.width
+        h, w = config.image_size
+        num_patches = (h // config.patch_size) * (w // config.patch_size)
+        self.stems = nn.ModuleDict(
+            {_module_name(key): PatchStem(C, config.patch_size, num_patches)
+             for key in config.image_keys}
+        )  # fmt: skip
+        self.lang_embed = nn.Embedding(BYTE_VOCAB, C)
+        self.lang_pos = nn.Parameter(0.02 * torch.randn(config.max_lang_tokens, C))
+        self.state_proj = nn.Linear(config.state_dim, C)
+        self.fast_embed = nn.Embedding(config.fast_vocab_size + 1, C)  # last id = BOS
+        self.fast_pos = nn.Parameter(0.02 * torch.randn(config.max_fast_tokens, C))
+        self.blocks = nn.ModuleList(
+            Block(C, self.num_heads, self.head_dim, config.mlp_ratio) for _ in range(config.depth)
+        )
+        self.fast_norm = nn.RMSNorm(C)
+        self.apply(init_weights)
+
+    def tokenize_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
+        L = self.config.max_lang_tokens
+        tokens = torch.zeros(len(instructions), L, dtype=torch.long)
+        for i, text in enumerate(instructions):
+            data = text.encode("utf-8")
+            if len(data) > L:
+                logger.warning(
+                    "instruction %r is %d bytes, truncated to max_lang_tokens=%d",
+                    text, len(data), L,
+                )  # fmt: skip
+            ids = torch.tensor(list(data[:L]), dtype=torch.long) + 1
+            tokens[i, : len(ids)] = ids
+        return tokens, tokens != 0
+
+    def embed_prefix(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        cfg = self.config
+        parts = []
+        for key in cfg.image_keys:
+            images = get_feature(batch, key)
+            expected = (3, *cfg.image_size)
+            if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+                raise ValueError(
+                    f"{key} has shape {tuple(images.shape)}, the policy expects (B, {expected[0]}, "
+                    f"{expected[1]}, {expected[2]}) floats in [0, 1]: resize the images or "
+                    f"retrain with image_size={list(cfg.image_size)}"
+                )
+            parts.append(self.stems[_module_name(key)](images))  # (B, Np, C)
+        lang_tokens, lang_mask = get_feature(batch, "lang_tokens"), get_feature(batch, "lang_mask")
+        if lang_tokens.shape[1] > cfg.max_lang_tokens:
+            raise ValueError(
+                f"lang_tokens has {lang_tokens.shape[1]} tokens, more than max_lang_tokens="
+                f"{cfg.max_lang_tokens}: build them with model.tokenize_instructions"
+            )
+        parts.append(self.lang_embed(lang_tokens) + self.lang_pos[: lang_tokens.shape[1]])
+        state = get_feature(batch, "observation.state")
+        if state.shape[-1] != cfg.state_dim:
+            raise ValueError(
+                f"observation.state has shape {tuple(state.shape)}, the policy expects "
+                f"(B, {cfg.state_dim}): set state_dim={state.shape[-1]} and retrain"
+            )
+        parts.append(self.state_proj(state)[:, None])  # (B, 1, C)
+        prefix = torch.cat(parts, dim=1)  # (B, P, C)
+        B, P = prefix.shape[:2]
+        valid = torch.ones(B, P, dtype=torch.bool, device=prefix.device)
+        start = P - 1 - lang_tokens.shape[1]
+        valid[:, start : P - 1] = lang_mask
+        return prefix, valid
+
+    def forward(
+        self, prefix: Tensor, prefix_valid: Tensor, fast_tokens: Tensor | None, mask: Tensor
+    ) -> tuple[PrefixCache, Tensor | None]:
+        P = prefix.shape[1]
+        x = prefix
+        if fast_tokens is not None:
+            x = torch.cat([prefix, self._embed_fast(fast_tokens)], dim=1)  # (B, P + F, C)
+        keys, values = [], []
+        for block in self.blocks:
+            x, k, v = block(x, mask)
+            keys.append(k[:, :, :P])  # (B, nh, P, hd)
+            values.append(v[:, :, :P])
+        cache = PrefixCache(keys, values, prefix_valid)
+        if fast_tokens is None:
+            return cache, None
+        head = self.fast_embed.weight[: self.config.fast_vocab_size]  # (V, C), tied embedding
+        return cache, self.fast_norm(x[:, P:]) @ head.T  # (B, F, V)
+
+    def _embed_fast(self, fast_tokens: Tensor) -> Tensor:
+        """Teacher forcing: inputs are [BOS, t_1, ..., t_{F-1}], so position i predicts t_{i+1}."""
+        B, num_fast = fast_tokens.shape
+        if num_fast > self.config.max_fast_tokens:
+            raise ValueError(
+                f"fast_tokens has {num_fast} tokens, more than max_fast_tokens="
+                f"{self.config.max_fast_tokens}: pad/truncate with FastTokenizer.encode_padded"
+            )
+        if fast_tokens.numel() and int(fast_tokens.max()) >= self.config.fast_vocab_size:
+            raise ValueError(
+                f"fast_tokens has id {int(fast_tokens.max())}, not below fast_vocab_size="
+                f"{self.config.fast_vocab_size}: set fast_vocab_size >= the tokenizer's vocab_size"
+            )
+        bos = torch.full((B, 1), self.config.fast_vocab_size, device=fast_tokens.device)
+        inputs = torch.cat([bos, fast_tokens[:, :-1]], dim=1)  # (B, F)
+        return self.fast_embed(inputs) + self.fast_pos[:num_fast]  # (B, F, C)
+
+
+def _module_name(key: str) -> str:
+    """A batch key such as observation.images.front as a module name (no dots allowed)."""
+    return key.replace(".", "_")
+
+
+def get_feature(batch: dict[str, Tensor], key: str) -> Tensor:
+    """batch[key], or an error naming the missing key and the keys there are."""
+    if key not in batch:
+        raise KeyError(f"the batch has no {key!r} (it has {sorted(batch)}); the policy needs it")
+    return batch[key]

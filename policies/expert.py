@@ -1,0 +1,63 @@
+"""The action expert: flow matching over an (H, action_dim) chunk, pi0 style.
+
+Black et al. 2024, "pi0: A Vision-Language-Action Flow Model for General Robot Control",
+Sec. IV: the noisy actions x_tau are H tokens with their own weights (the "action expert");
+each expert block attends to the keys/values of the same backbone layer's prefix and to the
+action tokens, bidirectionally. The flow time tau is embedded per token (sine-cosine, then an
+MLP on [action embedding, time embedding]), so a per-token tau (B, H) works as well as a
+per-example one (B,): training-time real-time chunking needs it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from policies.backbone import PrefixCache
+from policies.transformer import Block, init_weights
+
+if TYPE_CHECKING:
+    from policies.vla import VLAConfig
+
+
+def sincos_embedding(
+    tau: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0
+) -> Tensor:
+    """tau (B, H) -> (B, H, dim) sine-cosine features; periods as in pi0's time embedding."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=tau.device, dtype=tau.dtype)
+    period = min_period * (max_period / min_period) ** fraction  # (dim / 2,)
+    angle = tau[..., None] * (2.0 * math.pi / period)  # (B, H, dim / 2)
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+class ActionExpert(nn.Module):
+    """x_tau (B, H, A), tau, prefix cache -> velocity (B, H, A)."""
+
+    def __init__(self, config: VLAConfig, num_layers: int, num_heads: int, head_dim: int) -> None:
+        super().__init__()
+        E = config.expert_width
+        self.action_in = nn.Linear(config.action_dim, E)
+        self.time_mlp = nn.Sequential(nn.Linear(2 * E, E), nn.SiLU(), nn.Linear(E, E))
+        self.pos = nn.Parameter(0.02 * torch.randn(config.chunk_length, E))
+        self.blocks = nn.ModuleList(
+            Block(E, num_heads, head_dim, config.mlp_ratio) for _ in range(num_layers)
+        )
+        self.norm = nn.RMSNorm(E)
+        self.action_out = nn.Linear(E, config.action_dim)
+        self.apply(init_weights)
+
+    def forward(self, cache: PrefixCache, x_t: Tensor, tau: Tensor, mask: Tensor) -> Tensor:
+        """cache: prefix keys/values per layer; x_t: (B, H, A); tau: (B,) or (B, H);
+        mask: (B, H, P + H) bool, the expert rows of the attention mask. Returns (B, H, A)."""
+        B, H, _ = x_t.shape
+        if tau.ndim == 1:
+            tau = tau[:, None].expand(B, H)  # (B, H)
+        a = self.action_in(x_t)  # (B, H, E)
+        t = sincos_embedding(tau.to(a.dtype), a.shape[-1])  # (B, H, E)
+        x = self.time_mlp(torch.cat([a, t], dim=-1)) + self.pos[:H]  # (B, H, E)
+        for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
+            x, _, _ = block(x, mask, context=(k, v))
+        return self.action_out(self.norm(x))  # (B, H, A)

@@ -1,0 +1,266 @@
+"""A vision-language-action model with knowledge insulation.
+
+pi0 (Black et al. 2024, "pi0: A Vision-Language-Action Flow Model for General Robot
+Control"): a backbone reads [images, language, state] (``policies/backbone.py``) and an action
+expert (``policies/expert.py``) denoises an (H, action_dim) chunk by flow matching
+(``policies/flow.py``), attending to the backbone's keys/values layer by layer.
+
+Knowledge insulation (Driess et al. 2025, "Knowledge Insulating Vision-Language-Action
+Models: Train Fast, Run Fast, Generalize Better", Sec. 5): the backbone also predicts the
+FAST tokens of the chunk (``policies/fast.py``) with a next-token loss, the expert reads
+stop_grad(K, V) of the backbone, FAST and expert tokens never attend to each other, and
+
+    loss = CE(FAST) + alpha * FM.
+
+So the backbone learns from the discrete FAST loss only, and at inference the FAST head is
+not decoded: the prefix is encoded once and the expert alone runs the Euler steps.
+"""
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
+from policies.expert import ActionExpert
+from policies.flow import VelocityFn, euler_sample, flow_matching_loss, interpolate, sample_tau
+from policies.rtc import prefix_flow_time
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VLAConfig:
+    """Every hyperparameter of the VLA, one line each."""
+
+    image_keys: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")  # order
+    image_size: tuple[int, int] = (96, 96)  # (height, width) of every camera image
+    patch_size: int = 16  # side in pixels of one image token; a multiple of 4 dividing image_size
+    state_dim: int = 6  # size of observation.state
+    action_dim: int = 6  # size of one action
+    chunk_length: int = 50  # H, actions per predicted chunk
+    width: int = 128  # backbone width
+    depth: int = 4  # backbone layers; the expert has one block per backbone layer
+    num_heads: int = 4  # attention heads of backbone and expert (head_dim = width // num_heads)
+    expert_width: int = 96  # action expert width (even)
+    mlp_ratio: float = 4.0  # MLP hidden width as a multiple of the block width
+    max_lang_tokens: int = 48  # instruction length in UTF-8 bytes; longer ones are truncated
+    fast_vocab_size: int = 1024  # FAST ids the head predicts; at least FastTokenizer.vocab_size
+    max_fast_tokens: int = 64  # FAST tokens per chunk (FastTokenizer.encode_padded max_len)
+    num_steps: int = 10  # Euler steps at inference
+    time_alpha: float = 1.5  # flow time s ~ Beta(time_alpha, time_beta), tau = max_tau * (1 - s)
+    time_beta: float = 1.0  # (pi0: Beta(1.5, 1), more mass near noise)
+    max_tau: float = 0.999  # largest training flow time (1 would be clean data)
+    insulation: bool = (
+        True  # knowledge insulation: the expert reads stop_grad(K, V) of the backbone
+    )
+    fast_loss: bool = True  # FAST tokens and their CE in the backbone; False: flow only (pi0)
+    alpha: float = 1.0  # weight of the flow-matching loss: loss = CE(FAST) + alpha * FM
+    rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K} steps; 0: off
+
+    def __post_init__(self) -> None:
+        self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
+        if self.width % self.num_heads:
+            raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
+        if self.patch_size % 4 or any(s % self.patch_size for s in self.image_size):
+            raise ValueError(
+                f"patch_size={self.patch_size} must be a multiple of 4 dividing "
+                f"image_size={self.image_size}"
+            )
+        if self.expert_width % 2:
+            raise ValueError(f"expert_width={self.expert_width} must be even")
+        if not 0 <= self.rtc_training_max_delay < self.chunk_length:
+            raise ValueError(
+                f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
+                f"[0, chunk_length={self.chunk_length})"
+            )
+        if self.insulation and not self.fast_loss:
+            logger.warning(
+                "insulation=True with fast_loss=False: no loss reaches the backbone, its features "
+                "stay as initialised; set insulation=False for flow-only pi0-style training"
+            )
+
+
+def make_attention_mask(prefix_valid: Tensor, fast_valid: Tensor, num_action_tokens: int) -> Tensor:
+    """The attention mask of the token layout [prefix (P), FAST (F), actions (H)].
+
+    prefix_valid (B, P) and fast_valid (B, F) are False at padding; returns (B, N, N) bool with
+    N = P + F + H, True where query row i may attend to key column j:
+      - every token reads the (non-padding) prefix; the prefix reads only itself, bidirectionally;
+      - FAST tokens read the FAST tokens before them and themselves (causal);
+      - action tokens read each other, bidirectionally;
+      - FAST and action tokens never read each other (knowledge insulation), and no backbone
+        token (prefix or FAST) reads the action tokens.
+    """
+    B, P = prefix_valid.shape
+    H, device = num_action_tokens, prefix_valid.device
+    lengths = torch.tensor([P, fast_valid.shape[1], H], device=device)
+    segment = torch.repeat_interleave(torch.arange(3, device=device), lengths)  # (N,)
+    q, k = segment[:, None], segment[None, :]  # 0 prefix, 1 FAST, 2 actions: (N, 1), (1, N)
+    index = torch.arange(len(segment), device=device)
+    causal = index[None, :] <= index[:, None]  # (N, N)
+    allowed = (k == 0) | ((q == 1) & (k == 1) & causal) | ((q == 2) & (k == 2))  # (N, N)
+    key_valid = torch.cat([prefix_valid, fast_valid, prefix_valid.new_ones(B, H)], dim=1)
+    return allowed[None] & key_valid[:, None, :]  # (B, N, N)
+
+
+def expert_rows(mask: Tensor, num_prefix: int, num_fast: int) -> Tensor:
+    """Rows of the action tokens, columns [prefix, actions]: the expert's mask (B, H, P + H).
+
+    The FAST columns are dropped: in these rows they are all False, and the expert's context
+    (the prefix cache) holds no FAST keys.
+    """
+    rows = mask[:, num_prefix + num_fast :]  # (B, H, N)
+    return torch.cat([rows[..., :num_prefix], rows[..., num_prefix + num_fast :]], dim=-1)
+
+
+class VLA(nn.Module):
+    """Backbone + FAST head + action expert; ``forward`` is the training loss and
+    ``predict_action_chunk`` the inference.
+
+    Batch keys: ``observation.images.<cam>`` float (B, 3, h, w) in [0, 1];
+    ``observation.state`` float (B, S) normalized; ``lang_tokens`` long (B, L) and
+    ``lang_mask`` bool (B, L) from ``tokenize_instructions``; for training also ``action``
+    float (B, H, A) normalized, ``action_is_pad`` bool (B, H) (optional), and, with
+    ``fast_loss``, ``fast_tokens`` long (B, F) and ``fast_mask`` bool (B, F) from
+    ``FastTokenizer.encode_padded``.
+    """
+
+    def __init__(self, config: VLAConfig, backbone: Backbone | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = SmallBackbone(config) if backbone is None else backbone
+        self.expert = ActionExpert(
+            config, self.backbone.num_layers, self.backbone.num_heads, self.backbone.head_dim
+        )
+
+    def tokenize_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
+        """Instructions -> (lang_tokens long (B, L), lang_mask bool (B, L)), on CPU."""
+        return self.backbone.tokenize_instructions(instructions)
+
+    # -- losses ---------------------------------------------------------------------------------
+
+    def joint_forward(
+        self, batch: dict[str, Tensor], x_t: Tensor, tau: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
+        """One pass over the whole token layout [prefix, FAST, actions].
+
+        x_t: noisy actions (B, H, A); tau: flow time (B,) or (B, H). Returns the velocity
+        (B, H, A) and the FAST logits (B, F, V) (None without ``fast_loss``).
+        """
+        prefix, prefix_valid = self.backbone.embed_prefix(batch)  # (B, P, C), (B, P)
+        B, P = prefix_valid.shape
+        fast_tokens = None
+        fast_valid = prefix_valid.new_zeros(B, 0)
+        if self.config.fast_loss:
+            fast_tokens = get_feature(batch, "fast_tokens")
+            fast_valid = get_feature(batch, "fast_mask")
+        mask = make_attention_mask(prefix_valid, fast_valid, x_t.shape[1])  # (B, N, N)
+        num_backbone = P + fast_valid.shape[1]
+        cache, fast_logits = self.backbone(
+            prefix, prefix_valid, fast_tokens, mask[:, :num_backbone, :num_backbone]
+        )
+        if self.config.insulation:
+            cache = cache.detach()
+        velocity = self.expert(cache, x_t, tau, expert_rows(mask, P, fast_valid.shape[1]))
+        return velocity, fast_logits
+
+    def forward(
+        self, batch: dict[str, Tensor], noise: Tensor | None = None, tau: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss: (loss, {"loss", "fm", "fast_ce"}), the terms still in the graph.
+
+        noise (B, H, A) and tau (B,) are drawn when not given. With rtc_training_max_delay = K
+        > 0, each example gets a delay d ~ U{0..K}: its first d actions are clean (tau = 1) and
+        the FM loss covers the rest only (training-time RTC). Padded actions (action_is_pad)
+        are out of the FM loss.
+        """
+        cfg = self.config
+        actions = get_feature(batch, "action")  # (B, H, A)
+        B, H = actions.shape[:2]
+        if actions.shape[1:] != (cfg.chunk_length, cfg.action_dim):
+            raise ValueError(
+                f"action has shape {tuple(actions.shape)}, the policy expects "
+                f"(B, {cfg.chunk_length}, {cfg.action_dim}): set chunk_length / action_dim"
+            )
+        is_pad = batch.get("action_is_pad")
+        if is_pad is None:
+            is_pad = torch.zeros(B, H, dtype=torch.bool, device=actions.device)
+        noise = torch.randn_like(actions) if noise is None else noise
+        if tau is None:
+            tau = sample_tau(
+                (B,), cfg.time_alpha, cfg.time_beta, cfg.max_tau, device=actions.device
+            )
+        loss_mask = ~is_pad  # (B, H)
+        if cfg.rtc_training_max_delay > 0:
+            delay = torch.randint(0, cfg.rtc_training_max_delay + 1, (B,), device=actions.device)
+            tau, postfix = prefix_flow_time(tau, delay, H)  # (B, H), (B, H)
+            loss_mask = loss_mask & postfix
+        velocity, fast_logits = self.joint_forward(batch, interpolate(actions, noise, tau), tau)
+        fm = flow_matching_loss(velocity, actions, noise, loss_mask)
+        terms = {"fm": fm}
+        loss = cfg.alpha * fm
+        if fast_logits is not None:
+            terms["fast_ce"] = self._fast_loss(fast_logits, batch)
+            loss = loss + terms["fast_ce"]
+        terms["loss"] = loss
+        return loss, terms
+
+    def _fast_loss(self, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """Next-token cross-entropy of the FAST tokens, logits (B, F, V), over the valid tokens.
+
+        Chunks running past their episode's end are tokenized as lerobot pads them (the last
+        action repeated: holding still), which is a fine target, so they stay in this loss.
+        """
+        targets = batch["fast_tokens"]  # (B, F)
+        mask = batch["fast_mask"].to(logits.dtype)  # (B, F)
+        ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, F)
+        return (ce * mask).sum() / mask.sum().clamp(min=1.0)
+
+    # -- inference ------------------------------------------------------------------------------
+
+    def encode_prefix(self, batch: dict[str, Tensor]) -> PrefixCache:
+        """Run the backbone over the prefix alone: its keys/values at every layer."""
+        prefix, prefix_valid = self.backbone.embed_prefix(batch)  # (B, P, C), (B, P)
+        mask = make_attention_mask(prefix_valid, prefix_valid.new_zeros(len(prefix), 0), 0)
+        cache, _ = self.backbone(prefix, prefix_valid, None, mask)
+        return cache
+
+    def denoise_step(self, cache: PrefixCache, x_t: Tensor, tau: Tensor) -> Tensor:
+        """Velocity v (B, H, A) at noisy actions x_t (B, H, A) and flow time tau (B,) or (B, H),
+        given an encoded prefix; differentiable w.r.t. x_t (RTC guidance takes VJPs through it)."""
+        B, P = cache.valid.shape
+        mask = make_attention_mask(cache.valid, cache.valid.new_zeros(B, 0), x_t.shape[1])
+        return self.expert(cache, x_t, tau, expert_rows(mask, P, 0))
+
+    def velocity_fn(self, batch: dict[str, Tensor]) -> VelocityFn:
+        """Encode the prefix once (without a graph) and return v = f(x_t, tau) for samplers."""
+        with torch.no_grad():
+            cache = self.encode_prefix(batch)
+        return partial(self.denoise_step, cache)
+
+    @torch.no_grad()
+    def predict_action_chunk(
+        self,
+        batch: dict[str, Tensor],
+        noise: Tensor | None = None,
+        num_steps: int | None = None,
+        prefix: Tensor | None = None,
+        prefix_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Sample a normalized action chunk (B, H, A) by Euler integration from noise.
+
+        noise: (B, H, A), drawn when None; num_steps: defaults to config.num_steps; prefix
+        (B, H, A) with prefix_mask (B, H): actions held clean (training-time RTC inference).
+        """
+        cfg = self.config
+        velocity = self.velocity_fn(batch)
+        if noise is None:
+            B = len(get_feature(batch, "observation.state"))
+            device = next(self.parameters()).device
+            noise = torch.randn(B, cfg.chunk_length, cfg.action_dim, device=device)
+        num_steps = cfg.num_steps if num_steps is None else num_steps
+        return euler_sample(velocity, noise, num_steps, prefix, prefix_mask)

@@ -1,0 +1,99 @@
+"""Training from a LeRobotDataset: data path, exact resume, checkpoints and their checks."""
+
+import json
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+TINY = {
+    "name": "vla", "chunk_length": 50, "width": 32, "depth": 2, "num_heads": 2,
+    "expert_width": 32, "patch_size": 24, "mlp_ratio": 2.0, "max_lang_tokens": 48,
+    "fast_vocab_size": 300, "max_fast_tokens": 48, "num_steps": 4, "time_alpha": 1.5,
+    "time_beta": 1.0, "max_tau": 0.999, "insulation": True, "fast_loss": True, "alpha": 1.0,
+    "rtc_training_max_delay": 0,
+}  # fmt: skip
+
+
+def train_cfg(dataset, output, steps, resume=False, **policy):
+    return {
+        "dataset": str(dataset), "output": str(output), "steps": steps, "batch_size": 4,
+        "lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 1e-4, "warmup_steps": 2,
+        "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0, "resume": resume,
+        "data": "memory", "num_workers": 0, "log_every": 1, "save_every": 2,
+        "instruction": "hierarchy", "fast_tokenizer": None, "fast_fit_chunks": 64,
+        "device": "cpu", "policy": {**TINY, **policy},
+    }  # fmt: skip
+
+
+def test_in_memory_items_match_lerobot_delta_timestamps(reach_dataset):
+    from policies.data import InMemoryChunks, open_dataset
+
+    root, _ = reach_dataset
+    ds = open_dataset(root, chunk_length=50)
+    mem = InMemoryChunks(ds, 50)
+    assert len(mem) == len(ds)
+    for i in (0, 30, len(ds) - 5):
+        a, b = ds[i], mem[i]
+        for key in ("observation.state", "action", "action_is_pad",
+                    "observation.images.front", "observation.images.wrist"):  # fmt: skip
+            torch.testing.assert_close(b[key], a[key], msg=key)
+        for key in ("task", "step_instruction", "corrective_instruction"):
+            assert b[key] == a[key]
+        assert b["correction"] == bool(a["correction"])
+
+
+def test_two_steps_then_resume_equals_four_steps(reach_dataset, tmp_path):
+    from policies.train import train
+
+    root, _ = reach_dataset
+    straight = train(train_cfg(root, tmp_path / "a", 4))
+    train(train_cfg(root, tmp_path / "b", 2))
+    resumed = train(train_cfg(root, tmp_path / "b", 4, resume=True))
+    assert straight["steps"] == resumed["steps"] == 4 and resumed["trained_steps"] == 2
+    for name in ("model.safetensors", "train_state.safetensors"):
+        a = load_file(tmp_path / "a" / "checkpoints" / "step_0000004" / name)
+        b = load_file(tmp_path / "b" / "checkpoints" / "step_0000004" / name)
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    rows = [
+        json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    # Without resume=true an existing run is refused.
+    with pytest.raises(FileExistsError, match="resume=true"):
+        train(train_cfg(root, tmp_path / "a", 4))
+
+
+def test_checkpoint_serves_chunks_and_refuses_other_features(reach_dataset, tmp_path):
+    from policies.checkpoint import check_features, load_checkpoint, load_flow_model
+    from policies.flow import euler_sample
+    from policies.train import train
+
+    root, _ = reach_dataset
+    train(train_cfg(root, tmp_path / "run", 2, fast_loss=False, insulation=False))
+    ckpt = load_checkpoint(tmp_path / "run")
+    assert ckpt.step == 2 and ckpt.fast_tokenizer is None
+    policy = load_flow_model(tmp_path / "run")
+
+    class Request:
+        observation: ClassVar[dict] = {
+            "observation.state": np.zeros(6, np.float32),
+            "observation.images.front": np.zeros((96, 96, 3), np.uint8),
+            "observation.images.wrist": np.zeros((96, 96, 3), np.uint8),
+        }
+        instruction = "reach the red target"
+
+    v = policy.velocity_fn([Request(), Request()])
+    chunk = policy.unnormalize_actions(euler_sample(v, torch.zeros(2, 50, 6), 2))
+    assert chunk.shape == (2, 50, 6) and chunk.dtype == np.float32 and np.isfinite(chunk).all()
+    small = {k: dict(v) for k, v in ckpt.features.items()}
+    small["observation.images.front"]["shape"] = (64, 64, 3)
+    with pytest.raises(ValueError, match=r"observation.images.front has shape \(64, 64, 3\), the "
+                       r"policy expects \(96, 96, 3\)"):  # fmt: skip
+        check_features(ckpt.features, small, "set task.image_size=96 or retrain")
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint folder"):
+        load_checkpoint(tmp_path)

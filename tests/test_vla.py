@@ -1,0 +1,236 @@
+"""The VLA: shapes, the attention mask, knowledge insulation, the prefix cache, training."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from policies.fast import FastTokenizer
+from policies.vla import VLA, VLAConfig, make_attention_mask
+
+CAMERAS = ("observation.images.front", "observation.images.wrist")
+
+
+def tiny_config(**overrides) -> VLAConfig:
+    values = dict(
+        image_keys=CAMERAS, image_size=(16, 16), patch_size=8, state_dim=3, action_dim=2,
+        chunk_length=6, width=32, depth=2, num_heads=2, expert_width=16, max_lang_tokens=8,
+        fast_vocab_size=20, max_fast_tokens=5,
+    )  # fmt: skip
+    values.update(overrides)
+    return VLAConfig(**values)
+
+
+def make_model(**overrides) -> VLA:
+    torch.manual_seed(0)
+    return VLA(tiny_config(**overrides))
+
+
+def make_batch(model: VLA, seed: int = 0) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    g = torch.Generator().manual_seed(seed)
+    B, H, A = 2, cfg.chunk_length, cfg.action_dim
+    lang_tokens, lang_mask = model.tokenize_instructions(["pick", "go left"])
+    fast_mask = torch.ones(B, cfg.max_fast_tokens, dtype=torch.bool)
+    fast_mask[1, 3:] = False
+    batch = {key: torch.rand(B, 3, *cfg.image_size, generator=g) for key in CAMERAS}
+    batch |= {
+        "observation.state": torch.randn(B, cfg.state_dim, generator=g),
+        "action": torch.randn(B, H, A, generator=g),
+        "action_is_pad": torch.zeros(B, H, dtype=torch.bool),
+        "lang_tokens": lang_tokens,
+        "lang_mask": lang_mask,
+        "fast_tokens": torch.randint(0, cfg.fast_vocab_size, (B, cfg.max_fast_tokens), generator=g),
+        "fast_mask": fast_mask,
+    }
+    return batch
+
+
+def noisy_actions(model: VLA, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    cfg = model.config
+    return torch.randn(2, cfg.chunk_length, cfg.action_dim, generator=g), torch.rand(2, generator=g)
+
+
+def test_shapes():
+    model = make_model()
+    batch = make_batch(model)
+    x_t, tau = noisy_actions(model)
+    velocity, logits = model.joint_forward(batch, x_t, tau)
+    assert velocity.shape == (2, 6, 2)
+    assert logits.shape == (2, 5, 20)
+    loss, terms = model(batch)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    assert set(terms) == {"loss", "fm", "fast_ce"}
+    assert model.predict_action_chunk(batch).shape == (2, 6, 2)
+    flow_only = make_model(fast_loss=False, insulation=False)
+    _, terms = flow_only(make_batch(flow_only))
+    assert set(terms) == {"loss", "fm"}
+
+
+def test_attention_mask_layout():
+    prefix_valid = torch.tensor([[True, True, False]])  # P = 3, last prefix token is padding
+    fast_valid = torch.tensor([[True, True]])  # F = 2
+    mask = make_attention_mask(prefix_valid, fast_valid, 2)[0]  # (7, 7)
+    P, F = slice(0, 3), slice(3, 5)
+    A = slice(5, 7)
+    assert mask[:, 2].sum() == 0  # nobody reads padding
+    assert mask[P, :2].all() and not mask[P, 3:].any()  # prefix: bidirectional, only itself
+    assert mask[F, :2].all() and mask[A, :2].all()  # everyone reads the prefix
+    assert torch.equal(mask[F, F], torch.tensor([[True, False], [True, True]]))  # FAST causal
+    assert mask[A, A].all()  # actions: bidirectional
+    assert not mask[F, A].any() and not mask[A, F].any()  # FAST and actions never meet
+
+
+def test_insulation_stops_flow_gradients_into_the_backbone():
+    for insulation in (True, False):
+        model = make_model(insulation=insulation)
+        _, terms = model(make_batch(model))
+        terms["fm"].backward()
+        backbone_grads = [p.grad for p in model.backbone.parameters()]
+        reaches_backbone = any(g is not None and g.abs().sum() > 0 for g in backbone_grads)
+        assert reaches_backbone != insulation
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.expert.parameters())
+
+
+def test_fast_and_expert_tokens_do_not_see_each_other():
+    model = make_model()
+    batch = make_batch(model)
+    x_t, tau = noisy_actions(model)
+    velocity, logits = model.joint_forward(batch, x_t, tau)
+
+    other_fast = dict(batch, fast_tokens=(batch["fast_tokens"] + 7) % 20)
+    velocity2, logits2 = model.joint_forward(other_fast, x_t, tau)
+    torch.testing.assert_close(velocity2, velocity, rtol=0, atol=1e-6)
+    assert not torch.allclose(logits2, logits)  # the perturbation does matter to FAST
+
+    x_t2, tau2 = noisy_actions(model, seed=2)
+    velocity3, logits3 = model.joint_forward(batch, x_t2, tau2)
+    torch.testing.assert_close(logits3, logits, rtol=0, atol=1e-6)
+    assert not torch.allclose(velocity3, velocity)
+
+
+def test_prefix_cache_matches_the_full_forward():
+    model = make_model()
+    batch = make_batch(model)
+    x_t, tau = noisy_actions(model)
+    velocity, _ = model.joint_forward(batch, x_t, tau)
+    cached = model.denoise_step(model.encode_prefix(batch), x_t, tau)
+    torch.testing.assert_close(cached, velocity, rtol=1e-5, atol=1e-5)
+
+
+def test_per_token_tau():
+    model = make_model()
+    batch = make_batch(model)
+    cache = model.encode_prefix(batch)
+    x_t, tau = noisy_actions(model)
+    per_token = tau[:, None].expand(2, 6).clone()
+    torch.testing.assert_close(
+        model.denoise_step(cache, x_t, per_token), model.denoise_step(cache, x_t, tau)
+    )
+    per_token[:, 0] = 1.0
+    assert not torch.allclose(
+        model.denoise_step(cache, x_t, per_token), model.denoise_step(cache, x_t, tau)
+    )
+
+
+def test_velocity_is_differentiable_in_x():
+    model = make_model()
+    velocity_fn = model.velocity_fn(make_batch(model))
+    x_t, tau = noisy_actions(model)
+    x_t.requires_grad_(True)
+    (grad,) = torch.autograd.grad(velocity_fn(x_t, tau).square().sum(), x_t)
+    assert grad.abs().sum() > 0
+
+
+def test_predict_is_deterministic_given_noise():
+    model = make_model().eval()
+    batch = make_batch(model)
+    noise, _ = noisy_actions(model)
+    first = model.predict_action_chunk(batch, noise=noise)
+    assert torch.equal(model.predict_action_chunk(batch, noise=noise), first)
+    assert not torch.equal(model.predict_action_chunk(batch, noise=noise, num_steps=3), first)
+    prefix_mask = torch.zeros(2, 6, dtype=torch.bool)
+    prefix_mask[:, :2] = True
+    held = model.predict_action_chunk(batch, noise, prefix=batch["action"], prefix_mask=prefix_mask)
+    assert torch.equal(held[:, :2], batch["action"][:, :2])
+
+
+@pytest.mark.parametrize("overrides", [{}, {"rtc_training_max_delay": 3}])
+def test_loss_decreases_on_a_fixed_batch(overrides):
+    model = make_model(**overrides)
+    batch = make_batch(model)
+    noise, tau = noisy_actions(model)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        torch.manual_seed(0)  # the same RTC delays every step
+        loss, _ = model(batch, noise=noise, tau=tau)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_with_a_fitted_fast_tokenizer():
+    model = make_model(fast_vocab_size=64, max_fast_tokens=12)
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 6)[None, :, None]
+    chunks = np.sin(
+        2 * np.pi * rng.uniform(0.1, 1, (200, 1, 2)) * t + rng.uniform(0, 6, (200, 1, 2))
+    )
+    tokenizer = FastTokenizer(vocab_size=64).fit(chunks)
+    batch = make_batch(model)
+    tokens, mask = tokenizer.encode_padded(batch["action"].clamp(-1, 1).numpy(), max_len=12)
+    batch |= {"fast_tokens": torch.from_numpy(tokens), "fast_mask": torch.from_numpy(mask)}
+    loss, terms = model(batch)
+    assert torch.isfinite(loss) and terms["fast_ce"] > 0
+
+
+def test_padded_steps_are_out_of_the_flow_loss():
+    model = make_model()
+    batch = make_batch(model)
+    noise, tau = noisy_actions(model)
+    batch["action_is_pad"][0, 3:] = True
+    _, terms = model(batch, noise=noise, tau=tau)
+    # New targets on the padded steps, the same noisy input x_tau = tau a + (1 - tau) eps.
+    moved = dict(batch, action=batch["action"].clone())
+    moved["action"][0, 3:] += 10.0
+    moved_noise = noise.clone()
+    moved_noise[0, 3:] -= 10.0 * tau[0] / (1.0 - tau[0])
+    _, moved_terms = model(moved, noise=moved_noise, tau=tau)
+    torch.testing.assert_close(moved_terms["fm"], terms["fm"])
+
+
+def test_instruction_tokenizer_handles_any_text(caplog):
+    model = make_model()
+    with caplog.at_level(logging.WARNING):
+        tokens, mask = model.tokenize_instructions(["", "grüß", "a very long instruction"])
+    assert tokens.shape == mask.shape == (3, 8)
+    assert mask.sum(dim=1).tolist() == [0, 6, 8]  # "grüß" is 6 UTF-8 bytes
+    assert "truncated" in caplog.text
+    assert torch.all(tokens[~mask] == 0)
+
+
+def test_errors_say_what_to_do():
+    model = make_model()
+    batch = make_batch(model)
+    small = dict(batch, **{CAMERAS[0]: torch.rand(2, 3, 8, 8)})
+    with pytest.raises(ValueError, match="image_size"):
+        model.predict_action_chunk(small)
+    missing = {k: v for k, v in batch.items() if k != CAMERAS[1]}
+    with pytest.raises(KeyError, match="wrist"):
+        model.predict_action_chunk(missing)
+    with pytest.raises(ValueError, match="fast_vocab_size"):
+        model(dict(batch, fast_tokens=batch["fast_tokens"] + 20))
+    with pytest.raises(ValueError, match="chunk_length"):
+        model(dict(batch, action=batch["action"][:, :4]))
+    with pytest.raises(ValueError, match="rtc_training_max_delay"):
+        tiny_config(rtc_training_max_delay=6)
+
+
+def test_default_model_fits_a_10_mb_checkpoint():
+    model = VLA(VLAConfig())
+    assert sum(p.numel() for p in model.parameters()) * 4 <= 10 * 2**20
