@@ -1,0 +1,98 @@
+"""The MuJoCo simulator as a driver: ``act`` advances the simulation by exactly one control tick.
+
+Besides the ``Driver`` calls it exposes what an evaluation needs from a simulator and a real
+robot cannot give: ``reset(seed)``, ``success()``, ``instruction``, ``max_steps`` and ``tick``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.drivers.base import ActionLimits, DriverContext, Observation
+from sim import JOINT_NAMES, SimEnv
+
+# Rate limits, a little above the scripted experts' fastest commands (joints capped at 3 rad/s,
+# finger opening peaking near 0.15 m/s), so that clamping flags a policy moving faster than any
+# demonstration and never a faithful one. An SO-100's STS3215 servos reach about 4.7 rad/s.
+ARM_SPEED = 3.5  # rad/s, fastest commanded arm joint motion
+GRIPPER_STROKE_S = 0.15  # s, shortest time to command the gripper from closed to fully open
+
+
+class MujocoDriver(DriverContext):
+    """A simulated SO-100-class arm running ``task`` (see ``sim.SimEnv`` for the arguments).
+
+    ``connect`` resets the scene with ``seed``; ``reset`` starts another episode; ``close``
+    releases the renderer for good.
+    """
+
+    def __init__(
+        self,
+        task: str = "pick_place",
+        image_size: int = 96,
+        control_hz: float = 30.0,
+        cameras: tuple[str, ...] = ("front", "wrist"),
+        seed: int | None = None,
+        render: bool = True,
+    ) -> None:
+        self.seed = seed
+        self.env = SimEnv(
+            task,
+            image_size=image_size,
+            control_hz=control_hz,
+            cameras=tuple(cameras),
+            render=render,
+        )
+        self._limits = _limits(self.env)
+        self._obs: Observation | None = None  # observation after the last reset or step
+
+    def connect(self) -> None:
+        self.reset(self.seed)
+
+    def observe(self) -> Observation:
+        """The current observation; rendered once per tick however often it is asked for."""
+        if self._obs is None:
+            self._obs = self.env.observe()
+        return self._obs
+
+    def act(self, action: np.ndarray) -> None:
+        """Step the simulation one control tick towards ``action`` (clipped to the ctrlrange)."""
+        self._obs = self.env.step(self._limits.check(action))
+
+    def close(self) -> None:
+        self.env.close()
+        self._obs = None
+
+    def feature_spec(self) -> dict[str, dict]:
+        return self.env.feature_spec()
+
+    def limits(self) -> ActionLimits:
+        return self._limits
+
+    def reset(self, seed: int | None = None) -> Observation:
+        """Start a new episode (a new scene and instruction drawn from ``seed``)."""
+        self._obs = self.env.reset(seed=seed)
+        return self._obs
+
+    def success(self) -> bool:
+        return self.env.success()
+
+    @property
+    def instruction(self) -> str:
+        return self.env.instruction
+
+    @property
+    def max_steps(self) -> int:
+        return self.env.max_steps
+
+    @property
+    def tick(self) -> int:
+        return self.env.tick
+
+
+def _limits(env: SimEnv) -> ActionLimits:
+    """The actuators' ctrlrange; ``max_delta`` from ``ARM_SPEED`` and ``GRIPPER_STROKE_S``."""
+    low, high = env.action_low, env.action_high
+    speed = np.full(len(JOINT_NAMES), ARM_SPEED)  # (6,) per second
+    gripper = JOINT_NAMES.index("gripper")
+    speed[gripper] = (high[gripper] - low[gripper]) / GRIPPER_STROKE_S
+    return ActionLimits(low=low, high=high, max_delta=speed / env.control_hz, names=JOINT_NAMES)
