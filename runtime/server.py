@@ -1,0 +1,452 @@
+"""The policy server: a ZMQ ROUTER answering observation requests with action chunks.
+
+Framing: a client is a DEALER socket that sends ONE frame, an encoded ``runtime.protocol``
+message; the ROUTER sees [identity, payload] and replies [identity, reply]. (Any routing
+envelope before the payload is echoed back, so a REQ socket, whose empty delimiter frame is
+part of the envelope, works too.) Every request gets exactly one reply: a ``ChunkReply``, a
+``MetadataReply`` or an ``ErrorReply`` whose message says what to change, except a message
+over ``Limits.max_message_bytes``: ZMQ drops it and disconnects its sender, whose DEALER
+reconnects by itself. Clients should therefore time out and resend.
+
+Batching: when a message arrives, the server also takes every message already waiting or
+arriving within ``batch_window_ms``, up to ``max_batch``, and answers all their observation
+requests with one ``ChunkPolicy.infer`` call, so robots that ask together share a forward
+pass. If that call fails, each request is retried alone: one bad request fails only itself.
+
+The server is stateless per request (DESIGN.md, Runtime): it can restart at any time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import numpy as np
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from runtime.policy import ChunkPolicy, UnsupportedRequest
+from runtime.protocol import (
+    DEFAULT_LIMITS,
+    ChunkReply,
+    ErrorReply,
+    EStop,
+    Limits,
+    Message,
+    MetadataReply,
+    MetadataRequest,
+    ObservationRequest,
+    OperatorInstruction,
+    ProtocolError,
+    decode,
+    encode,
+)
+
+log = logging.getLogger(__name__)
+
+LATENCY_EDGES_MS = np.logspace(-2, 5, 141)  # 0.01 ms to 100 s, 20 log-spaced bins a decade
+POLL_MS = 100  # how often the loop looks at the stop flag when idle
+
+
+class LatencyHistogram:
+    """Inference latencies in fixed log-spaced bins (values outside go to the end bins)."""
+
+    def __init__(self, edges_ms: np.ndarray = LATENCY_EDGES_MS) -> None:
+        self.edges_ms = np.asarray(edges_ms, dtype=np.float64)  # (K + 1,)
+        self.counts = np.zeros(len(self.edges_ms) - 1, dtype=np.int64)  # (K,)
+
+    def add(self, ms: float) -> None:
+        k = np.searchsorted(self.edges_ms, ms, side="right") - 1
+        self.counts[min(max(k, 0), len(self.counts) - 1)] += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, interpolated log-linearly inside its bin (exact to a bin's width,
+        12 %); None while empty."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return None
+        cumulative = np.cumsum(self.counts)
+        k = int(np.searchsorted(cumulative, q * total))
+        k = min(k, len(self.counts) - 1)
+        below = cumulative[k] - self.counts[k]
+        fraction = (q * total - below) / self.counts[k]
+        lo, hi = np.log(self.edges_ms[k]), np.log(self.edges_ms[k + 1])
+        return float(np.exp(lo + fraction * (hi - lo)))
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """ZMQ CURVE keys (Z85 bytes): the server's pair and the client public keys it accepts."""
+
+    server_secret: bytes
+    server_public: bytes
+    allowed_client_public_keys: tuple[bytes, ...]
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> CurveKeys:
+        """Read ``server.key_secret`` and every ``clients/*.key`` of directory."""
+        directory = Path(directory)
+        secret_file = directory / "server.key_secret"
+        if not secret_file.is_file():
+            raise FileNotFoundError(
+                f"no {secret_file}: create the server's key pair with "
+                f"runtime.server.generate_keypair({str(directory)!r}, 'server')"
+            )
+        public, secret = zmq.auth.load_certificate(secret_file)
+        clients = tuple(
+            zmq.auth.load_certificate(p)[0] for p in sorted((directory / "clients").glob("*.key"))
+        )
+        if not clients:
+            raise FileNotFoundError(
+                f"no client keys in {directory / 'clients'}: copy there the public .key file "
+                "of every client allowed to connect (generate_keypair makes a pair)"
+            )
+        return cls(server_secret=secret, server_public=public, allowed_client_public_keys=clients)
+
+
+def generate_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
+    """Write a CURVE key pair ``<name>.key`` (public) and ``<name>.key_secret`` to directory."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.auth.create_certificates(directory, name)
+    return Path(public), Path(secret)
+
+
+class _AllowedKeys:
+    """Credentials provider for zmq.auth: accept only the listed client public keys."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        self.keys = frozenset(keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+class PolicyServer:
+    """Serves a ``ChunkPolicy`` on a ZMQ ROUTER (module doc: framing, batching, errors).
+
+    Bound on construction (``address`` may use port ``*``; ``self.address`` is the endpoint
+    actually bound). ``serve_forever`` runs the loop in the calling thread until ``stop``;
+    ``start_in_thread`` runs it in a background thread; ``close`` (or leaving the ``with``
+    block) stops it and releases the socket.
+    """
+
+    def __init__(
+        self,
+        policy: ChunkPolicy,
+        address: str = "tcp://127.0.0.1:5555",
+        max_batch: int = 8,  # observation requests answered by one infer call, at most
+        batch_window_ms: float = 2.0,  # how long to wait for more requests after the first
+        curve: CurveKeys | None = None,  # None: no encryption nor authentication
+        log_every_s: float | None = 30.0,  # period of the throughput/latency log line
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        if max_batch < 1 or batch_window_ms < 0:
+            raise ValueError(
+                f"need max_batch >= 1 and batch_window_ms >= 0, got {max_batch} and "
+                f"{batch_window_ms}"
+            )
+        self.policy = policy
+        self.max_batch = max_batch
+        self.batch_window_ms = batch_window_ms
+        self.log_every_s = log_every_s
+        self.limits = limits
+        self.histogram = LatencyHistogram()
+        self.requests_served = 0  # chunk replies sent
+        self.errors = 0  # error replies sent
+        self.batches = 0  # infer calls for a batch (retries of a failed batch not counted)
+        self._batched = 0  # observation requests in those batches
+        self._started = time.monotonic()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        try:
+            encode(self._metadata(0), limits)
+        except ProtocolError as e:
+            raise ValueError(f"the policy's info cannot be sent to clients: {e}") from None
+        self._context = zmq.Context()
+        self._auth: ThreadAuthenticator | None = None
+        try:
+            self._socket = self._bind(address, curve)
+        except BaseException:
+            self._release()
+            raise
+        self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if curve is None and not _is_loopback(self.address):
+            log.warning(
+                "serving on %s without CURVE keys: anyone who can reach it can drive the robot; "
+                "set curve_keys_dir for anything beyond loopback",
+                self.address,
+            )
+
+    def _bind(self, address: str, curve: CurveKeys | None) -> zmq.Socket:
+        socket = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 0)  # drop replies to vanished clients
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        if curve is not None:
+            self._auth = ThreadAuthenticator(self._context, log=log.getChild("auth"))
+            self._auth.start()
+            self._auth.configure_curve_callback(
+                "*", credentials_provider=_AllowedKeys(curve.allowed_client_public_keys)
+            )
+            socket.curve_secretkey = curve.server_secret
+            socket.curve_publickey = curve.server_public
+            socket.curve_server = True
+        try:
+            socket.bind(address)
+        except zmq.ZMQError as e:
+            socket.close(linger=0)
+            raise ValueError(
+                f"cannot bind the policy server to {address!r} ({e}): is another server "
+                "running there? choose another address=tcp://HOST:PORT"
+            ) from None
+        return socket
+
+    # -- running --------------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Answer requests until ``stop`` is called (from any thread or a signal handler)."""
+        info = self.policy.info
+        H, A = info.chunk_length, info.action_dim
+        log.info("serving %s (H=%d, A=%d) on %s", info.model_id, H, A, self.address)
+        next_log = time.monotonic() + (self.log_every_s or math.inf)
+        while not self._stop.is_set():
+            if self._socket.poll(POLL_MS):
+                try:
+                    self._serve(self._receive_batch())
+                except Exception:  # a bug here must not take the robots' server down
+                    log.exception("serving a batch failed; serving goes on")
+            if time.monotonic() >= next_log:
+                self._log_figures("serving")
+                next_log += self.log_every_s or math.inf
+        self._log_figures("stopped")
+
+    def stop(self) -> None:
+        """Ask ``serve_forever`` to return (within POLL_MS, or after the batch in progress)."""
+        self._stop.set()
+
+    def start_in_thread(self) -> threading.Thread:
+        """Run ``serve_forever`` in a daemon thread; ``close`` stops and joins it."""
+        if self._thread is not None:
+            raise RuntimeError("this server is already serving in a thread")
+        self._thread = threading.Thread(
+            target=self.serve_forever, name="policy-server", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop serving, wait for the serving thread, release the socket and context."""
+        self.stop()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            if self._thread.is_alive():
+                raise RuntimeError(
+                    f"the serving thread did not stop within {timeout_s} s (an infer call still "
+                    "running?); the socket is left open"
+                )
+        self._release()
+
+    def _release(self) -> None:
+        if hasattr(self, "_socket"):
+            self._socket.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        self._context.term()
+
+    def __enter__(self) -> PolicyServer:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def figures(self) -> dict:
+        """Counters and latency quantiles since start (what ``rtvla serve`` prints at exit)."""
+        return {
+            "model_id": self.policy.info.model_id,
+            "address": self.address,
+            "requests_served": self.requests_served,
+            "errors": self.errors,
+            "batches": self.batches,
+            "mean_batch_size": self._batched / self.batches if self.batches else None,
+            "latency_p50_ms": self.histogram.quantile(0.5),
+            "latency_p99_ms": self.histogram.quantile(0.99),
+            "uptime_s": time.monotonic() - self._started,
+        }
+
+    def _log_figures(self, state: str) -> None:
+        f = self.figures()
+        log.info(
+            "%s: %d requests in %d batches, %d errors, latency p50 %s ms p99 %s ms",
+            state,
+            f["requests_served"],
+            f["batches"],
+            f["errors"],
+            _ms(f["latency_p50_ms"]),
+            _ms(f["latency_p99_ms"]),
+        )
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def _receive_batch(self) -> list[list[bytes]]:
+        """The waiting message, plus those already queued or arriving within the window."""
+        messages = [self._socket.recv_multipart()]
+        deadline = time.monotonic() + self.batch_window_ms / 1000
+        while len(messages) < self.max_batch:
+            try:
+                messages.append(self._socket.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0 or not self._socket.poll(wait_ms):
+                    break
+        return messages
+
+    def _serve(self, messages: list[list[bytes]]) -> None:
+        pending: list[tuple[list[bytes], ObservationRequest]] = []
+        for frames in messages:
+            envelope, payload = frames[:-1], frames[-1]
+            try:
+                message = decode(payload, self.limits)
+            except ProtocolError as e:
+                log.warning("bad message: %s", e)
+                self._send(envelope, _error(e.request_id, e.code, str(e), self.limits))
+                continue
+            match message:
+                case ObservationRequest():
+                    pending.append((envelope, message))
+                case MetadataRequest():
+                    self._send(envelope, self._metadata(message.request_id))
+                case OperatorInstruction() | EStop():
+                    text = f"{message.TYPE} is for the robot's controller: send it there"
+                    self._send(envelope, _error(None, "unsupported", text, self.limits))
+                case _:
+                    text = (
+                        f"the policy server answers observation_request and metadata_request, "
+                        f"not {message.TYPE}"
+                    )
+                    rid = getattr(message, "request_id", None)
+                    self._send(envelope, _error(rid, "unsupported", text, self.limits))
+        if pending:
+            self._answer(pending)
+
+    def _answer(self, pending: list[tuple[list[bytes], ObservationRequest]]) -> None:
+        """One infer call for the batch; if it fails, one call per request."""
+        requests = [r for _, r in pending]
+        results = self._infer(requests)
+        if len(requests) > 1 and isinstance(results[0][0], Exception):
+            error = results[0][0]
+            log.warning("a batch of %d failed (%s); retrying one by one", len(requests), error)
+            results = [self._infer([r])[0] for r in requests]
+        self.batches += 1
+        self._batched += len(requests)
+        for (envelope, request), (result, ms) in zip(pending, results, strict=True):
+            if isinstance(result, Exception):
+                self._send(envelope, self._failure(request, result))
+                continue
+            reply = ChunkReply(
+                request_id=request.request_id,
+                tick=request.tick,
+                actions=result,
+                server_time_ms=ms,
+                model_id=self.policy.info.model_id,
+            )
+            if self._send(envelope, reply):
+                self.requests_served += 1
+                self.histogram.add(ms)
+
+    def _infer(
+        self, requests: list[ObservationRequest]
+    ) -> list[tuple[np.ndarray | Exception, float]]:
+        """(chunk, inference ms) per request; the policy's exception in place of every chunk
+        if it raised."""
+        start = time.perf_counter()
+        try:
+            chunks: list[np.ndarray | Exception] = list(self.policy.infer(requests))
+            if len(chunks) != len(requests):
+                raise RuntimeError(f"the policy returned {len(chunks)} chunks for {len(requests)}")
+            shape = (self.policy.info.chunk_length, self.policy.info.action_dim)
+            if any(np.shape(c) != shape for c in chunks):
+                got = sorted({np.shape(c) for c in chunks})
+                raise RuntimeError(f"the policy returned chunks of shape {got}, not {shape}")
+        except Exception as e:
+            chunks = [e] * len(requests)
+        ms = (time.perf_counter() - start) * 1000
+        return [(chunk, ms) for chunk in chunks]
+
+    def _failure(self, request: ObservationRequest, e: Exception) -> ErrorReply:
+        rid = request.request_id
+        if isinstance(e, ValueError):
+            code = "unsupported" if isinstance(e, UnsupportedRequest) else "bad_request"
+            log.warning("request %d from %s refused: %s", rid, request.robot_id, e)
+            return _error(rid, code, str(e), self.limits)
+        log.error("request %d from %s failed", rid, request.robot_id, exc_info=e)
+        text = f"internal error: {type(e).__name__}: {e} (the server log has the traceback)"
+        return _error(rid, "internal", text, self.limits)
+
+    def _metadata(self, request_id: int) -> MetadataReply:
+        info = self.policy.info
+        return MetadataReply(
+            request_id=request_id,
+            model_id=info.model_id,
+            features={
+                k: {"dtype": v["dtype"], "shape": list(v["shape"])}
+                for k, v in info.features.items()
+            },
+            chunk_length=info.chunk_length,
+            action_dim=info.action_dim,
+            fps=info.fps,
+            latency_edges_ms=self.histogram.edges_ms,
+            latency_counts=self.histogram.counts.copy(),
+            uptime_s=time.monotonic() - self._started,
+            requests_served=self.requests_served,
+        )
+
+    def _send(self, envelope: list[bytes], message: Message) -> bool:
+        """Encode and send; a reply that does not encode becomes an internal ErrorReply.
+        Returns whether the message itself (not its replacement) went out."""
+        sent = True
+        try:
+            data = encode(message, self.limits)
+        except ProtocolError as e:
+            log.error("the policy's reply does not encode: %s", e)
+            sent = False
+            text = f"internal error: the policy produced an invalid reply ({e})"
+            rid = getattr(message, "request_id", None)
+            data = encode(_error(rid, "internal", text, self.limits), self.limits)
+        self.errors += not sent or isinstance(message, ErrorReply)
+        try:
+            self._socket.send_multipart([*envelope, data], zmq.NOBLOCK)
+        except zmq.ZMQError as e:
+            log.warning("reply dropped (%s)", e)
+            return False
+        return sent
+
+
+def _error(request_id: int | None, code: str, text: str, limits: Limits) -> ErrorReply:
+    text = text if len(text) <= limits.max_text_len else text[: limits.max_text_len - 3] + "..."
+    return ErrorReply(request_id=request_id, code=code, message=text or code)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _is_loopback(endpoint: str) -> bool:
+    parts = urlsplit(endpoint)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return parts.hostname == "localhost"

@@ -1,0 +1,191 @@
+"""Tests for runtime/synthetic.py (exact Gaussian flow model) and runtime/sampling.py (one
+sampler per executor: plain, RTC-guided, prefix-conditioned)."""
+
+import numpy as np
+import pytest
+import torch
+
+from policies.flow import euler_sample
+from runtime.policy import ChunkPolicy, FlowModel, UnsupportedRequest
+from runtime.protocol import STATE_KEY, ObservationRequest
+from runtime.sampling import SAMPLERS, FlowChunkPolicy
+from runtime.synthetic import GaussianChunkModel, dct_basis
+
+H, A = 50, 6
+S, D = 20, 5  # execution horizon and delay of the second chunk
+
+
+def request(
+    executor: str = "naive",
+    tick: int = 0,
+    state: np.ndarray | None = None,
+    prev: np.ndarray | None = None,
+    d: int = 0,
+    s: int = 0,
+    seed: int | None = None,
+    rid: int = 0,
+) -> ObservationRequest:
+    state = np.zeros(A, np.float32) if state is None else state
+    return ObservationRequest(
+        request_id=rid,
+        robot_id="arm",
+        tick=tick,
+        observation={STATE_KEY: state},
+        instruction="reach",
+        delay=d,
+        execution_horizon=s,
+        executor=executor,
+        prev_actions=prev,
+        seed=seed,
+    )
+
+
+@pytest.fixture(scope="module")
+def model() -> GaussianChunkModel:
+    return GaussianChunkModel(chunk_length=H, action_dim=A)
+
+
+@pytest.fixture(scope="module")
+def policy(model: GaussianChunkModel) -> FlowChunkPolicy:
+    return FlowChunkPolicy(model, num_steps=10)
+
+
+@pytest.fixture(scope="module")
+def first_chunk(policy: FlowChunkPolicy) -> np.ndarray:
+    return policy.infer([request(seed=1)])[0]  # (H, A)
+
+
+def second_requests(first: np.ndarray, executor: str, count: int = 8) -> list:
+    """The request made after S actions of `first` ran: its unexecuted actions as prev."""
+    return [
+        request(executor, tick=S, state=first[S - 1], prev=first[S:], d=D, s=S, seed=10 + i, rid=i)
+        for i in range(count)
+    ]
+
+
+# ---- the synthetic model --------------------------------------------------------------------
+
+
+def test_synthetic_model_implements_flow_model(model):
+    assert isinstance(model, FlowModel)
+    assert model.info.model_id == "synthetic-gaussian"
+    assert (model.info.chunk_length, model.info.action_dim) == (H, A)
+    basis = dct_basis(H, 4)
+    np.testing.assert_allclose(basis.T @ basis, np.eye(4), atol=1e-12)
+
+
+def test_euler_samples_have_the_model_mean_and_covariance(model):
+    """Euler with many steps on the exact velocity draws N(mu, Sigma) per action dimension."""
+    n = 300
+    requests = [request(tick=7, state=np.linspace(-1, 1, A).astype(np.float32))] * n
+    velocity = model.velocity_fn(requests)
+    noise = torch.randn(n, H, A, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = euler_sample(velocity, noise, num_steps=100).double()  # (n, H, A)
+    mu = model.mean(requests[:1])[0]  # (H, A)
+    residual = (x - mu).permute(0, 2, 1).reshape(-1, H)  # (n A, H): dims are independent
+    assert residual.mean(0).abs().max() < 0.05
+    cov = residual.T @ residual / len(residual)
+    sigma = model.covariance
+    assert torch.linalg.matrix_norm(cov - sigma) / torch.linalg.matrix_norm(sigma) < 0.1
+
+
+def test_per_example_and_per_token_flow_time_agree(model):
+    velocity = model.velocity_fn([request(tick=3), request(tick=40)])
+    x = torch.randn(2, H, A, requires_grad=True)
+    tau = torch.tensor([0.3, 0.8])
+    v_example = velocity(x, tau)
+    v_token = velocity(x, tau[:, None].expand(2, H))
+    torch.testing.assert_close(v_example, v_token, rtol=1e-4, atol=1e-4)
+    (grad,) = torch.autograd.grad(v_example.sum(), x)  # a gradient path through the model
+    assert grad.abs().sum() > 0
+
+
+def test_prefix_conditioned_samples_have_the_conditional_mean(model):
+    """A clean prefix at tau = 1 makes the exact velocity sample a | prefix (Gaussian
+    conditioning), so the mean of the rest is mu_r + Sigma_rp Sigma_pp^-1 (prefix - mu_p)."""
+    n, d = 200, 6
+    requests = [request(tick=0)] * n
+    mu = model.mean(requests[:1])[0]  # (H, A)
+    prefix = mu[:d] + 0.3  # (d, A)
+    velocity = model.velocity_fn(requests)
+    target = torch.zeros(n, H, A, dtype=torch.float64)
+    target[:, :d] = prefix
+    mask = (torch.arange(H) < d).expand(n, H)
+    noise = torch.randn(n, H, A, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.no_grad():
+        x = euler_sample(velocity, noise, 100, prefix=target, prefix_mask=mask)
+    sigma = model.covariance
+    expected = mu[d:] + sigma[d:, :d] @ torch.linalg.solve(sigma[:d, :d], prefix - mu[:d])
+    assert (x[:, d:].mean(0) - expected).abs().max() < 0.05
+
+
+# ---- the policy -----------------------------------------------------------------------------
+
+
+def test_every_executor_returns_absolute_float32_chunks(policy, first_chunk):
+    assert isinstance(policy, ChunkPolicy)
+    batch = [r for executor in SAMPLERS for r in second_requests(first_chunk, executor, 2)]
+    chunks = policy.infer(batch)
+    assert len(chunks) == len(batch)
+    for chunk in chunks:
+        assert chunk.shape == (H, A) and chunk.dtype == np.float32 and np.isfinite(chunk).all()
+
+
+def test_rtc_follows_the_previous_chunk_far_more_closely_than_naive(policy, first_chunk):
+    prev = first_chunk[S:]
+
+    def prefix_error(executor: str) -> float:
+        chunks = np.stack(policy.infer(second_requests(first_chunk, executor)))
+        return float(np.abs(chunks[:, :D] - prev[:D]).mean())
+
+    naive, rtc, hard = prefix_error("naive"), prefix_error("rtc"), prefix_error("rtc_hard")
+    assert rtc < 0.5 * naive
+    assert hard < 0.6 * naive
+
+
+def test_rtc_trained_reproduces_the_frozen_prefix_exactly(policy, first_chunk):
+    for chunk in policy.infer(second_requests(first_chunk, "rtc_trained", 3)):
+        np.testing.assert_allclose(chunk[:D], first_chunk[S : S + D], atol=1e-5)
+        assert not np.allclose(chunk[D : H - S], first_chunk[S + D :], atol=1e-3)
+
+
+def test_rtc_without_prev_actions_is_plain_sampling(policy):
+    plain = policy.infer([request("naive", d=2, s=10, seed=3)])[0]
+    for executor in ("rtc", "rtc_hard", "rtc_trained"):
+        first = policy.infer([request(executor, d=2, s=10, seed=3)])[0]
+        np.testing.assert_allclose(first, plain, atol=1e-6)
+
+
+def test_a_seeded_request_is_reproducible_in_any_batch(policy):
+    alone = policy.infer([request(seed=42)])[0]
+    batched = policy.infer([request(seed=7), request(), request(seed=42)])
+    np.testing.assert_array_equal(batched[2], alone)
+    assert not np.allclose(batched[0], alone)
+
+
+def test_unknown_executor_names_the_known_ones(policy):
+    with pytest.raises(UnsupportedRequest, match=r"known executors.*rtc_trained"):
+        policy.infer([request("teleport")])
+
+
+@pytest.mark.parametrize(
+    ("d", "s", "match"),
+    [(6, 5, "delay d <= execution_horizon"), (5, 46, "s <= H - d"), (5, 20, "at least the d")],
+)
+def test_inconsistent_delay_and_horizon_are_refused(policy, first_chunk, d, s, match):
+    prev = first_chunk[S:] if d <= s else first_chunk[40:]
+    prev = prev[:3] if match == "at least the d" else prev
+    with pytest.raises(ValueError, match=match):
+        policy.infer([request("rtc", prev=prev, d=d, s=s)])
+
+
+@pytest.mark.parametrize("shape", [(H + 1, A), (10, A - 1)])
+def test_bad_prev_actions_shape_is_refused(policy, shape):
+    with pytest.raises(ValueError, match="prev_actions has shape"):
+        policy.infer([request("rtc", prev=np.zeros(shape, np.float32), d=1, s=5)])
+
+
+def test_bad_state_is_refused_with_the_expected_shape(policy):
+    with pytest.raises(ValueError, match=r"expects float32 \(6,\)"):
+        policy.infer([request(state=np.zeros(3, np.float32))])
