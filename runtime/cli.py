@@ -25,6 +25,10 @@ COMMANDS: dict[str, str] = {
     "demo": "record a few demonstrations and replay them in the simulator (the quickstart)",
     "record": "record scripted expert demonstrations as a LeRobotDataset v3",
     "expert": "measure the scripted expert's success rate (with or without injected failures)",
+    "fit-fast": "fit a FAST action tokenizer on a dataset's action chunks",
+    "train": "train the VLA (knowledge insulation, optional training-time RTC) on a dataset",
+    "run": "run the async controller (RTC or a baseline) against MuJoCo or a robot",
+    "serve": "serve a checkpoint (or the synthetic model) to controllers over ZMQ",
 }
 
 # Errors that mean "the user asked for something impossible": print the message, no traceback.

@@ -78,8 +78,16 @@ def plot_replay(replay: EpisodeReplay, joint_names: tuple[str, ...], path: Path)
     for j, (ax, name) in enumerate(zip(axes, joint_names, strict=True)):
         ax.plot(t, replay.actions[:, j], "--", lw=1, label="action (target)")
         ax.plot(t, replay.replayed_states[:, j], lw=1, label="replayed state")
-        ax.fill_between(t, 0, 1, where=replay.correction, transform=ax.get_xaxis_transform(),
-                        color="tab:red", alpha=0.15, label="correction")
+        ax.fill_between(
+            t,
+            0,
+            1,
+            where=replay.correction,
+            transform=ax.get_xaxis_transform(),
+            color="tab:red",
+            alpha=0.15,
+            label="correction",
+        )
         ax.set_ylabel(name, fontsize=8)
     axes[0].legend(fontsize=7, loc="upper right")
     axes[-1].set_xlabel("control tick")

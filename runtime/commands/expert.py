@@ -13,6 +13,5 @@ def main(cfg: DictConfig) -> dict:
         episodes=cfg.episodes,
         failure_prob=cfg.failure_prob,
         seed=cfg.seed,
-        control_hz=cfg.task.control_hz,
     )
     return {"task": cfg.task.name, "failure_prob": cfg.failure_prob, **figures}

@@ -1,0 +1,101 @@
+"""Simulator speed: physics steps/s, control ticks/s and render frames/s per camera.
+
+Prints one line of JSON. One function per measurement; each builds its own environment.
+
+    uv run python bench/sim_speed.py [--task pick_place] [--image-size 96] [--frames 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import sim  # first: picks the OpenGL backend before mujoco loads
+
+# isort: split
+import mujoco
+import numpy as np
+
+from sim import SimEnv, make_expert
+from sim.render import CameraRenderer, gl_backend
+
+
+def run_expert(env: SimEnv, ticks: int, seed: int = 0) -> list[float]:
+    """Step ``env`` with its expert for ``ticks`` ticks (new episodes as needed).
+
+    Returns the wall time of each ``env.step`` call, in seconds.
+    """
+    times: list[float] = []
+    episode = 0
+    while len(times) < ticks:
+        env.reset(seed=seed + episode)
+        expert = make_expert(env, np.random.default_rng(seed + episode))
+        while not expert.done and len(times) < ticks:
+            action, _ = expert.act()
+            start = time.perf_counter()
+            env.step(action)
+            times.append(time.perf_counter() - start)
+        episode += 1
+    return times
+
+
+def physics_steps_per_s(task: str, steps: int = 20_000) -> float:
+    """Raw ``mj_step`` throughput from a mid-episode state (the arm moving, objects resting)."""
+    env = SimEnv(task, render=False)
+    run_expert(env, ticks=30)
+    start = time.perf_counter()
+    mujoco.mj_step(env.model, env.data, nstep=steps)
+    return steps / (time.perf_counter() - start)
+
+
+def control_ticks_per_s(task: str, ticks: int = 600) -> float:
+    """``env.step`` calls per second without rendering, driven by the expert."""
+    times = run_expert(SimEnv(task, render=False), ticks)
+    return len(times) / sum(times)
+
+
+def render_fps(task: str, image_size: int, frames: int) -> dict[str, float]:
+    """Frames per second of each camera (1 / median frame time) along an expert episode."""
+    env = SimEnv(task, render=False)
+    renderer = CameraRenderer(env.model, image_size)
+    times: dict[str, list[float]] = {cam: [] for cam in env.cameras}
+    episode, expert = -1, None
+    for _ in range(frames):
+        if expert is None or expert.done:
+            episode += 1
+            env.reset(seed=episode)
+            expert = make_expert(env, np.random.default_rng(episode))
+        env.step(expert.act()[0])
+        for cam in env.cameras:
+            start = time.perf_counter()
+            renderer.render(env.data, cam)
+            times[cam].append(time.perf_counter() - start)
+    renderer.close()
+    return {cam: 1.0 / statistics.median(t) for cam, t in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="pick_place", choices=sorted(sim.TASKS))
+    parser.add_argument("--image-size", type=int, default=96)
+    parser.add_argument("--frames", type=int, default=300, help="frames per camera")
+    args = parser.parse_args()
+    result = {
+        "task": args.task,
+        "image_size": args.image_size,
+        "gl_backend": gl_backend(),
+        "n_substeps": SimEnv(args.task, render=False).n_substeps,
+        "physics_steps_per_s": round(physics_steps_per_s(args.task)),
+        "control_ticks_per_s": round(control_ticks_per_s(args.task), 1),
+        "render_fps": {
+            cam: round(fps, 1)
+            for cam, fps in render_fps(args.task, args.image_size, args.frames).items()
+        },
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The simulated SO-100 environment: one task, fixed-rate control ticks, camera observations.
+
+Observations (``observe``):
+    observation.state          float32 (6,)       joint positions in JOINT_NAMES order; the
+                                                   gripper is the finger opening in metres
+    observation.images.<cam>   uint8 (H, W, 3)    one per camera, absent when render=False
+
+Actions (``step``): float32 (6,) absolute joint targets in JOINT_NAMES order, clipped to the
+actuators' ctrlrange. One step is one control tick of ``n_substeps`` physics steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import mujoco
+import numpy as np
+
+from sim.ik import DiffIK, down_rotation
+from sim.render import CameraRenderer
+from sim.robot import CAMERAS, GRIPPER_OPEN, JOINT_NAMES, RobotIndex, build_scene
+from sim.tasks import TASKS, Task, make_expert
+from sim.tasks.base import CONTROL_HZ_REF
+
+logger = logging.getLogger(__name__)
+
+MAX_TIMESTEP = 0.002  # s, the physics step never exceeds this
+HOME_SITE = np.array([0.15, 0.0, 0.12])  # grip site at home: above the workspace, pointing down
+HOME_NOISE = 0.03  # rad, uniform noise on the arm joints at reset
+
+
+class SimEnv:
+    """A MuJoCo scene with the SO-100-class arm and one task."""
+
+    def __init__(
+        self,
+        task: Task | str,
+        *,
+        image_size: int = 96,
+        control_hz: float = 30.0,
+        cameras: tuple[str, ...] = CAMERAS,
+        render: bool = True,
+    ) -> None:
+        if isinstance(task, str):
+            if task not in TASKS:
+                raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
+            task = TASKS[task]()
+        if not isinstance(image_size, int | np.integer) or not 16 <= image_size <= 1024:
+            raise ValueError(f"image_size={image_size!r} must be an int in 16..1024, e.g. 96")
+        if not 0 < control_hz <= 1 / MAX_TIMESTEP:
+            raise ValueError(
+                f"control_hz={control_hz} must be > 0 and <= {1 / MAX_TIMESTEP:g}, e.g. 30"
+            )
+        unknown = [c for c in cameras if c not in CAMERAS]
+        if unknown or not cameras or len(set(cameras)) != len(cameras):
+            raise ValueError(
+                f"cameras={cameras!r} must be distinct names from {CAMERAS}, at least one"
+            )
+        self.task = task
+        self.image_size = int(image_size)
+        self.control_hz = float(control_hz)
+        self.cameras = tuple(cameras)
+        period = 1.0 / self.control_hz
+        self.n_substeps = math.ceil(period / MAX_TIMESTEP - 1e-9)
+
+        spec = build_scene(timestep=period / self.n_substeps)
+        task.build(spec)
+        self.model = spec.compile()
+        self.data = mujoco.MjData(self.model)
+        self.robot = RobotIndex.from_model(self.model)
+        task.bind(self.model, self.data)
+        low, high = self.model.actuator_ctrlrange[self.robot.actuators].T
+        self.action_low, self.action_high = low.astype(np.float32), high.astype(np.float32)
+        self._mirror_qpos = self.model.joint("gripper_mirror").qposadr[0]
+        ik = DiffIK(self.model, self.robot)
+        seed = np.array([0.0, 0.0, 0.0, math.pi / 2, 0.0])
+        self._home = np.r_[ik.solve(seed, HOME_SITE, down_rotation(math.pi / 2)), GRIPPER_OPEN]
+        self._renderer = CameraRenderer(self.model, image_size) if render else None
+        self.instruction = ""
+        self.tick = 0
+        self.reset()
+
+    @property
+    def max_steps(self) -> int:
+        """Episode cap in control ticks (the task's cap, rescaled from 30 Hz)."""
+        return round(self.task.max_steps * self.control_hz / CONTROL_HZ_REF)
+
+    def reset(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """Home the robot (with small joint noise), randomize the task; return the observation."""
+        rng = np.random.default_rng(seed)
+        mujoco.mj_resetData(self.model, self.data)
+        home = self._home.copy()
+        home[:5] += rng.uniform(-HOME_NOISE, HOME_NOISE, size=5)
+        self.data.qpos[self.robot.qpos] = home
+        self.data.qpos[self._mirror_qpos] = home[5]
+        self.data.ctrl[self.robot.actuators] = home
+        self.instruction = self.task.reset(rng)
+        mujoco.mj_forward(self.model, self.data)
+        self.tick = 0
+        return self.observe()
+
+    def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
+        """Apply absolute joint targets ``action`` (6,) for one control tick."""
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != (len(JOINT_NAMES),):
+            raise ValueError(
+                f"action has shape {action.shape}, expected ({len(JOINT_NAMES)},): "
+                f"absolute joint targets for {JOINT_NAMES}"
+            )
+        if not np.all(np.isfinite(action)):
+            raise ValueError(f"action {action} has non-finite values")
+        self.data.ctrl[self.robot.actuators] = np.clip(action, self.action_low, self.action_high)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self.tick += 1
+        return self.observe()
+
+    def observe(self) -> dict[str, np.ndarray]:
+        obs = {"observation.state": self.data.qpos[self.robot.qpos].astype(np.float32)}
+        if self._renderer is not None:
+            for cam in self.cameras:
+                obs[f"observation.images.{cam}"] = self._renderer.render(self.data, cam)
+        return obs
+
+    def success(self) -> bool:
+        return self.task.success()
+
+    def feature_spec(self) -> dict[str, dict[str, Any]]:
+        """LeRobot-style features of observations and actions."""
+        features: dict[str, dict[str, Any]] = {
+            key: {"dtype": "float32", "shape": (len(JOINT_NAMES),), "names": list(JOINT_NAMES)}
+            for key in ("observation.state", "action")
+        }
+        if self._renderer is not None:
+            for cam in self.cameras:
+                features[f"observation.images.{cam}"] = {
+                    "dtype": "image",
+                    "shape": (self.image_size, self.image_size, 3),
+                    "names": ["height", "width", "channels"],
+                }
+        return features
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+
+def make_env(task: str, **kwargs: Any) -> SimEnv:
+    """``SimEnv(task, **kwargs)``."""
+    return SimEnv(task, **kwargs)
+
+
+def evaluate_expert(
+    task: str, episodes: int, failure_prob: float = 0.0, seed: int = 0
+) -> dict[str, float | int]:
+    """Run the scripted expert for ``episodes`` seeded episodes without rendering.
+
+    Episode ``i`` resets with seed ``seed + i``. Returns the success rate, how many episodes
+    had a failure injected, how many of those still succeeded, and the mean episode length.
+    """
+    env = SimEnv(task, render=False)
+    successes = injected = recovered = total_ticks = 0
+    for i in range(episodes):
+        env.reset(seed=seed + i)
+        expert = make_expert(env, np.random.default_rng((seed, i)), failure_prob)
+        while not expert.done:
+            env.step(expert.act()[0])
+        ok = env.success()
+        successes += ok
+        injected += expert.failure is not None
+        recovered += ok and expert.failure is not None
+        total_ticks += env.tick
+        logger.debug("episode %d: success=%s failure=%s ticks=%d", i, ok, expert.failure, env.tick)
+    env.close()
+    return {
+        "episodes": episodes,
+        "success_rate": successes / max(episodes, 1),
+        "failures_injected": injected,
+        "recovered": recovered,
+        "mean_episode_ticks": total_ticks / max(episodes, 1),
+    }

@@ -1,0 +1,123 @@
+"""Reach: move the gripper to the target sphere of the named colour.
+
+Three small spheres (red, green, blue) float above the table; one is the target, the other two
+are distractors. Success: the grip site within ``SUCCESS_RADIUS`` of the target's centre.
+A fast task for tests and state-only policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import mujoco
+import numpy as np
+
+from sim.robot import NO_CONTACT
+from sim.tasks.base import (
+    Expert,
+    Labels,
+    Step,
+    Task,
+    arm_yaw,
+    direction_words,
+    sample_apart,
+)
+
+if TYPE_CHECKING:
+    from sim.env import SimEnv
+
+COLORS = {"red": (0.85, 0.15, 0.15, 1), "green": (0.2, 0.7, 0.2, 1), "blue": (0.15, 0.3, 0.9, 1)}
+RADIUS_RANGE = (0.12, 0.18)  # m, horizontal distance of a target from the base
+ANGLE_RANGE = (-0.7, 0.7)  # rad, azimuth of a target (0 = straight ahead)
+HEIGHT_RANGE = (0.05, 0.10)  # m, height of a target's centre above the table
+MIN_SEPARATION = 0.06  # m, between target centres
+SUCCESS_RADIUS = 0.02  # m
+APPROACH_HEIGHT = 0.04  # m, the expert first moves this far above the target
+
+
+def draw_target(rng: np.random.Generator) -> np.ndarray:
+    """A random target centre (3,) inside the reachable region."""
+    r, a = rng.uniform(*RADIUS_RANGE), rng.uniform(*ANGLE_RANGE)
+    return np.array([r * np.cos(a), r * np.sin(a), rng.uniform(*HEIGHT_RANGE)])
+
+
+class Reach(Task):
+    name = "reach"
+    max_steps = 180
+
+    def build(self, spec: mujoco.MjSpec) -> None:
+        for color, rgba in COLORS.items():
+            body = spec.worldbody.add_body(name=f"target_{color}", mocap=True)
+            body.add_geom(
+                type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.018, 0, 0], rgba=rgba,
+                contype=NO_CONTACT, conaffinity=NO_CONTACT,
+            )  # fmt: skip
+
+    def bind(self, model: mujoco.MjModel, data: mujoco.MjData) -> None:
+        super().bind(model, data)
+        self._mocap = {c: model.body(f"target_{c}").mocapid[0] for c in COLORS}
+        self._site = model.site("grip").id
+        self.color = "red"
+
+    def reset(self, rng: np.random.Generator) -> str:
+        self.color = str(rng.choice(list(COLORS)))
+        targets = sample_apart(rng, draw_target, len(COLORS), MIN_SEPARATION, dims=3)  # (3, 3)
+        for color, pos in zip(COLORS, targets, strict=True):
+            self.data.mocap_pos[self._mocap[color]] = pos
+        return f"move the gripper to the {self.color} target"
+
+    def phases(self) -> tuple[str, ...]:
+        return (f"move above the {self.color} target", f"reach the {self.color} target")
+
+    def target_pos(self) -> np.ndarray:
+        return self.data.mocap_pos[self._mocap[self.color]].copy()
+
+    def success(self) -> bool:
+        error = self.data.site_xpos[self._site] - self.target_pos()
+        return bool(np.linalg.norm(error) < SUCCESS_RADIUS)
+
+    def make_expert(self, env: SimEnv, rng: np.random.Generator, failure_prob: float) -> Expert:
+        return ReachExpert(env, rng, failure_prob)
+
+
+class ReachExpert(Expert):
+    """Above the target, down onto it, hold.
+
+    Failures: ``offset`` aims 4 cm to the side of the target, ``overshoot`` goes 2.5 cm too
+    low; the expert then notices the error and corrects it ("move left", "move up", ...).
+    """
+
+    FAILURES = ("offset", "overshoot")
+    SPEED = 0.06  # m/s, slower than the default: a reach is short
+    task: Reach
+
+    def script(self) -> Iterator[Step]:
+        above, reach = self.task.phases()
+        target = self.task.target_pos()
+        miss = self._miss(target)  # (3,)
+        lift = np.array([0.0, 0.0, APPROACH_HEIGHT])
+        yaw = arm_yaw(target, roll=0.0)
+        yield from self.move(target + miss * [1, 1, 0] + lift, Labels(above), yaw=yaw)
+        yield from self.move(target + miss, Labels(reach))
+        yield from self.settle(Labels(reach))
+        if self.failure is not None:
+            yield from self.wait(0.3, Labels(reach))
+        error = target - self.site_pos()
+        if np.linalg.norm(error) > 0.01:
+            fix = Labels(reach, direction_words(error), correction=True)
+            yield from self.move(target, fix)
+            yield from self.settle(fix)
+        yield from self.hold(Labels(reach))
+
+    def _miss(self, target: np.ndarray) -> np.ndarray:
+        """Where the injected failure aims, relative to the target (zero without one)."""
+        if self.failure == "overshoot":
+            return np.array([0.0, 0.0, -0.025])
+        if self.failure == "offset":
+            while True:
+                a = self.rng.uniform(-np.pi, np.pi)
+                miss = 0.04 * np.array([np.cos(a), np.sin(a), 0.0])
+                if 0.1 <= np.linalg.norm((target + miss)[:2]) <= RADIUS_RANGE[1] + 0.01:
+                    return miss
+        return np.zeros(3)

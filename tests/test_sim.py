@@ -1,0 +1,210 @@
+"""The MuJoCo simulator: robot, environment, tasks and scripted experts."""
+
+import math
+
+import numpy as np
+import pytest
+
+import sim
+from sim import JOINT_NAMES, TASKS, Labels, SimEnv, evaluate_expert, make_env, make_expert
+from sim.ik import DiffIK, closing_yaw, down_rotation
+from sim.tasks.base import direction_words
+from sim.tasks.pick_place import PickPlaceExpert
+from sim.tasks.reach import ReachExpert
+
+
+def run_episode(env: SimEnv, seed: int, failure: str | None = None) -> list[Labels]:
+    """Reset with ``seed`` and run the expert to the end; return the labels of every frame.
+
+    ``failure`` forces the kind of failure the expert injects (None: no failure).
+    """
+    env.reset(seed=seed)
+    expert = make_expert(env, np.random.default_rng(seed), failure_prob=float(failure is not None))
+    expert.failure = failure
+    labels = []
+    while not expert.done:
+        action, label = expert.act()
+        assert action.shape == (6,) and action.dtype == np.float32
+        env.step(action)
+        labels.append(label)
+    return labels
+
+
+@pytest.fixture(scope="module")
+def envs() -> dict[str, SimEnv]:
+    """One rendering-free environment per task, shared by the expert tests."""
+    made = {name: SimEnv(name, render=False) for name in TASKS}
+    yield made
+    for env in made.values():
+        env.close()
+
+
+def test_public_api() -> None:
+    assert JOINT_NAMES == (
+        "shoulder_pan",
+        "shoulder_lift",
+        "elbow_flex",
+        "wrist_flex",
+        "wrist_roll",
+        "gripper",
+    )
+    assert set(TASKS) == {"reach", "pick_place"}
+    assert callable(sim.evaluate_expert)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_task_builds_steps_and_renders(task: str) -> None:
+    env = make_env(task, image_size=64)
+    obs = env.reset(seed=0)
+    assert env.instruction and env.tick == 0
+    assert set(obs) == {
+        "observation.state",
+        "observation.images.front",
+        "observation.images.wrist",
+    }
+    assert obs["observation.state"].shape == (6,)
+    assert obs["observation.state"].dtype == np.float32
+    for cam in ("front", "wrist"):
+        image = obs[f"observation.images.{cam}"]
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        assert image.std() > 5, f"{cam} image is nearly constant"
+    obs = env.step(obs["observation.state"])
+    assert env.tick == 1
+    assert set(env.feature_spec()) == {"observation.state", "action", *list(obs)[1:]}
+    env.close()
+
+
+def test_feature_spec() -> None:
+    env = SimEnv("reach", image_size=32, cameras=("front",))
+    spec = env.feature_spec()
+    assert spec["action"] == {"dtype": "float32", "shape": (6,), "names": list(JOINT_NAMES)}
+    assert spec["observation.state"]["names"] == list(JOINT_NAMES)
+    assert spec["observation.images.front"]["shape"] == (32, 32, 3)
+    assert "observation.images.wrist" not in spec
+    env.close()
+    no_images = SimEnv("reach", render=False)
+    assert set(no_images.feature_spec()) == {"observation.state", "action"}
+    assert set(no_images.observe()) == {"observation.state"}
+
+
+def test_actions_are_clipped(envs: dict[str, SimEnv]) -> None:
+    env = envs["reach"]
+    env.reset(seed=0)
+    assert env.action_low.shape == env.action_high.shape == (6,)
+    assert np.all(env.action_low < env.action_high)
+    env.step(np.full(6, 100.0, dtype=np.float32))
+    np.testing.assert_allclose(env.data.ctrl[env.robot.actuators], env.action_high)
+    env.step(np.full(6, -100.0, dtype=np.float32))
+    np.testing.assert_allclose(env.data.ctrl[env.robot.actuators], env.action_low)
+    with pytest.raises(ValueError, match="expected \\(6,\\)"):
+        env.step(np.zeros(5))
+    with pytest.raises(ValueError, match="non-finite"):
+        env.step(np.full(6, np.nan))
+
+
+def test_control_tick_is_exact() -> None:
+    env = SimEnv("reach", render=False)
+    assert env.n_substeps == 17 and env.model.opt.timestep <= 0.002
+    assert math.isclose(env.n_substeps * env.model.opt.timestep, 1 / 30)
+    fast = SimEnv("reach", render=False, control_hz=500)
+    assert fast.n_substeps == 1 and math.isclose(fast.model.opt.timestep, 0.002)
+    assert fast.max_steps == round(TASKS["reach"].max_steps * 500 / 30)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_reset_is_deterministic(envs: dict[str, SimEnv], task: str) -> None:
+    env = envs[task]
+    first = env.reset(seed=7)["observation.state"], env.data.qpos.copy(), env.instruction
+    env.step(env.action_high)
+    again = env.reset(seed=7)["observation.state"], env.data.qpos.copy(), env.instruction
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert first[2] == again[2]
+    env.reset(seed=8)
+    assert not np.array_equal(env.data.qpos, first[1])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"task": "fold_laundry"}, "unknown task 'fold_laundry': choose one of"),
+        ({"image_size": 8}, "image_size=8 must be an int in 16..1024"),
+        ({"image_size": 2048}, "image_size"),
+        ({"control_hz": 0.0}, "control_hz=0.0 must be > 0"),
+        ({"control_hz": 1000.0}, "control_hz"),
+        ({"cameras": ("top",)}, "cameras=\\('top',\\) must be distinct names from"),
+        ({"cameras": ()}, "at least one"),
+    ],
+)
+def test_bad_config_is_rejected(kwargs: dict, match: str) -> None:
+    kwargs = {"task": "reach", "render": False, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        SimEnv(kwargs.pop("task"), **kwargs)
+
+
+def test_bad_failure_prob_is_rejected(envs: dict[str, SimEnv]) -> None:
+    with pytest.raises(ValueError, match=r"failure_prob=1\.5 must be in"):
+        make_expert(envs["reach"], np.random.default_rng(0), failure_prob=1.5)
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("seed", [0, 1])
+def test_expert_succeeds(envs: dict[str, SimEnv], task: str, seed: int) -> None:
+    env = envs[task]
+    labels = run_episode(env, seed)
+    assert env.success(), f"{task} seed {seed}: expert failed after {env.tick} ticks"
+    assert env.tick < env.max_steps
+    assert not any(label.correction for label in labels)
+    assert all(label.corrective_instruction == "" for label in labels)
+    steps = [label.step_instruction for label in labels]
+    assert set(steps) <= set(env.task.phases())
+    assert steps[0] == env.task.phases()[0] and steps[-1] == env.task.phases()[-1]
+
+
+@pytest.mark.parametrize(
+    ("task", "failure"),
+    [("reach", kind) for kind in ReachExpert.FAILURES]
+    + [("pick_place", kind) for kind in PickPlaceExpert.FAILURES],
+)
+def test_expert_recovers_from_failure(envs: dict[str, SimEnv], task: str, failure: str) -> None:
+    env = envs[task]
+    labels = run_episode(env, seed=3, failure=failure)
+    assert env.success(), f"{task} with {failure}: no recovery after {env.tick} ticks"
+    corrections = [label for label in labels if label.correction]
+    assert corrections, f"{task} with {failure}: no frame labelled as a correction"
+    assert all(label.corrective_instruction for label in corrections)
+    assert all(label.step_instruction in env.task.phases() for label in labels)
+
+
+def test_evaluate_expert() -> None:
+    result = evaluate_expert("reach", episodes=3, failure_prob=1.0, seed=5)
+    assert result["episodes"] == 3 and result["failures_injected"] == 3
+    assert result["success_rate"] == 1.0 and result["recovered"] == 3
+    assert result["mean_episode_ticks"] > 0
+
+
+def test_direction_words() -> None:
+    assert direction_words(np.array([0.03, -0.005])) == "move forward"
+    assert direction_words(np.array([-0.01, 0.03])) == "move left"
+    assert direction_words(np.array([0.02, -0.02])) == "move forward and right"
+    assert direction_words(np.array([0.0, 0.002, -0.03])) == "move down"
+
+
+def test_ik_points_the_gripper_down(envs: dict[str, SimEnv]) -> None:
+    env = envs["pick_place"]
+    ik = DiffIK(env.model, env.robot)
+    seed = np.array([0.0, 0.0, 0.0, np.pi / 2, 0.0])
+    for target, yaw in [((0.2, 0.05, 0.03), 0.4), ((0.12, -0.1, 0.08), 2.0)]:
+        q = ik.solve(seed, np.array(target), down_rotation(yaw))
+        pos, rot = ik.forward(q)
+        np.testing.assert_allclose(pos, target, atol=1e-3)
+        np.testing.assert_allclose(rot[:, 0], [0, 0, -1], atol=1e-2)
+        assert math.isclose(closing_yaw(rot), yaw, abs_tol=1e-2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("failure_prob", [0.0, 1.0])
+def test_expert_success_rate(task: str, failure_prob: float) -> None:
+    result = evaluate_expert(task, episodes=100, failure_prob=failure_prob)
+    assert result["success_rate"] >= 0.95, result
