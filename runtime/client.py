@@ -1,0 +1,306 @@
+"""Policy clients: how the controller sends observation requests and receives action chunks.
+
+A client has at most one chunk request outstanding (the controller never sends a second
+before the first is answered or given up). ``poll`` returns the reply to it, drops replies
+to anything older (a stale reply after a timeout or a resubmission), and raises
+``RequestTimeout`` once the outstanding request is older than the client's ``timeout_s``.
+
+``ZmqPolicyClient`` talks to a ``PolicyServer`` over a DEALER socket, one frame per message.
+ZMQ reconnects by itself; after a timeout the client also replaces its socket, which drops
+requests still queued for a dead server, so a restarted server gets fresh observations only.
+``LocalPolicyClient`` runs a ``ChunkPolicy`` in this process on a worker thread (tests,
+benchmarks and simulated-clock runs without a server process); its messages go through the
+same ``encode``/``decode`` validation as the wire.
+
+Only ``LocalPolicyClient``, which runs a policy, imports torch (when it is built).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import zmq
+import zmq.auth
+
+from runtime.protocol import (
+    DEFAULT_LIMITS,
+    ChunkReply,
+    ErrorReply,
+    Limits,
+    Message,
+    MetadataReply,
+    MetadataRequest,
+    ObservationRequest,
+    ProtocolError,
+    decode,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from runtime.policy import ChunkPolicy
+
+log = logging.getLogger(__name__)
+
+Reply = ChunkReply | ErrorReply
+
+
+class RequestTimeout(TimeoutError):
+    """The outstanding request got no reply in time; the client has given up on it."""
+
+
+class PolicyClient(Protocol):
+    """The controller's view of a policy server."""
+
+    def submit(self, request: ObservationRequest) -> None:
+        """Send ``request``; it replaces any outstanding one (whose reply is then dropped)."""
+        ...
+
+    def poll(self, timeout_s: float = 0.0) -> Reply | None:
+        """The reply to the outstanding request if it comes within ``timeout_s``, else None.
+
+        Raises RequestTimeout when the outstanding request has waited longer than the
+        client's own timeout.
+        """
+        ...
+
+    def metadata(self, timeout_s: float) -> MetadataReply:
+        """The server's model metadata and health (no chunk request may be outstanding)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class ClientCurveKeys:
+    """ZMQ CURVE keys (Z85 bytes) of a client: the server's public key and the client's pair."""
+
+    server_public: bytes
+    public: bytes
+    secret: bytes
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> ClientCurveKeys:
+        """Read ``server.key`` and ``client.key_secret`` (``runtime.server.generate_keypair``)."""
+        directory = Path(directory)
+        server_file, client_file = directory / "server.key", directory / "client.key_secret"
+        for path in (server_file, client_file):
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"no {path}: put the server's public server.key and this client's "
+                    "client.key_secret (runtime.server.generate_keypair(dir, 'client')) there, "
+                    "and the client's public client.key in the server's clients/ folder"
+                )
+        server_public, _ = zmq.auth.load_certificate(server_file)
+        public, secret = zmq.auth.load_certificate(client_file)
+        return cls(server_public=server_public, public=public, secret=secret)
+
+
+class _OneOutstanding:
+    """The reply matching, stale dropping and timeout logic both clients share."""
+
+    def __init__(self, timeout_s: float) -> None:
+        if not timeout_s > 0:
+            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        self.timeout_s = timeout_s
+        self._pending: int | None = None  # id of the outstanding request
+        self._deadline = math.inf
+
+    def _start(self, request_id: int) -> None:
+        self._pending = request_id
+        self._deadline = time.perf_counter() + self.timeout_s
+
+    def _receive(self, wait_s: float) -> Message | None:
+        """One message if one comes within ``wait_s`` seconds (None also for a bad one)."""
+        raise NotImplementedError
+
+    def _reset(self) -> None:
+        """Forget everything in transit (after a timeout)."""
+        raise NotImplementedError
+
+    def poll(self, timeout_s: float = 0.0) -> Reply | None:
+        if self._pending is None:
+            return None
+        until = min(time.perf_counter() + timeout_s, self._deadline)
+        while True:
+            msg = self._receive(max(until - time.perf_counter(), 0.0))
+            if isinstance(msg, ChunkReply | ErrorReply) and msg.request_id in (self._pending, None):
+                self._pending = None  # an ErrorReply without an id answers the outstanding one
+                return msg
+            if msg is not None:
+                log.debug("dropped a stale %s", type(msg).__name__)
+            now = time.perf_counter()
+            if now >= self._deadline:
+                rid, self._pending = self._pending, None
+                self._reset()
+                raise RequestTimeout(
+                    f"request {rid} got no reply within {self.timeout_s} s from {self}"
+                )
+            if now >= until and msg is None:
+                return None
+
+
+class ZmqPolicyClient(_OneOutstanding):
+    """A ``PolicyClient`` for a ``PolicyServer`` at ``address`` (e.g. ``tcp://host:5555``)."""
+
+    def __init__(
+        self,
+        address: str,
+        timeout_s: float = 1.0,
+        curve: ClientCurveKeys | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        super().__init__(timeout_s)
+        if curve is not None and not zmq.has("curve"):
+            raise ValueError("this libzmq has no CURVE support: install pyzmq with libsodium")
+        self.address = address
+        self.curve = curve
+        self.limits = limits
+        self._context = zmq.Context()
+        self._socket = self._connect()
+        self._metadata_id = 0
+
+    def __repr__(self) -> str:
+        return f"ZmqPolicyClient({self.address!r})"
+
+    def submit(self, request: ObservationRequest) -> None:
+        data = encode(request, self.limits)
+        self._start(request.request_id)
+        self._socket.send(data, copy=False)
+
+    def metadata(self, timeout_s: float = 5.0) -> MetadataReply:
+        if self._pending is not None:
+            raise RuntimeError(
+                f"metadata() while chunk request {self._pending} is outstanding: ask for "
+                "metadata before the control loop starts"
+            )
+        self._metadata_id += 1
+        self._socket.send(encode(MetadataRequest(request_id=self._metadata_id), self.limits))
+        until = time.perf_counter() + timeout_s
+        while (now := time.perf_counter()) < until:
+            msg = self._receive(until - now)
+            if isinstance(msg, MetadataReply | ErrorReply) and msg.request_id == self._metadata_id:
+                if isinstance(msg, ErrorReply):
+                    raise RuntimeError(f"{self} refused the metadata request: {msg.message}")
+                return msg
+        self._reset()
+        raise RequestTimeout(f"no metadata from {self} within {timeout_s} s: is it serving?")
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        self._context.term()
+
+    def _connect(self) -> zmq.Socket:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            socket.curve_serverkey = self.curve.server_public
+            socket.curve_publickey = self.curve.public
+            socket.curve_secretkey = self.curve.secret
+        socket.connect(self.address)
+        return socket
+
+    def _receive(self, wait_s: float) -> Message | None:
+        if not self._socket.poll(math.ceil(wait_s * 1000)):
+            return None
+        frames = self._socket.recv_multipart()
+        if len(frames) != 1:
+            log.warning("dropped a reply of %d frames from %s: expected one", len(frames), self)
+            return None
+        try:
+            return decode(frames[0], self.limits)
+        except ProtocolError as err:
+            log.warning("dropped an invalid reply from %s: %s", self, err)
+            return None
+
+    def _reset(self) -> None:
+        self._socket.close(linger=0)
+        self._socket = self._connect()
+
+
+class LocalPolicyClient(_OneOutstanding):
+    """A ``PolicyClient`` running ``policy.infer`` in this process, on one worker thread."""
+
+    def __init__(self, policy: ChunkPolicy, timeout_s: float = 30.0) -> None:
+        from runtime.server import LatencyHistogram
+
+        super().__init__(timeout_s)
+        self.policy = policy
+        self.histogram = LatencyHistogram()
+        self._requests: queue.Queue[ObservationRequest | None] = queue.Queue()
+        self._replies: queue.Queue[Reply] = queue.Queue()
+        self._served = 0
+        self._started = time.perf_counter()
+        self._worker = threading.Thread(target=self._serve, name="local-policy", daemon=True)
+        self._worker.start()
+
+    def __repr__(self) -> str:
+        return f"LocalPolicyClient({self.policy.info.model_id!r})"
+
+    def submit(self, request: ObservationRequest) -> None:
+        checked = decode(encode(request))  # exactly what a server would receive
+        self._start(request.request_id)
+        self._requests.put(checked)
+
+    def metadata(self, timeout_s: float = 5.0) -> MetadataReply:
+        info = self.policy.info
+        return MetadataReply(
+            request_id=0,
+            model_id=info.model_id,
+            features={
+                k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in info.features.items()
+            },
+            chunk_length=info.chunk_length,
+            action_dim=info.action_dim,
+            fps=info.fps,
+            latency_edges_ms=self.histogram.edges_ms,
+            latency_counts=self.histogram.counts.copy(),
+            uptime_s=time.perf_counter() - self._started,
+            requests_served=self._served,
+        )
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._worker.join(timeout=self.timeout_s)
+
+    def _serve(self) -> None:
+        from runtime.policy import UnsupportedRequest
+
+        while (request := self._requests.get()) is not None:
+            start = time.perf_counter()
+            try:
+                (chunk,) = self.policy.infer([request])
+                ms = (time.perf_counter() - start) * 1000
+                reply: Reply = ChunkReply(
+                    request_id=request.request_id,
+                    tick=request.tick,
+                    actions=np.asarray(chunk, dtype=np.float32),
+                    server_time_ms=ms,
+                    model_id=self.policy.info.model_id,
+                )
+                reply = decode(encode(reply))
+                self.histogram.add(ms)
+                self._served += 1
+            except Exception as err:  # reported to the controller, as a server would
+                log.exception("policy failed on request %d", request.request_id)
+                code = "bad_request" if isinstance(err, ValueError) else "internal"
+                code = "unsupported" if isinstance(err, UnsupportedRequest) else code
+                message = f"{type(err).__name__}: {err}"[:1000]
+                reply = ErrorReply(request_id=request.request_id, code=code, message=message)
+            self._replies.put(reply)
+
+    def _receive(self, wait_s: float) -> Message | None:
+        try:
+            return self._replies.get(timeout=wait_s) if wait_s > 0 else self._replies.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _reset(self) -> None:
+        """Nothing to reset: a late reply is dropped as stale when it comes."""

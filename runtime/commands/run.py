@@ -1,0 +1,173 @@
+"""``rtvla run``: the async controller against the simulator or a robot, with a policy server.
+
+Prints success rate, delay, tick jitter, stalled ticks and inference latency; writes each
+episode's run log (``episode_<k>.npz``), ``summary.json`` and the resolved ``config.yaml``
+to ``output_dir``. Ctrl-C stops at the next tick with the robot holding still, and the logs
+of what ran are still written.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from runtime.client import (
+    ClientCurveKeys,
+    LocalPolicyClient,
+    PolicyClient,
+    RequestTimeout,
+    ZmqPolicyClient,
+)
+from runtime.clock import make_clock
+from runtime.controller import Controller, RunLog, run_episodes
+from runtime.drivers import Driver, make_driver
+from runtime.executors import make_executor
+
+log = logging.getLogger(__name__)
+
+LOCAL_PREFIX = "local:"
+
+
+def main(cfg: DictConfig) -> dict:
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+    driver = make_run_driver(cfg)
+    simulator = hasattr(driver, "success") and hasattr(driver, "reset")  # a SimDriver
+    if not simulator and (cfg.clock != "wall" or cfg.max_ticks is None or not cfg.instruction):
+        raise ValueError(
+            f"driver={cfg.driver.name} drives a robot in real time: set clock=wall, max_ticks "
+            "(how long to run) and instruction (what to tell the policy)"
+        )
+    stop = threading.Event()
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        driver.connect()
+        client = make_client(cfg, action_dim=len(driver.limits().names))
+        try:
+            chunk_length = _chunk_length(client, cfg)
+            params = {k: v for k, v in cfg.executor.items() if k != "name"}
+            make_executor(cfg.executor.name, chunk_length, **params)  # check before running
+            options = {
+                "clock": make_clock(cfg.clock, cfg.hz),
+                "robot_id": cfg.robot_id,
+                "inference_delay_ticks": cfg.inference_delay_ticks,
+                "watchdog_ticks": cfg.watchdog_ticks or chunk_length,
+                "operator_address": cfg.operator_address,
+                "stop": stop,
+            }
+            factory = functools.partial(make_executor, cfg.executor.name, chunk_length, **params)
+            run = _run_episodes if simulator else _run_robot
+            figures, logs = run(cfg, driver, client, factory, options)
+        finally:
+            client.close()
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        driver.close()
+    for k, run_log in enumerate(logs):
+        run_log.to_npz(out / f"episode_{k:03d}.npz")
+    figures |= {
+        "executor": cfg.executor.name,
+        "clock": cfg.clock,
+        "inference_delay_ticks": cfg.inference_delay_ticks,
+        "interrupted": stop.is_set(),
+        **RunLog.concatenate(logs).summary(),
+        "output_dir": str(out),
+    }
+    (out / "summary.json").write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict, list[RunLog]]:
+    results = run_episodes(
+        driver,
+        client,
+        executor_factory,
+        cfg.episodes,
+        cfg.seed,
+        max_ticks=cfg.max_ticks,
+        **options,
+    )
+    figures = {
+        "task": cfg.task.name,
+        "episodes": len(results),
+        "success_rate": sum(r.success for r in results) / max(len(results), 1),
+        "mean_episode_ticks": sum(r.ticks for r in results) / max(len(results), 1),
+    }
+    return figures, [r.log for r in results]
+
+
+def _run_robot(cfg, driver, client, executor_factory, options) -> tuple[dict, list[RunLog]]:
+    controller = Controller(
+        driver,
+        client,
+        executor_factory(),
+        instruction=cfg.instruction,
+        seed=cfg.seed,
+        **options,
+    )
+    try:
+        return {"driver": cfg.driver.name}, [controller.run(cfg.max_ticks)]
+    finally:
+        controller.close()
+
+
+def _chunk_length(client: PolicyClient, cfg: DictConfig) -> int:
+    try:
+        return client.metadata(cfg.timeout_s).chunk_length
+    except RequestTimeout:
+        raise ValueError(
+            f"no policy server answered at {cfg.server} within {cfg.timeout_s} s: start one "
+            "there, or run with server=local:synthetic"
+        ) from None
+
+
+def make_run_driver(cfg: DictConfig) -> Driver:
+    """The driver of the ``driver/`` group entry, at the run's control rate."""
+    if cfg.driver.name == "mujoco":
+        return make_driver(
+            "mujoco",
+            task=cfg.task.name,
+            image_size=cfg.task.image_size,
+            control_hz=cfg.hz,
+            cameras=tuple(cfg.task.cameras),
+            seed=cfg.seed,
+            render=cfg.driver.render,
+        )
+    if cfg.driver.name == "lerobot":
+        import draccus
+        from lerobot.robots import RobotConfig
+
+        importlib.import_module(cfg.driver.robot_module)  # registers the robot's config type
+        robot = draccus.decode(RobotConfig, OmegaConf.to_container(cfg.driver.robot))
+        return make_driver(
+            "lerobot", robot=robot, control_hz=cfg.hz, calibrate=cfg.driver.calibrate
+        )
+    params = {k: v for k, v in cfg.driver.items() if k != "name"}
+    return make_driver(cfg.driver.name, **params)  # a third-party driver
+
+
+def make_client(cfg: DictConfig, action_dim: int) -> PolicyClient:
+    """``server=tcp://...`` -> ``ZmqPolicyClient``; ``server=local:synthetic`` -> an
+    in-process ``GaussianChunkModel`` sampled by ``FlowChunkPolicy``."""
+    if not cfg.server.startswith(LOCAL_PREFIX):
+        curve = None if cfg.curve_keys_dir is None else ClientCurveKeys.from_dir(cfg.curve_keys_dir)
+        return ZmqPolicyClient(cfg.server, timeout_s=cfg.timeout_s, curve=curve)
+    name = cfg.server.removeprefix(LOCAL_PREFIX)
+    if name != "synthetic":
+        raise ValueError(f"unknown local policy {cfg.server!r}: use local:synthetic or tcp://...")
+    from runtime.sampling import FlowChunkPolicy
+    from runtime.synthetic import GaussianChunkModel
+
+    model = GaussianChunkModel(
+        chunk_length=cfg.synthetic.chunk_length, action_dim=action_dim, fps=cfg.hz
+    )
+    policy = FlowChunkPolicy(model, num_steps=cfg.synthetic.num_steps)
+    return LocalPolicyClient(policy, timeout_s=cfg.timeout_s)
