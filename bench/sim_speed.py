@@ -1,4 +1,5 @@
-"""Simulator speed: physics steps/s, control ticks/s and render frames/s per camera.
+"""Simulator speed: physics steps/s, control ticks/s, render frames/s per camera, and
+recording frames/s (expert + both cameras + LeRobotDataset writing, end to end).
 
 Prints one line of JSON. One function per measurement; each builds its own environment.
 
@@ -76,11 +77,26 @@ def render_fps(task: str, image_size: int, frames: int) -> dict[str, float]:
     return {cam: 1.0 / statistics.median(t) for cam, t in times.items()}
 
 
+def recording_fps(task: str, image_size: int, episodes: int) -> float:
+    """Frames per second of ``sim.record.record_dataset`` into a temporary folder."""
+    import tempfile
+    from pathlib import Path
+
+    from sim.record import record_dataset
+
+    env = SimEnv(task, image_size=image_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = record_dataset(env, Path(tmp) / "ds", episodes, progress=False)
+    env.close()
+    return summary.frames / summary.seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="pick_place", choices=sorted(sim.TASKS))
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--frames", type=int, default=300, help="frames per camera")
+    parser.add_argument("--episodes", type=int, default=3, help="episodes to record")
     args = parser.parse_args()
     result = {
         "task": args.task,
@@ -93,6 +109,9 @@ def main() -> None:
             cam: round(fps, 1)
             for cam, fps in render_fps(args.task, args.image_size, args.frames).items()
         },
+        "recording_frames_per_s": round(
+            recording_fps(args.task, args.image_size, args.episodes), 1
+        ),
     }
     print(json.dumps(result))
 
