@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "record": "record scripted expert demonstrations as a LeRobotDataset v3",
     "expert": "measure the scripted expert's success rate (with or without injected failures)",
     "fit-fast": "fit a FAST action tokenizer on a dataset's action chunks",
+    "eval": "success rate of a checkpoint in MuJoCo with synchronous chunk execution",
     "train": "train the VLA (knowledge insulation, optional training-time RTC) on a dataset",
     "run": "run the async controller (RTC or a baseline) against MuJoCo or a robot",
     "serve": "serve a checkpoint (or the synthetic model) to controllers over ZMQ",

@@ -29,6 +29,7 @@ from runtime.clock import make_clock
 from runtime.controller import Controller, RunLog, run_episodes
 from runtime.drivers import Driver, make_driver
 from runtime.executors import make_executor
+from runtime.stats import wilson_interval
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +96,12 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         max_ticks=cfg.max_ticks,
         **options,
     )
+    successes = sum(r.success for r in results)
     figures = {
         "task": cfg.task.name,
         "episodes": len(results),
-        "success_rate": sum(r.success for r in results) / max(len(results), 1),
+        "success_rate": successes / max(len(results), 1),
+        "success_rate_ci95": [round(x, 3) for x in wilson_interval(successes, len(results))],
         "mean_episode_ticks": sum(r.ticks for r in results) / max(len(results), 1),
     }
     return figures, [r.log for r in results]
@@ -156,18 +159,29 @@ def make_run_driver(cfg: DictConfig) -> Driver:
 
 def make_client(cfg: DictConfig, action_dim: int) -> PolicyClient:
     """``server=tcp://...`` -> ``ZmqPolicyClient``; ``server=local:synthetic`` -> an
-    in-process ``GaussianChunkModel`` sampled by ``FlowChunkPolicy``."""
+    in-process ``GaussianChunkModel``, ``server=local:DIR`` -> the checkpoint in DIR, both
+    sampled in-process by ``FlowChunkPolicy``."""
     if not cfg.server.startswith(LOCAL_PREFIX):
         curve = None if cfg.curve_keys_dir is None else ClientCurveKeys.from_dir(cfg.curve_keys_dir)
         return ZmqPolicyClient(cfg.server, timeout_s=cfg.timeout_s, curve=curve)
     name = cfg.server.removeprefix(LOCAL_PREFIX)
-    if name != "synthetic":
-        raise ValueError(f"unknown local policy {cfg.server!r}: use local:synthetic or tcp://...")
     from runtime.sampling import FlowChunkPolicy
-    from runtime.synthetic import GaussianChunkModel
 
-    model = GaussianChunkModel(
-        chunk_length=cfg.synthetic.chunk_length, action_dim=action_dim, fps=cfg.hz
-    )
-    policy = FlowChunkPolicy(model, num_steps=cfg.synthetic.num_steps)
+    if name == "synthetic":
+        from runtime.synthetic import GaussianChunkModel
+
+        model = GaussianChunkModel(
+            chunk_length=cfg.synthetic.chunk_length, action_dim=action_dim, fps=cfg.hz
+        )
+        policy = FlowChunkPolicy(model, num_steps=cfg.synthetic.num_steps)
+    else:
+        from policies.checkpoint import load_flow_model
+
+        model = load_flow_model(name)
+        if model.info.action_dim != action_dim:
+            raise ValueError(
+                f"the checkpoint {name} predicts {model.info.action_dim} actions, the driver "
+                f"takes {action_dim}: serve a policy trained for this robot"
+            )
+        policy = FlowChunkPolicy(model, num_steps=model.model.config.num_steps)
     return LocalPolicyClient(policy, timeout_s=cfg.timeout_s)

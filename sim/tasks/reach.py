@@ -1,7 +1,8 @@
 """Reach: move the gripper to the target sphere of the named colour.
 
 Three small spheres (red, green, blue) float above the table; one is the target, the other two
-are distractors. Success: the grip site within ``SUCCESS_RADIUS`` of the target's centre.
+are distractors. Success: the grip site within ``SUCCESS_RADIUS`` of the target's centre and
+nearly still there (slower than ``SETTLED_SPEED``), so sweeping through the target does not count.
 A fast task for tests and state-only policies.
 """
 
@@ -33,6 +34,7 @@ ANGLE_RANGE = (-0.7, 0.7)  # rad, azimuth of a target (0 = straight ahead)
 HEIGHT_RANGE = (0.05, 0.10)  # m, height of a target's centre above the table
 MIN_SEPARATION = 0.06  # m, between target centres
 SUCCESS_RADIUS = 0.02  # m
+SETTLED_SPEED = 0.03  # m/s, the grip site must be slower than this at the target
 APPROACH_HEIGHT = 0.04  # m, the expert first moves this far above the target
 
 
@@ -75,7 +77,13 @@ class Reach(Task):
 
     def success(self) -> bool:
         error = self.data.site_xpos[self._site] - self.target_pos()
-        return bool(np.linalg.norm(error) < SUCCESS_RADIUS)
+        if np.linalg.norm(error) >= SUCCESS_RADIUS:
+            return False
+        velocity = np.zeros(6)  # (angular, linear) of the grip site
+        mujoco.mj_objectVelocity(
+            self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self._site, velocity, 0
+        )
+        return bool(np.linalg.norm(velocity[3:]) < SETTLED_SPEED)
 
     def make_expert(self, env: SimEnv, rng: np.random.Generator, failure_prob: float) -> Expert:
         return ReachExpert(env, rng, failure_prob)
