@@ -250,21 +250,10 @@ class LocalPolicyClient(_OneOutstanding):
         self._requests.put(checked)
 
     def metadata(self, timeout_s: float = 5.0) -> MetadataReply:
-        info = self.policy.info
-        return MetadataReply(
-            request_id=0,
-            model_id=info.model_id,
-            features={
-                k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in info.features.items()
-            },
-            chunk_length=info.chunk_length,
-            action_dim=info.action_dim,
-            fps=info.fps,
-            latency_edges_ms=self.histogram.edges_ms,
-            latency_counts=self.histogram.counts.copy(),
-            uptime_s=time.perf_counter() - self._started,
-            requests_served=self._served,
-        )
+        from runtime.server import metadata_reply
+
+        uptime = time.perf_counter() - self._started
+        return metadata_reply(0, self.policy.info, self.histogram, uptime, self._served)
 
     def close(self) -> None:
         self._requests.put(None)

@@ -34,7 +34,7 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from runtime.policy import ChunkPolicy, UnsupportedRequest
+from runtime.policy import ChunkPolicy, PolicyInfo, UnsupportedRequest
 from runtime.protocol import (
     DEFAULT_LIMITS,
     ChunkReply,
@@ -395,22 +395,10 @@ class PolicyServer:
         return _error(rid, "internal", text, self.limits)
 
     def _metadata(self, request_id: int) -> MetadataReply:
-        info = self.policy.info
-        return MetadataReply(
-            request_id=request_id,
-            model_id=info.model_id,
-            features={
-                k: {"dtype": v["dtype"], "shape": list(v["shape"])}
-                for k, v in info.features.items()
-            },
-            chunk_length=info.chunk_length,
-            action_dim=info.action_dim,
-            fps=info.fps,
-            latency_edges_ms=self.histogram.edges_ms,
-            latency_counts=self.histogram.counts.copy(),
-            uptime_s=time.monotonic() - self._started,
-            requests_served=self.requests_served,
-        )
+        return metadata_reply(
+            request_id, self.policy.info, self.histogram,
+            time.monotonic() - self._started, self.requests_served,
+        )  # fmt: skip
 
     def _send(self, envelope: list[bytes], message: Message) -> bool:
         """Encode and send; a reply that does not encode becomes an internal ErrorReply.
@@ -450,3 +438,27 @@ def _is_loopback(endpoint: str) -> bool:
         return ipaddress.ip_address(parts.hostname or "").is_loopback
     except ValueError:
         return parts.hostname == "localhost"
+
+
+def metadata_reply(
+    request_id: int,
+    info: PolicyInfo,
+    histogram: LatencyHistogram,
+    uptime_s: float,
+    requests_served: int,
+) -> MetadataReply:
+    """The health/metadata reply of a served policy (server and in-process client alike)."""
+    return MetadataReply(
+        request_id=request_id,
+        model_id=info.model_id,
+        features={
+            k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in info.features.items()
+        },
+        chunk_length=info.chunk_length,
+        action_dim=info.action_dim,
+        fps=info.fps,
+        latency_edges_ms=histogram.edges_ms,
+        latency_counts=histogram.counts.copy(),
+        uptime_s=uptime_s,
+        requests_served=requests_served,
+    )
