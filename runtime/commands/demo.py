@@ -44,7 +44,11 @@ def main(cfg: DictConfig) -> dict:
         "replay_success_rate": float(np.mean([r.success for r in replays])),
         "replay_max_state_error": max(r.max_state_error for r in replays),
         "dataset": str(out / "dataset"),
-        "plot": str(plot_replay(replays[0], JOINT_NAMES, out / "replay.png")),
+        "plot": str(
+            plot_replay(
+                max(replays, key=lambda r: r.correction.sum()), JOINT_NAMES, out / "replay.png"
+            )
+        ),
     }
     (out / "figures.json").write_text(json.dumps(figures, indent=2))
     print_table(replays)
