@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 CONTROL_HZ_REF = 30.0  # Task.max_steps is counted in ticks at this rate
 
 
+COLORS = {"red": (0.85, 0.15, 0.15, 1), "green": (0.2, 0.7, 0.2, 1), "blue": (0.15, 0.3, 0.9, 1)}
+"""RGBA of the object colours that instructions name."""
+
+
 @dataclass(frozen=True)
 class Labels:
     """Per-frame hierarchy labels of a demonstration."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from sim.robot import GRIPPER_CLOSED, GRIPPER_OPEN, NO_CONTACT, SCENE_CONTYPE
 from sim.tasks.base import (
+    COLORS,
     Expert,
     Labels,
     Step,
@@ -28,7 +29,6 @@ from sim.tasks.base import (
 if TYPE_CHECKING:
     from sim.env import SimEnv
 
-COLORS = {"red": (0.85, 0.15, 0.15, 1), "green": (0.2, 0.7, 0.2, 1), "blue": (0.15, 0.3, 0.9, 1)}
 CUBE_HALF = 0.015  # m, half the cube's edge
 CUBE_MASS = 0.03  # kg
 CUBE_FRICTION = 0.7  # sliding, as the table's: a pushed cube slides rather than tips over

@@ -16,6 +16,7 @@ import numpy as np
 
 from sim.robot import NO_CONTACT
 from sim.tasks.base import (
+    COLORS,
     Expert,
     Labels,
     Step,
@@ -28,7 +29,6 @@ from sim.tasks.base import (
 if TYPE_CHECKING:
     from sim.env import SimEnv
 
-COLORS = {"red": (0.85, 0.15, 0.15, 1), "green": (0.2, 0.7, 0.2, 1), "blue": (0.15, 0.3, 0.9, 1)}
 RADIUS_RANGE = (0.12, 0.18)  # m, horizontal distance of a target from the base
 ANGLE_RANGE = (-0.7, 0.7)  # rad, azimuth of a target (0 = straight ahead)
 HEIGHT_RANGE = (0.05, 0.10)  # m, height of a target's centre above the table
