@@ -140,38 +140,15 @@ class SmallBackbone(Backbone):
         return tokens, tokens != 0
 
     def embed_prefix(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        cfg = self.config
-        parts = []
-        for key in cfg.image_keys:
-            images = get_feature(batch, key)
-            expected = (3, *cfg.image_size)
-            if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-                raise ValueError(
-                    f"{key} has shape {tuple(images.shape)}, the policy expects (B, {expected[0]}, "
-                    f"{expected[1]}, {expected[2]}) floats in [0, 1]: resize the images or "
-                    f"retrain with image_size={list(cfg.image_size)}"
-                )
-            parts.append(self.stems[_module_name(key)](images))  # (B, Np, C)
-        lang_tokens, lang_mask = get_feature(batch, "lang_tokens"), get_feature(batch, "lang_mask")
-        if lang_tokens.shape[1] > cfg.max_lang_tokens:
-            raise ValueError(
-                f"lang_tokens has {lang_tokens.shape[1]} tokens, more than max_lang_tokens="
-                f"{cfg.max_lang_tokens}: build them with model.tokenize_instructions"
-            )
+        images, lang_tokens, lang_mask, state = read_prefix_inputs(batch, self.config)
+        parts = [
+            self.stems[_module_name(k)](x)
+            for k, x in zip(self.config.image_keys, images, strict=True)
+        ]
         parts.append(self.lang_embed(lang_tokens) + self.lang_pos[: lang_tokens.shape[1]])
-        state = get_feature(batch, "observation.state")
-        if state.shape[-1] != cfg.state_dim:
-            raise ValueError(
-                f"observation.state has shape {tuple(state.shape)}, the policy expects "
-                f"(B, {cfg.state_dim}): set state_dim={state.shape[-1]} and retrain"
-            )
         parts.append(self.state_proj(state)[:, None])  # (B, 1, C)
         prefix = torch.cat(parts, dim=1)  # (B, P, C)
-        B, P = prefix.shape[:2]
-        valid = torch.ones(B, P, dtype=torch.bool, device=prefix.device)
-        start = P - 1 - lang_tokens.shape[1]
-        valid[:, start : P - 1] = lang_mask
-        return prefix, valid
+        return prefix, valid_prefix_tokens(prefix, lang_mask)
 
     def forward(
         self, prefix: Tensor, prefix_valid: Tensor, fast_tokens: Tensor | None, mask: Tensor
@@ -192,21 +169,66 @@ class SmallBackbone(Backbone):
         return cache, self.fast_norm(x[:, P:]) @ head.T  # (B, F, V)
 
     def _embed_fast(self, fast_tokens: Tensor) -> Tensor:
-        """Teacher forcing: inputs are [BOS, t_1, ..., t_{F-1}], so position i predicts t_{i+1}."""
-        B, num_fast = fast_tokens.shape
-        if num_fast > self.config.max_fast_tokens:
+        inputs = fast_inputs(fast_tokens, self.config)  # (B, F)
+        return self.fast_embed(inputs) + self.fast_pos[: inputs.shape[1]]  # (B, F, C)
+
+
+def read_prefix_inputs(
+    batch: dict[str, Tensor], config: VLAConfig
+) -> tuple[list[Tensor], Tensor, Tensor, Tensor]:
+    """The checked prefix inputs of a batch: ([images (B, 3, h, w) per camera], lang_tokens
+    (B, L), lang_mask (B, L), state (B, S)), or an error saying what to change."""
+    images = []
+    for key in config.image_keys:
+        x = get_feature(batch, key)
+        expected = (3, *config.image_size)
+        if x.ndim != 4 or tuple(x.shape[1:]) != expected:
             raise ValueError(
-                f"fast_tokens has {num_fast} tokens, more than max_fast_tokens="
-                f"{self.config.max_fast_tokens}: pad/truncate with FastTokenizer.encode_padded"
+                f"{key} has shape {tuple(x.shape)}, the policy expects (B, {expected[0]}, "
+                f"{expected[1]}, {expected[2]}) floats in [0, 1]: resize the images or "
+                f"retrain with image_size={list(config.image_size)}"
             )
-        if fast_tokens.numel() and int(fast_tokens.max()) >= self.config.fast_vocab_size:
-            raise ValueError(
-                f"fast_tokens has id {int(fast_tokens.max())}, not below fast_vocab_size="
-                f"{self.config.fast_vocab_size}: set fast_vocab_size >= the tokenizer's vocab_size"
-            )
-        bos = torch.full((B, 1), self.config.fast_vocab_size, device=fast_tokens.device)
-        inputs = torch.cat([bos, fast_tokens[:, :-1]], dim=1)  # (B, F)
-        return self.fast_embed(inputs) + self.fast_pos[:num_fast]  # (B, F, C)
+        images.append(x)
+    lang_tokens, lang_mask = get_feature(batch, "lang_tokens"), get_feature(batch, "lang_mask")
+    if lang_tokens.shape[1] > config.max_lang_tokens:
+        raise ValueError(
+            f"lang_tokens has {lang_tokens.shape[1]} tokens, more than max_lang_tokens="
+            f"{config.max_lang_tokens}: build them with model.tokenize_instructions"
+        )
+    state = get_feature(batch, "observation.state")
+    if state.shape[-1] != config.state_dim:
+        raise ValueError(
+            f"observation.state has shape {tuple(state.shape)}, the policy expects "
+            f"(B, {config.state_dim}): set state_dim={state.shape[-1]} and retrain"
+        )
+    return images, lang_tokens, lang_mask, state
+
+
+def valid_prefix_tokens(prefix: Tensor, lang_mask: Tensor) -> Tensor:
+    """valid (B, P) of a prefix [image tokens, language (B, L), one state token]: False at
+    language padding only."""
+    B, P = prefix.shape[:2]
+    valid = torch.ones(B, P, dtype=torch.bool, device=prefix.device)
+    valid[:, P - 1 - lang_mask.shape[1] : P - 1] = lang_mask
+    return valid
+
+
+def fast_inputs(fast_tokens: Tensor, config: VLAConfig) -> Tensor:
+    """Teacher forcing: FAST tokens (B, F) -> inputs [BOS, t_1, ..., t_{F-1}] (B, F), so
+    position i predicts t_{i+1}; BOS is id fast_vocab_size."""
+    B, num_fast = fast_tokens.shape
+    if num_fast > config.max_fast_tokens:
+        raise ValueError(
+            f"fast_tokens has {num_fast} tokens, more than max_fast_tokens="
+            f"{config.max_fast_tokens}: pad/truncate with FastTokenizer.encode_padded"
+        )
+    if fast_tokens.numel() and int(fast_tokens.max()) >= config.fast_vocab_size:
+        raise ValueError(
+            f"fast_tokens has id {int(fast_tokens.max())}, not below fast_vocab_size="
+            f"{config.fast_vocab_size}: set fast_vocab_size >= the tokenizer's vocab_size"
+        )
+    bos = torch.full((B, 1), config.fast_vocab_size, device=fast_tokens.device)
+    return torch.cat([bos, fast_tokens[:, :-1]], dim=1)  # (B, F)
 
 
 def _module_name(key: str) -> str:

@@ -31,6 +31,8 @@ from policies.rtc import prefix_flow_time
 
 logger = logging.getLogger(__name__)
 
+BACKBONES = ("small", "hf")
+
 
 @dataclass
 class VLAConfig:
@@ -38,16 +40,18 @@ class VLAConfig:
 
     image_keys: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")  # order
     image_size: tuple[int, int] = (96, 96)  # (height, width) of every camera image
-    patch_size: int = 16  # side in pixels of one image token; a multiple of 4 dividing image_size
+    patch_size: int = 16  # small backbone: image token side in pixels, 4k dividing image_size
     state_dim: int = 6  # size of observation.state
     action_dim: int = 6  # size of one action
     chunk_length: int = 50  # H, actions per predicted chunk
-    width: int = 128  # backbone width
-    depth: int = 4  # backbone layers; the expert has one block per backbone layer
-    num_heads: int = 4  # attention heads of backbone and expert (head_dim = width // num_heads)
+    backbone: str = "small"  # "small": SmallBackbone from scratch; "hf": HFBackbone (a HF VLM)
+    hf_model: str | None = None  # backbone=hf: local folder of a SmolVLM / Idefics3 model
+    width: int = 128  # small backbone width
+    depth: int = 4  # small backbone layers; the expert has one block per backbone layer
+    num_heads: int = 4  # small backbone attention heads (head_dim = width // num_heads)
     expert_width: int = 96  # action expert width (even)
     mlp_ratio: float = 4.0  # MLP hidden width as a multiple of the block width
-    max_lang_tokens: int = 48  # instruction length in UTF-8 bytes; longer ones are truncated
+    max_lang_tokens: int = 48  # instruction length in tokens (UTF-8 bytes for the small backbone)
     fast_vocab_size: int = 1024  # FAST ids the head predicts; at least FastTokenizer.vocab_size
     max_fast_tokens: int = 64  # FAST tokens per chunk (FastTokenizer.encode_padded max_len)
     num_steps: int = 10  # Euler steps at inference
@@ -63,9 +67,13 @@ class VLAConfig:
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
-        if self.width % self.num_heads:
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone={self.backbone!r} is unknown: choose one of {BACKBONES}")
+        if self.backbone == "small" and self.width % self.num_heads:
             raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
-        if self.patch_size % 4 or any(s % self.patch_size for s in self.image_size):
+        if self.backbone == "small" and (
+            self.patch_size % 4 or any(s % self.patch_size for s in self.image_size)
+        ):
             raise ValueError(
                 f"patch_size={self.patch_size} must be a multiple of 4 dividing "
                 f"image_size={self.image_size}"
@@ -82,6 +90,20 @@ class VLAConfig:
                 "insulation=True with fast_loss=False: no loss reaches the backbone, its features "
                 "stay as initialised; set insulation=False for flow-only pi0-style training"
             )
+
+
+def make_backbone(config: VLAConfig) -> Backbone:
+    """The backbone ``config.backbone`` names; for "hf", the pretrained weights in hf_model."""
+    if config.backbone == "small":
+        return SmallBackbone(config)
+    if config.hf_model is None:
+        raise ValueError(
+            "backbone=hf needs hf_model=<folder of a SmolVLM / Idefics3 model>, e.g. one "
+            "downloaded with `hf download HuggingFaceTB/SmolVLM-256M-Instruct --local-dir DIR`"
+        )
+    from policies.hf_backbone import HFBackbone  # transformers takes seconds to import
+
+    return HFBackbone.from_pretrained(config, config.hf_model)
 
 
 def make_attention_mask(prefix_valid: Tensor, fast_valid: Tensor, num_action_tokens: int) -> Tensor:
@@ -132,7 +154,7 @@ class VLA(nn.Module):
     def __init__(self, config: VLAConfig, backbone: Backbone | None = None) -> None:
         super().__init__()
         self.config = config
-        self.backbone = SmallBackbone(config) if backbone is None else backbone
+        self.backbone = make_backbone(config) if backbone is None else backbone
         self.expert = ActionExpert(
             config, self.backbone.num_layers, self.backbone.num_heads, self.backbone.head_dim
         )
