@@ -6,6 +6,8 @@ file naming the newest. One checkpoint folder:
     model.safetensors        EMA weights (what inference loads)
     normalizer.safetensors   mean/std of state and actions, from the dataset's stats
     fast_tokenizer.json      the FAST tokenizer (absent for flow-only policies)
+    hf_backbone/             backbone=hf: the VLM's config and tokenizer (its weights are in
+                             model.safetensors), so the model is rebuilt offline
     config.json              VLA config, resolved training config, dataset feature spec, step
     train_state.safetensors  raw weights and optimizer tensors (for resume=true)
     train_state.json         optimizer hyperparameters per parameter group
@@ -20,6 +22,7 @@ import dataclasses
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
 
 FORMAT_VERSION = 1
+HF_BACKBONE = "hf_backbone"  # folder of the Hugging Face config and tokenizer (backbone=hf)
 
 
 @dataclass
@@ -66,23 +70,50 @@ def save_checkpoint(
     train_config: dict,
     fps: float,
 ) -> Path:
-    """Write checkpoint ``step`` of a run atomically; returns its folder."""
-    folder = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "model.safetensors")
-    save_file(normalizer.state_dict(), tmp / "normalizer.safetensors")
-    if fast_tokenizer is not None:
-        fast_tokenizer.save(tmp / "fast_tokenizer.json")
+    """Write checkpoint ``step`` of a VLA run atomically; returns its folder."""
+
+    def write_extra(tmp: Path) -> None:
+        save_file(normalizer.state_dict(), tmp / "normalizer.safetensors")
+        if fast_tokenizer is not None:
+            fast_tokenizer.save(tmp / "fast_tokenizer.json")
+        if model.config.backbone == "hf":
+            model.backbone.save_files(tmp / HF_BACKBONE)
+
     meta = {
-        "format_version": FORMAT_VERSION,
-        "step": step,
         "fps": fps,
         "vla_config": dataclasses.asdict(model.config),
         "train_config": train_config,
         "features": features,
     }
+    return write_checkpoint(
+        run_dir, step, model=model, ema=ema, optimizer=optimizer, meta=meta,
+        write_extra=write_extra,
+    )  # fmt: skip
+
+
+def write_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: nn.Module,
+    ema: dict[str, Tensor],
+    optimizer: torch.optim.Optimizer,
+    meta: dict,
+    write_extra: Callable[[Path], None],
+) -> Path:
+    """The atomic checkpoint write shared by every policy kind; returns the folder.
+
+    Writes ``model.safetensors`` (``ema``), ``config.json`` (``meta`` plus the format
+    version and step), ``train_state.*`` and whatever ``write_extra(folder)`` adds, into
+    ``step_<N>.tmp``, renames it into place and points ``last`` at it.
+    """
+    folder = Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in ema.items()}, tmp / "model.safetensors")
+    write_extra(tmp)
+    meta = {"format_version": FORMAT_VERSION, "step": step, **meta}
     (tmp / "config.json").write_text(json.dumps(meta, indent=2, default=list))
     raw = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tensors, groups = _flatten_optimizer(optimizer)
@@ -111,16 +142,55 @@ def resolve_checkpoint(path: str | Path) -> Path:
     )
 
 
+INFERENCE_FILES = (
+    "model.safetensors",
+    "normalizer.safetensors",
+    "fast_tokenizer.json",
+    "config.json",
+    HF_BACKBONE,
+)
+
+
+def export_checkpoint(path: str | Path, output: str | Path) -> Path:
+    """Copy what inference needs from a checkpoint (or a run's newest) to ``output``: the EMA
+    weights, normalization stats, tokenizer and config (and ``hf_backbone/``), without the
+    optimizer state that ``resume`` needs. Written atomically; an existing ``output`` is refused."""
+    folder, output = resolve_checkpoint(path), Path(output)
+    if output.exists():
+        raise FileExistsError(f"output={output} exists: remove it or choose another folder")
+    tmp = output.with_name(output.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in INFERENCE_FILES:
+        if (folder / name).is_file():
+            shutil.copy2(folder / name, tmp / name)
+        elif (folder / name).is_dir():
+            shutil.copytree(folder / name, tmp / name)
+    tmp.rename(output)
+    return output
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint (or a run's newest) for inference."""
     folder = resolve_checkpoint(path)
     meta = json.loads((folder / "config.json").read_text())
+    if "vla_config" not in meta:
+        raise ValueError(
+            f"{folder} is not a VLA checkpoint (kind {meta.get('kind')!r}): pass a high-level "
+            "checkpoint as high_level=, and a low-level run of `rtvla train policy=vla` here"
+        )
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(
             f"{folder} has checkpoint format {meta.get('format_version')}, this version reads "
             f"{FORMAT_VERSION}: retrain, or load it with the version that wrote it"
         )
-    model = VLA(VLAConfig(**meta["vla_config"]))
+    config = VLAConfig(**meta["vla_config"])
+    backbone = None
+    if config.backbone == "hf":
+        from policies.hf_backbone import HFBackbone  # transformers takes seconds to import
+
+        backbone = HFBackbone.from_files(config, folder / HF_BACKBONE)
+    model = VLA(config, backbone)
     model.load_state_dict(load_file(folder / "model.safetensors"))
     fast = folder / "fast_tokenizer.json"
     return Checkpoint(
@@ -152,10 +222,16 @@ def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> VLA
     """A checkpoint as a flow model for the runtime's samplers (``runtime.policy.FlowModel``)."""
     ckpt = load_checkpoint(path, device)
     cfg = ckpt.model.config
-    features = {k: {"dtype": v["dtype"], "shape": tuple(v["shape"])}
+    features = {k: {"dtype": _wire_dtype(v["dtype"]), "shape": tuple(v["shape"])}
                 for k, v in ckpt.features.items() if k.startswith("observation.")}  # fmt: skip
     info = PolicyInfo(ckpt.model_id, cfg.chunk_length, cfg.action_dim, ckpt.fps, features)
     return VLAPolicy(ckpt.model, ckpt.normalizer, info)
+
+
+def _wire_dtype(dtype: str) -> str:
+    """A dataset feature's dtype as observations carry it: lerobot's "image" and "video"
+    features arrive as uint8 (h, w, 3) arrays."""
+    return "uint8" if dtype in ("image", "video") else dtype
 
 
 def check_features(trained: dict[str, dict], actual: dict[str, dict], fix: str) -> None:

@@ -89,6 +89,16 @@ def step_batches(size: int, batch: int, seed: int, start: int, stop: int, rank: 
         yield rng.integers(0, size, size=batch)[rank::world].tolist()
 
 
+def make_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.AdamW:
+    """AdamW with the training config's ``lr``, ``betas`` and ``weight_decay``."""
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=cfg["lr"],
+        betas=tuple(cfg["betas"]),
+        weight_decay=cfg["weight_decay"],
+    )
+
+
 class EMA:
     """Exponential moving average of a model's weights, warmed up as (1 + k) / (10 + k)."""
 
@@ -109,7 +119,7 @@ class EMA:
 def train(cfg: Mapping) -> dict:
     """Train (or resume) a run described by the resolved ``configs/train.yaml``; returns figures."""
     rank, world = _init_distributed()
-    device = _device(cfg["device"], rank)
+    device = resolve_device(cfg["device"], rank)
     out = Path(cfg["output"])
     last = out / "checkpoints" / "last"
     if last.exists() and not cfg["resume"]:
@@ -127,12 +137,7 @@ def train(cfg: Mapping) -> dict:
     fast = _fast_tokenizer(cfg, dataset, normalizer, config) if config.fast_loss else None
     torch.manual_seed(cfg["seed"])
     model = VLA(config).to(device)
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=cfg["lr"],
-        betas=tuple(cfg["betas"]),
-        weight_decay=cfg["weight_decay"],
-    )
+    optimizer = make_optimizer(model, cfg)
     ema = EMA(model, cfg["ema_decay"])
     start = 0
     if cfg["resume"] and last.exists():
@@ -167,13 +172,15 @@ def train(cfg: Mapping) -> dict:
             fast_tokenizer=fast, features=features, train_config=dict(cfg), fps=dataset.meta.fps,
         )  # fmt: skip
 
-    figures = _loop(cfg, net, model, ema, optimizer, loader, start, device, rank, world, save)
+    figures = train_loop(cfg, net, model, ema, optimizer, loader, start, device, rank, world, save)
     if world > 1:
         dist.destroy_process_group()
     return {**figures, "parameters": sum(p.numel() for p in model.parameters()), "output": str(out)}
 
 
-def _loop(cfg, net, model, ema, optimizer, loader, start, device, rank, world, save) -> dict:
+def train_loop(cfg, net, model, ema, optimizer, loader, start, device, rank, world, save) -> dict:
+    """Steps ``start`` to ``cfg['steps']``: ``net(batch)`` gives (loss, terms); the learning-rate
+    schedule, clipping, EMA, metrics.jsonl and ``save(step)`` every ``save_every`` steps."""
     steps, metrics = cfg["steps"], []
     autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=rank != 0)
@@ -200,7 +207,7 @@ def _loop(cfg, net, model, ema, optimizer, loader, start, device, rank, world, s
         metrics.append(row)
         if rank == 0:
             bar.update(1)
-            bar.set_postfix({k: f"{row[k]:.3f}" for k in ("loss", "fm", "fast_ce") if k in row})
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
             if (step + 1) % cfg["log_every"] == 0 or step + 1 == steps:
                 with metrics_file.open("a") as f:
                     f.writelines(json.dumps(r) + "\n" for r in metrics[-cfg["log_every"] :])
@@ -211,7 +218,9 @@ def _loop(cfg, net, model, ema, optimizer, loader, start, device, rank, world, s
     wall = time.perf_counter() - t0
     tail = metrics[-10:] or [{}]
     final = {
-        k: float(np.mean([r[k] for r in tail])) for k in tail[0] if k in ("loss", "fm", "fast_ce")
+        k: float(np.mean([r[k] for r in tail]))
+        for k in tail[0]
+        if k not in ("step", "grad_norm", "lr")
     }
     return {"steps": step, "trained_steps": step - start, "wall_s": round(wall, 2),
             "samples_per_s": round(samples / max(wall, 1e-9), 1), **final}  # fmt: skip
@@ -253,7 +262,8 @@ def _init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def _device(name: str, rank: int) -> torch.device:
+def resolve_device(name: str, rank: int = 0) -> torch.device:
+    """``auto``: this rank's GPU if there is one, else the CPU; any other name as given."""
     if name == "auto":
         name = f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu"
     return torch.device(name)

@@ -3,7 +3,8 @@
 Every tick the controller
 
 1. waits for the tick (``runtime.clock``) and applies operator messages (e-stop, instruction
-   override) that came in;
+   override) that came in or that the ``operator_script`` schedules for this tick, then lets
+   the high-level policy, if any, look at the robot (``runtime.hierarchy.HighLevelRunner``);
 2. takes the reply to the request in flight if it came (``runtime.client``), then sends a
    request if none is in flight and the executor wants one (observing the robot only then);
 3. sends exactly one action to the driver: the executor's planned action, or a hold;
@@ -19,6 +20,10 @@ Simulated-clock mode (``inference_delay_ticks=k``): a reply is handed to the exe
 tick obs_tick + k exactly, waiting for it at that tick if the computation is not done yet;
 with ``SimClock`` and the MuJoCo driver a run is deterministic whatever the machine's speed.
 
+The instruction sent with a request is an operator override while one lasts, else the
+high-level policy's choice once it has made one, else the task's own instruction; the log
+records which (``instruction_source``: ``operator``, ``high_level`` or ``task``).
+
 Hold reasons in the log: ``startup`` (no chunk yet), ``inferring`` (a blocking executor
 waits, by design), ``starved`` (the executor ran out of actions: a stall), ``watchdog``
 (no chunk for too long: a stall), ``estop``, ``stopped`` (the last tick after ``stop()``).
@@ -31,7 +36,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +66,20 @@ WAIT_SLICE_S = 0.05  # a blocking wait for a reply checks for stop() this often
 STALL_REASONS = ("starved", "watchdog")  # holds that the executor did not plan
 
 
+class HighLevel(Protocol):
+    """Picks the instruction from what the robot sees (``runtime.hierarchy.HighLevelRunner``)."""
+
+    def reset(self, task: str) -> None:
+        """Forget the last episode; ``task`` is the episode's own instruction."""
+
+    def update(self, tick: int, observe: Callable[[], Observation]) -> None:
+        """Called every tick; observes (and predicts) only on the ticks it needs."""
+
+    @property
+    def instruction(self) -> str | None:
+        """The instruction it chose, None before its first prediction."""
+
+
 @dataclass
 class _InFlight:
     request: ObservationRequest
@@ -85,13 +104,18 @@ class Controller:
         watchdog_ticks: int = 30,
         max_backoff_ticks: int = 30,
         operator_address: str | None = None,
+        operator_script: Sequence[tuple[int, OperatorMessage]] = (),
+        high_level: HighLevel | None = None,
         seed: int | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         """inference_delay_ticks: simulated-clock mode (module docstring), required with a
         simulated clock; operator_address: bind a PULL socket there for ``OperatorInstruction``
-        and ``EStop`` messages; seed: requests carry seed * 2**20 + request_id (reproducible
-        samples); stop: an event that ends ``run`` (e.g. set by a SIGINT handler)."""
+        and ``EStop`` messages; operator_script: (tick, message) pairs applied at those ticks
+        of every run, as if they had come in on the socket; high_level: picks the instruction
+        unless an operator overrides it; seed: requests carry seed * 2**20 + request_id
+        (reproducible samples); stop: an event that ends ``run`` (e.g. set by a SIGINT
+        handler)."""
         if clock.simulated and inference_delay_ticks is None:
             raise ValueError(
                 "a simulated clock needs inference_delay_ticks (how many ticks an inference "
@@ -111,7 +135,11 @@ class Controller:
         self.watchdog = Watchdog(watchdog_ticks)
         self.max_backoff_ticks = max_backoff_ticks
         self.seed = seed
+        self.high_level = high_level
         self.stop_event = stop if stop is not None else threading.Event()
+        self._script: dict[int, list[OperatorMessage]] = {}
+        for tick, message in operator_script:
+            self._script.setdefault(tick, []).append(message)
         self._messages: queue.SimpleQueue[OperatorMessage] = queue.SimpleQueue()
         self._context: zmq.Context | None = None
         self._operator: zmq.Socket | None = None
@@ -155,11 +183,23 @@ class Controller:
 
     @property
     def current_instruction(self) -> str:
-        """The instruction sent with requests: an operator override while it lasts."""
+        """The instruction sent with requests: an operator override while it lasts, else the
+        high level's choice, else the task's."""
+        return self._instruction()[0]
+
+    @property
+    def instruction_source(self) -> str:
+        """Who chose ``current_instruction``: ``operator``, ``high_level`` or ``task``."""
+        return self._instruction()[1]
+
+    def _instruction(self) -> tuple[str, str]:
         if self._override is not None and self.clock.now() >= self._override[1]:
             log.info("operator instruction %r expired", self._override[0])
             self._override = None
-        return self.instruction if self._override is None else self._override[0]
+        if self._override is not None:
+            return self._override[0], "operator"
+        chosen = None if self.high_level is None else self.high_level.instruction
+        return (self.instruction, "task") if chosen is None else (chosen, "high_level")
 
     def close(self) -> None:
         """Close the operator socket (the driver and the client belong to the caller)."""
@@ -176,12 +216,16 @@ class Controller:
             raise ValueError(f"max_ticks must be >= 1, got {max_ticks}")
         self._reset_run_state()
         recorder = self._recorder = RunRecorder(len(self.driver.limits().names), self.clock.hz)
+        if self.high_level is not None:
+            self.high_level.reset(self.instruction)
         self.clock.start()
         for tick in range(max_ticks):
             lateness = self.clock.wait_next_tick()
             self._apply_operator_messages(tick)
             stopping = self.stop_event.is_set()
             if not stopping and not self.driver.estopped:
+                if self.high_level is not None:
+                    self.high_level.update(tick, self.driver.observe)
                 self._receive(tick)
                 if self._maybe_request(tick):
                     self._receive(tick)  # due at once with inference_delay_ticks=0
@@ -198,6 +242,7 @@ class Controller:
                 in_flight=self._in_flight is not None,
                 lateness_s=lateness,
                 instruction=self.current_instruction,
+                instruction_source=self.instruction_source,
             )
             if stopping or (done is not None and done()):
                 break
@@ -310,7 +355,7 @@ class Controller:
     # ---- operator messages --------------------------------------------------------------
 
     def _apply_operator_messages(self, tick: int) -> None:
-        for message in self._read_operator_socket():
+        for message in [*self._read_operator_socket(), *self._script.get(tick, ())]:
             self._messages.put(message)
         for _ in range(MAX_OPERATOR_MESSAGES):
             try:
@@ -374,7 +419,8 @@ class RunLog:
 
     ticks: tick, wall_s (since the run started), action (T, A) float32 (the planned action
     before clamping; NaN on a hold), chunk and index (-1 on a hold), delay (the estimate d),
-    planned, hold_reason ('' when planned), in_flight, lateness_ms, instruction (as sent).
+    planned, hold_reason ('' when planned), in_flight, lateness_ms, instruction (as sent)
+    and instruction_source (who chose it: 'task', 'high_level' or 'operator').
     requests: request_id, obs_tick, arrival_tick (-1 unless a chunk came), delay,
     execution_horizon, prev_len (-1: no prev_actions), round_trip_ms, server_ms (NaN unless
     a chunk came), outcome ('chunk', 'error', 'timeout' or 'abandoned').
@@ -405,6 +451,17 @@ class RunLog:
         arrays.update({f"requests.{k}": v for k, v in self.requests.items()})
         np.savez_compressed(path, hz=self.hz, missed_ticks=self.missed_ticks, **arrays)
         return path
+
+    @classmethod
+    def from_npz(cls, path: str | Path) -> RunLog:
+        """A log written by ``to_npz``."""
+        with np.load(path, allow_pickle=False) as f:
+            return cls(
+                ticks={k[6:]: f[k] for k in f.files if k.startswith("ticks.")},
+                requests={k[9:]: f[k] for k in f.files if k.startswith("requests.")},
+                hz=float(f["hz"]),
+                missed_ticks=int(f["missed_ticks"]),
+            )
 
     def summary(self) -> dict[str, float | int | dict[str, int] | None]:
         """Counts, delays, tick jitter and inference latency; None where nothing was measured."""
@@ -464,6 +521,7 @@ class RunRecorder:
         in_flight: bool,
         lateness_s: float,
         instruction: str,
+        instruction_source: str = "task",
     ) -> None:
         hold = np.full(self.action_dim, np.nan, np.float32)
         _append(
@@ -479,6 +537,7 @@ class RunRecorder:
             in_flight=in_flight,
             lateness_ms=lateness_s * 1000,
             instruction=instruction,
+            instruction_source=instruction_source,
         )
 
     def request(
@@ -524,6 +583,7 @@ TICK_DTYPES = {
     "in_flight": bool,
     "lateness_ms": np.float64,
     "instruction": str,
+    "instruction_source": str,
 }
 REQUEST_DTYPES = {
     "request_id": np.int64,

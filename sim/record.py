@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sim.env import SimEnv
-from sim.tasks import make_expert
+from sim.tasks import Labels, make_expert
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,6 @@ def record_dataset(
     Episode attempt k is reset with seed ``seed + k``; attempts where the expert fails are
     discarded (and counted), up to ``max_attempts`` (default ``2 * episodes``).
     """
-    from lerobot.datasets import LeRobotDataset  # heavy import, only needed here
-
     if episodes < 1:
         raise ValueError(f"episodes={episodes}: record at least 1 episode.")
     if not 0.0 <= failure_prob <= 1.0:
@@ -126,16 +124,7 @@ def record_dataset(
     staging = partial_path(output)
     staging.parent.mkdir(parents=True, exist_ok=True)
 
-    dataset = LeRobotDataset.create(
-        repo_id=repo_id,
-        fps=round(env.control_hz),
-        features=dataset_features(env, video),
-        root=staging,
-        robot_type="so100_sim",
-        use_videos=video,
-        image_writer_threads=2,
-        video_backend="pyav",
-    )
+    dataset = create_dataset(env, staging, repo_id=repo_id, video=video)
     saved = frames = discarded = injected = attempt = 0
     seeds: list[int] = []
     interrupted = False
@@ -162,11 +151,11 @@ def record_dataset(
             "recording stopped after %d finished episodes; dropping the unfinished one", saved
         )
         dataset.clear_episode_buffer()
-        _close(dataset, staging, output, saved)
+        finish_dataset(dataset, staging, output, saved)
         raise
     finally:
         bar.close()
-    _close(dataset, staging, output, saved)
+    finish_dataset(dataset, staging, output, saved)
     if saved < episodes:
         log.warning(
             "only %d of %d episodes succeeded within %d attempts", saved, episodes, max_attempts
@@ -190,22 +179,43 @@ def _record_episode(env: SimEnv, dataset, seed: int, failure_prob: float) -> tup
     n = 0
     while not expert.done and env.tick < env.max_steps:
         action, labels = expert.act()
-        dataset.add_frame(
-            {
-                **obs,
-                "action": np.asarray(action, dtype=np.float32),
-                "task": env.instruction,
-                "step_instruction": labels.step_instruction,
-                "corrective_instruction": labels.corrective_instruction,
-                "correction": np.array([labels.correction]),
-            }
-        )
+        add_frame(dataset, obs, action, labels, env.instruction)
         obs = env.step(action)
         n += 1
     return env.success(), n, expert.failure is not None
 
 
-def _close(dataset, staging: Path, output: Path, saved: int) -> None:
+def create_dataset(env: SimEnv, root: Path, *, repo_id: str, video: bool = False):
+    """An empty LeRobotDataset at ``root`` for ``env``'s frames and the hierarchy labels."""
+    from lerobot.datasets import LeRobotDataset  # heavy import, only needed here
+
+    return LeRobotDataset.create(
+        repo_id=repo_id,
+        fps=round(env.control_hz),
+        features=dataset_features(env, video),
+        root=root,
+        robot_type="so100_sim",
+        use_videos=video,
+        image_writer_threads=2,
+        video_backend="pyav",
+    )
+
+
+def add_frame(dataset, obs: dict, action: np.ndarray, labels: Labels, task: str) -> None:
+    """One frame into the dataset's episode buffer: observation, action, instruction, labels."""
+    dataset.add_frame(
+        {
+            **obs,
+            "action": np.asarray(action, dtype=np.float32),
+            "task": task,
+            "step_instruction": labels.step_instruction,
+            "corrective_instruction": labels.corrective_instruction,
+            "correction": np.array([labels.correction]),
+        }
+    )
+
+
+def finish_dataset(dataset, staging: Path, output: Path, saved: int) -> None:
     """Finalize the parquet files and move the dataset into place (or remove an empty one)."""
     dataset.finalize()
     if saved == 0:

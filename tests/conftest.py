@@ -23,3 +23,55 @@ def reach_dataset(tmp_path_factory):
     summary = record_dataset(env, root, episodes=2, seed=0, progress=False)
     env.close()
     return root, summary
+
+
+@pytest.fixture(scope="session")
+def reach_corrections_dataset(tmp_path_factory):
+    """Two scripted ``reach`` episodes, each with an injected failure and its labelled
+    correction (step, corrective instruction, flag), as a LeRobotDataset v3."""
+    from sim import SimEnv
+    from sim.record import record_dataset
+
+    root = tmp_path_factory.mktemp("datasets") / "reach_corrections"
+    env = SimEnv("reach")
+    record_dataset(env, root, episodes=2, seed=0, failure_prob=1.0, progress=False)
+    env.close()
+    return root
+
+
+@pytest.fixture
+def jump_driver():
+    """A two-joint robot whose joints jump to each command; ``commands`` records them."""
+    import numpy as np
+
+    from runtime.drivers.base import STATE, ActionLimits, DriverContext
+
+    class JumpDriver(DriverContext):
+        names = ("a", "b")
+
+        def __init__(self) -> None:
+            self.position = np.zeros(2, np.float32)
+            self.commands: list[np.ndarray] = []
+
+        def connect(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+        def observe(self) -> dict[str, np.ndarray]:
+            return {STATE: self.position.copy()}
+
+        def act(self, action: np.ndarray) -> None:
+            self.commands.append(np.array(action))
+            self.position = np.array(action, np.float32)
+
+        def feature_spec(self) -> dict[str, dict]:
+            spec = {"dtype": "float32", "shape": (2,), "names": list(self.names)}
+            return {STATE: spec, "action": spec}
+
+        def limits(self) -> ActionLimits:
+            return ActionLimits(low=[-1e6] * 2, high=[1e6] * 2, max_delta=[1e6] * 2,
+                                names=self.names)  # fmt: skip
+
+    return JumpDriver()

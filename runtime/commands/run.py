@@ -2,8 +2,11 @@
 
 Prints success rate, delay, tick jitter, stalled ticks and inference latency; writes each
 episode's run log (``episode_<k>.npz``), ``summary.json`` and the resolved ``config.yaml``
-to ``output_dir``. Ctrl-C stops at the next tick with the robot holding still, and the logs
-of what ran are still written.
+to ``output_dir``. ``failure_prob`` pushes the simulated arm off course in that share of the
+episodes (``sim/disturb.py``); ``high_level=DIR`` lets SRT-H's high-level policy choose the
+instruction; ``operator_script`` overrides it at given ticks (and ``instructions.png`` shows
+who chose what in the first episode). Ctrl-C stops at the next tick with the robot holding
+still, and the logs of what ran are still written.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -28,7 +32,8 @@ from runtime.client import (
 from runtime.clock import make_clock
 from runtime.controller import Controller, RunLog, run_episodes
 from runtime.drivers import Driver, make_driver
-from runtime.executors import make_executor
+from runtime.executors import Executor, make_executor
+from runtime.hierarchy import make_high_level, plot_instructions, scripted_operator
 from runtime.stats import wilson_interval
 
 log = logging.getLogger(__name__)
@@ -53,18 +58,7 @@ def main(cfg: DictConfig) -> dict:
         driver.connect()
         client = make_client(cfg, action_dim=len(driver.limits().names))
         try:
-            chunk_length = _chunk_length(client, cfg)
-            params = {k: v for k, v in cfg.executor.items() if k != "name"}
-            make_executor(cfg.executor.name, chunk_length, **params)  # check before running
-            options = {
-                "clock": make_clock(cfg.clock, cfg.hz),
-                "robot_id": cfg.robot_id,
-                "inference_delay_ticks": cfg.inference_delay_ticks,
-                "watchdog_ticks": cfg.watchdog_ticks or chunk_length,
-                "operator_address": cfg.operator_address,
-                "stop": stop,
-            }
-            factory = functools.partial(make_executor, cfg.executor.name, chunk_length, **params)
+            factory, options = controller_setup(cfg, client, stop)
             run = _run_episodes if simulator else _run_robot
             figures, logs = run(cfg, driver, client, factory, options)
         finally:
@@ -74,6 +68,8 @@ def main(cfg: DictConfig) -> dict:
         driver.close()
     for k, run_log in enumerate(logs):
         run_log.to_npz(out / f"episode_{k:03d}.npz")
+    if logs and (cfg.high_level or cfg.operator_script or cfg.operator_address):
+        plot_instructions(logs[0], out / "instructions.png", "episode 0: who chose the instruction")
     figures |= {
         "executor": cfg.executor.name,
         "clock": cfg.clock,
@@ -84,6 +80,28 @@ def main(cfg: DictConfig) -> dict:
     }
     (out / "summary.json").write_text(json.dumps(figures, indent=2))
     return figures
+
+
+def controller_setup(
+    cfg: DictConfig, client: PolicyClient, stop: threading.Event
+) -> tuple[Callable[[], Executor], dict]:
+    """The executor factory and the ``Controller`` options of a run config."""
+    chunk_length = _chunk_length(client, cfg)
+    params = {k: v for k, v in cfg.executor.items() if k != "name"}
+    make_executor(cfg.executor.name, chunk_length, **params)  # check before running
+    options = {
+        "clock": make_clock(cfg.clock, cfg.hz),
+        "robot_id": cfg.robot_id,
+        "inference_delay_ticks": cfg.inference_delay_ticks,
+        "watchdog_ticks": cfg.watchdog_ticks or chunk_length,
+        "operator_address": cfg.operator_address,
+        "operator_script": scripted_operator(cfg.operator_script, cfg.robot_id),
+        "high_level": make_high_level(
+            cfg.high_level, cfg.high_level_every, cfg.high_level_smoothing, cfg.hz
+        ),
+        "stop": stop,
+    }
+    return functools.partial(make_executor, cfg.executor.name, chunk_length, **params), options
 
 
 def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict, list[RunLog]]:
@@ -103,7 +121,19 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         "success_rate": successes / max(len(results), 1),
         "success_rate_ci95": [round(x, 3) for x in wilson_interval(successes, len(results))],
         "mean_episode_ticks": sum(r.ticks for r in results) / max(len(results), 1),
+        "high_level": cfg.high_level,
     }
+    pushes = getattr(driver, "pushes", None)
+    if pushes is not None:
+        pushed = [r for r in results if r.seed in pushes]
+        wins = sum(r.success for r in pushed)
+        figures |= {
+            "failure_prob": cfg.failure_prob,
+            "push_ticks": [pushes.get(r.seed) for r in results],  # None: not pushed
+            "pushed_episodes": len(pushed),
+            "pushed_success_rate": wins / len(pushed) if pushed else None,
+            "pushed_success_rate_ci95": [round(x, 3) for x in wilson_interval(wins, len(pushed))],
+        }
     return figures, [r.log for r in results]
 
 
@@ -134,16 +164,30 @@ def _chunk_length(client: PolicyClient, cfg: DictConfig) -> int:
 
 def make_run_driver(cfg: DictConfig) -> Driver:
     """The driver of the ``driver/`` group entry, at the run's control rate."""
-    if cfg.driver.name == "mujoco":
-        return make_driver(
-            "mujoco",
-            task=cfg.task.name,
-            image_size=cfg.task.image_size,
-            control_hz=cfg.hz,
-            cameras=tuple(cfg.task.cameras),
-            seed=cfg.seed,
-            render=cfg.driver.render,
+    failure_prob = cfg.get("failure_prob", 0.0)  # commands without pushes leave it out
+    if failure_prob > 0 and cfg.driver.name != "mujoco":
+        raise ValueError(
+            f"failure_prob={failure_prob} pushes a simulated arm: use driver=mujoco, or "
+            "failure_prob=0 on a robot"
         )
+    if cfg.driver.name == "mujoco":
+        options = {
+            "task": cfg.task.name,
+            "image_size": cfg.task.image_size,
+            "control_hz": cfg.hz,
+            "cameras": tuple(cfg.task.cameras),
+            "seed": cfg.seed,
+            "render": cfg.driver.render,
+        }
+        if failure_prob == 0:
+            return make_driver("mujoco", **options)
+        from runtime.drivers.disturbed import DisturbedMujocoDriver
+
+        push = cfg.disturbance
+        return DisturbedMujocoDriver(
+            failure_prob=failure_prob, distance=push.distance, duration_s=push.duration_s,
+            window=tuple(push.window), **options,
+        )  # fmt: skip
     if cfg.driver.name == "lerobot":
         import draccus
         from lerobot.robots import RobotConfig

@@ -1,14 +1,24 @@
-"""``rtvla train``: the VLA from a LeRobotDataset.
+"""``rtvla train``: a policy from a LeRobotDataset, by ``policy.name``: the VLA (``vla``) or
+SRT-H's high-level policy (``high_level``).
 
-DDP: ``uv run torchrun --nproc_per_node=N -m runtime.cli train ...``.
+DDP (the VLA): ``uv run torchrun --nproc_per_node=N -m runtime.cli train ...``.
 """
 
 from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
-from policies.train import train
-
 
 def main(cfg: DictConfig) -> dict:
-    return train(OmegaConf.to_container(cfg, resolve=True))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    if cfg.policy.name == "high_level":
+        from policies.hierarchy_train import train_high_level
+
+        return train_high_level(resolved)
+    if cfg.policy.name != "vla":
+        raise ValueError(
+            f"policy={cfg.policy.name} is unknown: use policy=vla or policy=high_level"
+        )
+    from policies.train import train
+
+    return train(resolved)

@@ -1,0 +1,115 @@
+"""Pushes during policy rollouts (sim/disturb.py), the expert's recovery from them, `rtvla run
+failure_prob=`, and `rtvla aggregate` turning takeovers into correction episodes."""
+
+import numpy as np
+import pytest
+
+from sim import SimEnv
+from sim.disturb import Disturbance, Recovery
+
+
+def test_a_push_drags_the_arm_off_course_and_the_expert_recovers():
+    env = SimEnv("reach", render=False)
+    push = Disturbance(env, probability=1.0, distance=0.04, duration_s=0.5, window=(0.1, 0.1))
+    env.reset(seed=3)
+    push.reset(np.random.default_rng(0))
+    assert push.onset == round(0.1 * env.max_steps) and push.ticks == 15
+    hold = env.data.qpos[env.robot.qpos].astype(np.float32)  # a policy that stays put
+    while not push.finished:
+        env.step(push(hold))
+    site = env.data.site_xpos[env.robot.grip_site]
+    assert 0.03 < np.linalg.norm(site - push.origin) < 0.05
+    recovery = Recovery(env, np.random.default_rng(0), push.origin)
+    steps = []
+    while (step := recovery.act()) is not None:
+        env.step(step[0])
+        steps.append(step[1])
+    fixes = [labels for labels in steps if labels.correction]
+    assert fixes and all(f.corrective_instruction.startswith("move ") for f in fixes)
+    assert steps[0].correction and not steps[-1].correction  # the correction comes first
+    assert env.success()
+    env.close()
+
+
+def test_run_with_failure_prob_pushes_the_same_episodes_whatever_the_policy(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from runtime.cli import CONFIG_DIR
+    from runtime.commands.run import main
+
+    def run(num_steps: int, out: str) -> dict:
+        overrides = [
+            "task=reach", "executor=naive", "executor.execution_horizon=8", "episodes=4",
+            "driver.render=false", "synthetic.chunk_length=16", f"synthetic.num_steps={num_steps}",
+            "failure_prob=0.5", f"output_dir={tmp_path / out}",
+        ]  # fmt: skip
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return main(compose(config_name="run", overrides=overrides))
+
+    a, b = run(2, "a"), run(3, "b")
+    assert a["push_ticks"] == b["push_ticks"]  # drawn from the episode seeds alone
+    pushed = [t for t in a["push_ticks"] if t is not None]
+    assert 0 < len(pushed) == a["pushed_episodes"] < 4
+    assert a["pushed_success_rate"] == 0.0 and len(a["pushed_success_rate_ci95"]) == 2
+
+
+@pytest.fixture(scope="module")
+def tiny_hierarchy(reach_corrections_dataset, tmp_path_factory):
+    """A low-level VLA (instruction=hierarchy) and a high-level policy, one step each."""
+    from policies.hierarchy_train import train_high_level
+    from policies.train import train
+
+    root = tmp_path_factory.mktemp("hierarchy")
+    base = {
+        "dataset": str(reach_corrections_dataset), "steps": 1, "batch_size": 2, "lr": 1e-3,
+        "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 1, "min_lr_ratio": 0.1,
+        "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0, "resume": False, "data": "memory",
+        "num_workers": 0, "log_every": 1, "save_every": 1, "device": "cpu",
+    }  # fmt: skip
+    vla = {"name": "vla", "chunk_length": 10, "width": 32, "depth": 1, "num_heads": 2,
+           "expert_width": 32, "patch_size": 24, "mlp_ratio": 2.0, "num_steps": 2,
+           "fast_loss": False, "insulation": False}  # fmt: skip
+    train({**base, "output": str(root / "low"), "instruction": "hierarchy", "policy": vla,
+           "fast_tokenizer": None, "fast_fit_chunks": 16})  # fmt: skip
+    high = {"name": "high_level", "channels": [8, 8, 8], "width": 32, "heldout_episodes": 0.0}
+    train_high_level({**base, "output": str(root / "high"), "policy": high})
+    return root / "low", root / "high"
+
+
+def test_aggregate_records_the_expert_corrections_and_merges_them(
+    reach_corrections_dataset, tiny_hierarchy, tmp_path
+):
+    from hydra import compose, initialize_config_dir
+
+    from policies.data import InMemoryChunks, open_dataset
+    from runtime.cli import CONFIG_DIR
+    from runtime.commands.aggregate import main
+
+    low, high = tiny_hierarchy
+    overrides = [
+        "task=reach", f"checkpoint={low}", f"high_level={high}",
+        f"dataset={reach_corrections_dataset}", "episodes=2", "failure_prob=1",
+        "executor.execution_horizon=5",
+        f"output={tmp_path / 'merged'}", f"output_dir={tmp_path / 'log'}",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="aggregate", overrides=overrides)
+    figures = main(cfg)
+    assert figures["rollouts"] == figures["pushed"] == 2 and figures["takeovers"] >= 1
+    recorded = figures["corrections_recorded"]
+    assert recorded >= 1 and figures["correction_frames"] > 0
+
+    original = open_dataset(reach_corrections_dataset).meta.total_episodes
+    merged = open_dataset(tmp_path / "merged", chunk_length=10)
+    assert merged.meta.total_episodes == original + recorded
+    assert merged.meta.stats["observation.state"]["count"][0] == merged.meta.total_frames
+    frames = InMemoryChunks(merged, 10)
+    new = frames.episode >= original
+    fixes = frames.correction & new
+    assert fixes.sum() == figures["correction_frames"]
+    words = {frames.texts["corrective_instruction"][i] for i in np.flatnonzero(fixes)}
+    assert all(w.startswith("move ") for w in words)
+    assert open_dataset(tmp_path / "merged_corrections").meta.total_episodes == recorded
+
+    with pytest.raises(FileExistsError, match="already exists"):
+        main(cfg)
