@@ -22,15 +22,22 @@ from omegaconf import DictConfig, OmegaConf
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 COMMANDS: dict[str, str] = {
-    "demo": "record a few demonstrations and replay them in the simulator (the quickstart)",
+    "demo": "the quickstart: the shipped policy served over ZMQ to the RTC controller in MuJoCo",
     "record": "record scripted expert demonstrations as a LeRobotDataset v3",
     "expert": "measure the scripted expert's success rate (with or without injected failures)",
     "fit-fast": "fit a FAST action tokenizer on a dataset's action chunks",
     "eval": "success rate of a checkpoint in MuJoCo with synchronous chunk execution",
     "train": "train the VLA (knowledge insulation, optional training-time RTC) on a dataset",
     "run": "run the async controller (RTC or a baseline) against MuJoCo or a robot",
+    "sweep": "success vs inference delay and execution horizon per executor, seam smoothness",
+    "export": "copy what inference needs from a checkpoint (no optimizer state)",
     "serve": "serve a checkpoint (or the synthetic model) to controllers over ZMQ",
+    "operator": "send a running controller an instruction override, its release, or an e-stop",
+    "aggregate": "roll out the hierarchy with pushes; record the expert's corrections as episodes",
 }
+# Commands whose first argument, when it is not key=value, sets this key:
+# `rtvla operator "move left" timeout_s=3` is `rtvla operator instruction='move left' timeout_s=3`.
+POSITIONAL = {"operator": "instruction"}
 
 # Errors that mean "the user asked for something impossible": print the message, no traceback.
 USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, KeyError)
@@ -86,6 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     if name not in COMMANDS:
         print(f"rtvla: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
+    if name in POSITIONAL and overrides and "=" not in overrides[0] and overrides[0][:1] != "-":
+        quoted = overrides[0].replace("\\", "\\\\").replace("'", "\\'")
+        overrides[0] = f"{POSITIONAL[name]}='{quoted}'"
     sys.argv = [f"rtvla {name}", f"hydra.job.name={name}", *overrides]
     _as_hydra_app(name)()
 

@@ -462,3 +462,27 @@ def metadata_reply(
         uptime_s=uptime_s,
         requests_served=requests_served,
     )
+
+
+def warm_up(policy: ChunkPolicy, executors: Sequence[str] = ("sync", "rtc")) -> float:
+    """Answer one all-zeros observation per executor kind before serving, so the first real
+    request does not pay for lazy initialisation (allocator, kernels); returns the seconds it
+    took. An executor the policy does not support is skipped."""
+    info = policy.info
+    observation = {
+        k: np.zeros(tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in info.features.items()
+    }
+    start = time.perf_counter()
+    for k, executor in enumerate(executors):
+        guided = executor.startswith("rtc")
+        request = ObservationRequest(
+            request_id=k, robot_id="warmup", tick=0, observation=observation, instruction="",
+            delay=1 if guided else 0, execution_horizon=1, executor=executor,
+            prev_actions=np.zeros((info.chunk_length - 1, info.action_dim), np.float32)
+            if guided else None,
+        )  # fmt: skip
+        try:
+            policy.infer([request])
+        except UnsupportedRequest:
+            continue
+    return time.perf_counter() - start

@@ -315,3 +315,23 @@ def test_the_serve_command_stops_cleanly_on_sigterm():
     figures = serve.main(cfg)
     assert figures["model_id"] == "synthetic-gaussian" and figures["requests_served"] == 0
     assert signal.getsignal(signal.SIGTERM) is original
+
+
+def test_warm_up_answers_one_zero_observation_per_executor_kind():
+    from runtime.server import warm_up
+
+    policy = FlowChunkPolicy(GaussianChunkModel(), num_steps=2)
+    seen = []
+
+    class Recording:
+        info = policy.info
+
+        def infer(self, requests):
+            seen.extend(requests)
+            return policy.infer(requests)
+
+    assert warm_up(Recording()) >= 0.0
+    assert [r.executor for r in seen] == ["sync", "rtc"]
+    assert seen[0].prev_actions is None and seen[1].prev_actions.shape[1] == policy.info.action_dim
+    assert all(v.dtype == np.dtype(policy.info.features[k]["dtype"])
+               for k, v in seen[0].observation.items())  # fmt: skip

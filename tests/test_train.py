@@ -90,6 +90,13 @@ def test_checkpoint_serves_chunks_and_refuses_other_features(reach_dataset, tmp_
     v = policy.velocity_fn([Request(), Request()])
     chunk = policy.unnormalize_actions(euler_sample(v, torch.zeros(2, 50, 6), 2))
     assert chunk.shape == (2, 50, 6) and chunk.dtype == np.float32 and np.isfinite(chunk).all()
+    # What a policy server tells its clients about this checkpoint encodes on the wire.
+    from runtime.protocol import decode, encode
+    from runtime.server import LatencyHistogram, metadata_reply
+
+    meta = decode(encode(metadata_reply(1, policy.info, LatencyHistogram(), 0.0, 0)))
+    assert meta.features["observation.images.front"] == {"dtype": "uint8", "shape": (96, 96, 3)}
+    assert meta.chunk_length == 50 and meta.action_dim == 6
     small = {k: dict(v) for k, v in ckpt.features.items()}
     small["observation.images.front"]["shape"] = (64, 64, 3)
     with pytest.raises(ValueError, match=r"observation.images.front has shape \(64, 64, 3\), the "

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from runtime.policy import FlowModel
 from runtime.sampling import FlowChunkPolicy
-from runtime.server import CurveKeys, PolicyServer
+from runtime.server import CurveKeys, PolicyServer, warm_up
 from runtime.synthetic import GaussianChunkModel
 
 log = logging.getLogger(__name__)
@@ -23,6 +23,7 @@ SYNTHETIC = "synthetic"
 
 def main(cfg: DictConfig) -> dict:
     policy = FlowChunkPolicy(load_model(cfg.checkpoint, cfg.device), cfg.num_steps, cfg.beta)
+    log.info("warmed up in %.2f s", warm_up(policy))
     curve = None if cfg.curve_keys_dir is None else CurveKeys.from_dir(cfg.curve_keys_dir)
     with PolicyServer(
         policy,
