@@ -25,7 +25,8 @@ from runtime.protocol import EStop, OperatorInstruction
 
 if TYPE_CHECKING:
     from policies.hierarchy import HighLevelPolicy
-    from runtime.controller import OperatorMessage, RunLog
+    from runtime.controller import OperatorMessage
+    from runtime.runlog import RunLog
 
 log = logging.getLogger(__name__)
 

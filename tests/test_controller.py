@@ -13,11 +13,12 @@ import zmq
 
 from runtime.client import LocalPolicyClient, RequestTimeout, ZmqPolicyClient
 from runtime.clock import SimClock, WallClock
-from runtime.controller import Controller, RunLog, run_episodes
+from runtime.controller import Controller, run_episodes
 from runtime.drivers.base import STATE, ActionLimits, DriverContext
 from runtime.executors import EXECUTORS, make_executor
 from runtime.policy import PolicyInfo
 from runtime.protocol import EStop, ObservationRequest, OperatorInstruction, encode
+from runtime.runlog import RunLog
 from runtime.server import PolicyServer
 
 H, A = 8, 2

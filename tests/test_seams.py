@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtime.controller import RunLog
+from runtime.runlog import RunLog
 from runtime.seams import jerks, plot_seams, seam_changes, seam_metrics
 
 HOLD = -1

@@ -30,7 +30,7 @@ from rich.table import Table
 from runtime.client import RequestTimeout, ZmqPolicyClient
 from runtime.commands import make_sim_env
 from runtime.commands import run as run_command
-from runtime.controller import RunLog
+from runtime.runlog import RunLog
 from runtime.seams import plot_seams, seam_metrics
 from sim import JOINT_NAMES
 from sim.record import record_dataset

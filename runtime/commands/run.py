@@ -30,10 +30,11 @@ from runtime.client import (
     ZmqPolicyClient,
 )
 from runtime.clock import make_clock
-from runtime.controller import Controller, RunLog, run_episodes
+from runtime.controller import Controller, run_episodes
 from runtime.drivers import Driver, make_driver
 from runtime.executors import Executor, make_executor
 from runtime.hierarchy import make_high_level, plot_instructions, scripted_operator
+from runtime.runlog import RunLog
 from runtime.stats import wilson_interval
 
 log = logging.getLogger(__name__)

@@ -46,8 +46,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from runtime.client import LocalPolicyClient
 from runtime.clock import make_clock
 from runtime.commands.run import LOCAL_PREFIX, make_client, make_run_driver
-from runtime.controller import RunLog, run_episodes
+from runtime.controller import run_episodes
 from runtime.executors import EXECUTORS, make_executor
+from runtime.runlog import RunLog
 from runtime.seams import plot_seams, seam_metrics
 from runtime.stats import wilson_interval
 
