@@ -149,6 +149,8 @@ def train(cfg: Mapping) -> dict:
         load_train_state(folder, model, optimizer)
         ema.weights = {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
         start = meta["step"]
+        if rank == 0:
+            truncate_metrics(out / "metrics.jsonl", start)
         log.info("resuming %s from step %d", out, start)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     collator = Collator(config.image_keys, normalizer, model.tokenize_instructions,
@@ -224,6 +226,17 @@ def train_loop(cfg, net, model, ema, optimizer, loader, start, device, rank, wor
     }
     return {"steps": step, "trained_steps": step - start, "wall_s": round(wall, 2),
             "samples_per_s": round(samples / max(wall, 1e-9), 1), **final}  # fmt: skip
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop the rows after ``step`` (written after the checkpoint a run resumes from), so the
+    resumed run's rows continue the file without repeating steps."""
+    if path.is_file():
+        rows = path.read_text().splitlines(keepends=True)
+        kept = [r for r in rows if r.strip() and json.loads(r)["step"] <= step]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
 
 
 def _features(root: str) -> dict[str, dict]:

@@ -51,6 +51,8 @@ def test_two_steps_then_resume_equals_four_steps(reach_dataset, tmp_path):
     root, _ = reach_dataset
     straight = train(train_cfg(root, tmp_path / "a", 4))
     train(train_cfg(root, tmp_path / "b", 2))
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:  # a row logged after the last save
+        f.write(json.dumps({"step": 3, "loss": 0.0}) + "\n")
     resumed = train(train_cfg(root, tmp_path / "b", 4, resume=True))
     assert straight["steps"] == resumed["steps"] == 4 and resumed["trained_steps"] == 2
     for name in ("model.safetensors", "train_state.safetensors"):
