@@ -330,6 +330,15 @@ def sweep_tables(sweep: dict) -> list[str]:
             f"Seams between chunks{where} (joint change at a seam over within-chunk "
             f"changes; jerk in rad/s^3):\n\n" + seams_table(seams)
         )
+    if isinstance(by_delay, dict) and by_delay:
+        rows = [[executor, f"{d}", cell.get("chunk_ms_p50"), cell.get("chunk_ms_p99")]
+                for executor, cells in by_delay.items() for d, cell in cells.items()
+                if cell.get("chunk_ms_p50") is not None]  # fmt: skip
+        if rows:
+            parts.append(
+                "Chunk inference time per executor (ms; the simulated delay does not change "
+                "it):\n\n" + table(["executor", "delay d", "p50 ms", "p99 ms"], rows)
+            )
     skipped = sweep.get("skipped")
     if isinstance(skipped, list) and skipped:
         parts.append("Points skipped:\n\n" + "\n".join(f"- {_skip(s)}" for s in skipped))

@@ -64,6 +64,7 @@ def test_a_tiny_sweep_writes_its_table_seams_and_plots(tmp_path):
 
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["success_vs_delay"]["rtc"]["3"]["delay_ticks_mean"] == 3.0  # the simulated d
+    assert saved["success_vs_delay"]["rtc"]["3"]["chunk_ms_p50"] > 0  # measured inference time
     assert saved["success_vs_delay"]["naive"]["1"]["delay_ticks_mean"] == 1.0
     assert saved["chunk_length"] == {"naive": 32, "rtc": 32}
     horizons = saved["success_vs_horizon"]

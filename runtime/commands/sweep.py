@@ -404,6 +404,8 @@ def _table(cells: Mapping[tuple[str, int], Point], outcomes: Mapping) -> dict:
             "stalled_ticks": outcome.summary["stalled_ticks"],
             "request_errors": outcome.summary["request_errors"],
             "delay_ticks_mean": outcome.summary["delay_ticks_mean"],
+            "chunk_ms_p50": outcome.summary["server_ms_p50"],  # inference time per chunk
+            "chunk_ms_p99": outcome.summary["server_ms_p99"],
         }
     return table
 
