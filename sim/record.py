@@ -187,8 +187,10 @@ def _record_episode(env: SimEnv, dataset, seed: int, failure_prob: float) -> tup
 
 def create_dataset(env: SimEnv, root: Path, *, repo_id: str, video: bool = False):
     """An empty LeRobotDataset at ``root`` for ``env``'s frames and the hierarchy labels."""
+    from datasets.utils.logging import disable_progress_bar
     from lerobot.datasets import LeRobotDataset  # heavy import, only needed here
 
+    disable_progress_bar()  # a "Map" bar per saved episode; the recording has its own bar
     return LeRobotDataset.create(
         repo_id=repo_id,
         fps=round(env.control_hz),
