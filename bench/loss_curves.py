@@ -39,7 +39,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/loss_curves.png"))
     parser.add_argument("--window", type=int, default=25, help="moving-average window (steps)")
     args = parser.parse_args()
-    runs = dict(r.split("=", 1) if "=" in r else (Path(r).name, r) for r in args.runs)
+    runs = dict(r.rsplit("=", 1) if "=" in r else (Path(r).name, r) for r in args.runs)
     metrics = {name: read_metrics(Path(run)) for name, run in runs.items()}
 
     from matplotlib.figure import Figure
