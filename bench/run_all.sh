@@ -6,6 +6,8 @@
 #   CHECKPOINT=DIR              the policy the sweep evaluates (default checkpoints/demo);
 #                               the sweep is skipped, with a note, when DIR does not exist;
 #                               CHECKPOINT=synthetic sweeps the analytic flow policy
+#   SWEEP_DIR=DIR               put an existing `rtvla sweep` output (its output_dir) into the
+#                               report instead of running one (its sweep.json holds its config)
 #   SWEEP_ARGS="k=v ..."        overrides for `rtvla sweep` (default: quick=true with two
 #                               episodes a point and one horizon in a quick run; its own
 #                               configs/sweep.yaml grid otherwise)
@@ -90,7 +92,15 @@ if [[ "$CHECKPOINT" == synthetic ]]; then
 else
   POLICY=("checkpoint=$CHECKPOINT")
 fi
-if ! uv run rtvla sweep --help > /dev/null 2>&1; then
+if [[ -n "${SWEEP_DIR:-}" ]]; then
+  if [[ -f "$SWEEP_DIR/sweep.json" ]]; then
+    cp -r "$SWEEP_DIR" "$OUT/sweep"
+    printf '%s\t%s\n' sweep "an earlier run, reused from $SWEEP_DIR (see its config in sweep.json)" \
+      >> "$OUT/commands.tsv"
+  else
+    note_skipped sweep "SWEEP_DIR=$SWEEP_DIR has no sweep.json"
+  fi
+elif ! uv run rtvla sweep --help > /dev/null 2>&1; then
   note_skipped sweep "this install has no 'rtvla sweep' command"
 elif [[ "$CHECKPOINT" != synthetic && ! -e "$CHECKPOINT" ]]; then
   note_skipped sweep "no checkpoint at $CHECKPOINT (set CHECKPOINT=DIR to a trained policy)"
