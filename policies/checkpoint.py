@@ -54,7 +54,11 @@ class Checkpoint:
 
     @property
     def model_id(self) -> str:
-        return f"{self.path.parent.parent.name}/{self.path.name}"
+        """``<run>/step_<N>`` for a training checkpoint, the folder's name for an exported one."""
+        path = self.path.resolve()
+        if path.name.startswith("step_") and path.parent.name == "checkpoints":
+            return f"{path.parent.parent.name}/{path.name}"
+        return path.name
 
 
 def save_checkpoint(

@@ -96,6 +96,12 @@ def test_checkpoint_serves_chunks_and_refuses_other_features(reach_dataset, tmp_
     from runtime.protocol import decode, encode
     from runtime.server import LatencyHistogram, metadata_reply
 
+    assert policy.info.model_id == "run/step_0000002"
+    from policies.checkpoint import export_checkpoint
+
+    exported = export_checkpoint(tmp_path / "run", tmp_path / "shipped")
+    assert not list(exported.glob("train_state*"))
+    assert load_flow_model(exported).info.model_id == "shipped"
     meta = decode(encode(metadata_reply(1, policy.info, LatencyHistogram(), 0.0, 0)))
     assert meta.features["observation.images.front"] == {"dtype": "uint8", "shape": (96, 96, 3)}
     assert meta.chunk_length == 50 and meta.action_dim == 6
