@@ -50,6 +50,20 @@ def camera_keys(features: dict[str, dict]) -> tuple[str, ...]:
     return tuple(sorted(k for k, f in features.items() if f["dtype"] in ("image", "video")))
 
 
+def camera_spec(features: dict[str, dict]) -> tuple[tuple[str, ...], tuple[int, int]]:
+    """The dataset's camera keys and their common image size (h, w); a clear error when it
+    has no camera or cameras of different sizes."""
+    cams = camera_keys(features)
+    if not cams:
+        raise ValueError(
+            "the dataset has no camera features (observation.images.*): the policy needs one"
+        )
+    sizes = {tuple(features[k]["shape"][:2]) for k in cams}
+    if len(sizes) != 1:
+        raise ValueError(f"cameras have different sizes {sizes}: record them at one image_size")
+    return cams, sizes.pop()
+
+
 def instruction_of(item: dict, source: str) -> str:
     """The instruction a dataset item conditions the policy on (see INSTRUCTION_SOURCES)."""
     if source == "task":

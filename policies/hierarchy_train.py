@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from policies.checkpoint import check_features, load_train_state
-from policies.data import InMemoryChunks, camera_keys, open_dataset
+from policies.data import InMemoryChunks, camera_spec, open_dataset
 from policies.hierarchy import (
     IGNORE,
     HighLevelConfig,
@@ -82,12 +82,7 @@ class HighLevelFrames(torch.utils.data.Dataset):
 def high_level_config(features: dict[str, dict], vocab: Vocabulary, policy: Mapping
                       ) -> HighLevelConfig:  # fmt: skip
     """The model config for a dataset's features, its vocabulary and the ``policy/`` entry."""
-    cams = camera_keys(features)
-    if not cams:
-        raise ValueError("the dataset has no camera features (observation.images.*)")
-    sizes = {tuple(features[k]["shape"][:2]) for k in cams}
-    if len(sizes) != 1:
-        raise ValueError(f"cameras have different sizes {sizes}: record them at one image_size")
+    cams, size = camera_spec(features)
     known = set(HighLevelConfig.__dataclass_fields__) - {"image_keys", "image_size", "state_dim",
                                                          "step_classes", "corrective_classes",
                                                          "word_count"}  # fmt: skip
@@ -99,7 +94,7 @@ def high_level_config(features: dict[str, dict], vocab: Vocabulary, policy: Mapp
     return HighLevelConfig(
         **{k: v for k, v in policy.items() if k in known},
         image_keys=cams,
-        image_size=sizes.pop(),
+        image_size=size,
         state_dim=features["observation.state"]["shape"][0],
         step_classes=len(vocab.step),
         corrective_classes=len(vocab.corrective),

@@ -35,7 +35,7 @@ from policies.data import (
     Collator,
     InMemoryChunks,
     action_chunks,
-    camera_keys,
+    camera_spec,
     check_instruction_source,
     open_dataset,
 )
@@ -50,14 +50,7 @@ POLICY_KEYS = {f.name for f in dataclasses.fields(VLAConfig)}
 
 def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
     """The VLA config for a dataset's features and the ``policy/`` config group entry."""
-    cams = camera_keys(features)
-    if not cams:
-        raise ValueError(
-            "the dataset has no camera features (observation.images.*): the VLA needs one"
-        )
-    sizes = {tuple(features[k]["shape"][:2]) for k in cams}
-    if len(sizes) != 1:
-        raise ValueError(f"cameras have different sizes {sizes}: record them at one image_size")
+    cams, size = camera_spec(features)
     unknown = set(policy) - POLICY_KEYS - {"name"}
     if unknown:
         raise ValueError(
@@ -66,7 +59,7 @@ def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
     return VLAConfig(
         **{k: v for k, v in policy.items() if k in POLICY_KEYS},
         image_keys=cams,
-        image_size=sizes.pop(),
+        image_size=size,
         state_dim=features["observation.state"]["shape"][0],
         action_dim=features["action"]["shape"][0],
     )

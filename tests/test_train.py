@@ -112,3 +112,18 @@ def test_checkpoint_serves_chunks_and_refuses_other_features(reach_dataset, tmp_
         check_features(ckpt.features, small, "set task.image_size=96 or retrain")
     with pytest.raises(FileNotFoundError, match="neither a checkpoint folder"):
         load_checkpoint(tmp_path)
+
+
+def test_camera_spec_needs_cameras_of_one_size():
+    from policies.data import camera_spec
+
+    cam = {"dtype": "image", "shape": (96, 96, 3)}
+    assert camera_spec({"observation.images.wrist": cam, "observation.images.front": cam}) == (
+        ("observation.images.front", "observation.images.wrist"),
+        (96, 96),
+    )
+    with pytest.raises(ValueError, match="no camera features"):
+        camera_spec({"observation.state": {"dtype": "float32", "shape": (6,)}})
+    small = {"dtype": "image", "shape": (64, 64, 3)}
+    with pytest.raises(ValueError, match="different sizes"):
+        camera_spec({"observation.images.front": cam, "observation.images.wrist": small})
