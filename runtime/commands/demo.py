@@ -48,13 +48,14 @@ def main(cfg: DictConfig) -> dict:
     demos = record_demonstrations(cfg, out / "dataset", checkpoint)
 
     address = cfg.server or f"tcp://127.0.0.1:{_free_port()}"
-    server = None if cfg.server else start_server(checkpoint, address, out / "server")
+    server_dir = out / "server"
+    server = None if cfg.server else start_server(checkpoint, address, server_dir)
     try:
-        wait_for_server(address, cfg.server_start_timeout_s, server)
+        wait_for_server(address, cfg.server_start_timeout_s, server, server_dir / "server.log")
         run_cfg = OmegaConf.merge(cfg, {"server": address, "output_dir": str(out / "run")})
         figures = run_command.main(run_cfg)
     finally:
-        server_figures = stop_server(server) if server is not None else {}
+        server_figures = stop_server(server, server_dir) if server is not None else {}
 
     logs = [RunLog.from_npz(p) for p in sorted((out / "run").glob("episode_*.npz"))]
     seams = seam_metrics(logs)
@@ -138,7 +139,9 @@ def start_server(checkpoint: Path, address: str, folder: Path) -> subprocess.Pop
         return subprocess.Popen(command, stdout=out, stderr=stderr, cwd=REPO, env=os.environ)
 
 
-def wait_for_server(address: str, timeout_s: float, server: subprocess.Popen | None) -> None:
+def wait_for_server(
+    address: str, timeout_s: float, server: subprocess.Popen | None, server_log: Path
+) -> None:
     """Poll the server's metadata until it answers (it loads torch and the checkpoint first)."""
     client = ZmqPolicyClient(address, timeout_s=1.0)
     deadline = time.monotonic() + timeout_s
@@ -147,7 +150,7 @@ def wait_for_server(address: str, timeout_s: float, server: subprocess.Popen | N
             if server is not None and server.poll() is not None:
                 raise RuntimeError(
                     f"the policy server exited with code {server.returncode} while starting: "
-                    f"see {Path(server.args[-1].split('=', 1)[1]) / 'server.log'}"
+                    f"see {server_log}"
                 )
             try:
                 meta = client.metadata(1.0)
@@ -163,8 +166,9 @@ def wait_for_server(address: str, timeout_s: float, server: subprocess.Popen | N
         client.close()
 
 
-def stop_server(server: subprocess.Popen) -> dict:
-    """SIGTERM (a clean shutdown), then the figures it printed as its last line."""
+def stop_server(server: subprocess.Popen, folder: Path) -> dict:
+    """SIGTERM (a clean shutdown), then the figures it printed as its last line (kept in
+    ``folder/figures.json`` by ``start_server``)."""
     if server.poll() is None:
         server.send_signal(signal.SIGTERM)
         try:
@@ -172,8 +176,7 @@ def stop_server(server: subprocess.Popen) -> dict:
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
-    figures_file = Path(server.args[-1].split("=", 1)[1]) / "figures.json"
-    lines = figures_file.read_text().strip().splitlines()
+    lines = (folder / "figures.json").read_text().strip().splitlines()
     try:
         return json.loads(lines[-1]) if lines else {}
     except json.JSONDecodeError:
