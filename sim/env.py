@@ -1,9 +1,11 @@
 """The simulated SO-100 environment: one task, fixed-rate control ticks, camera observations.
 
 Observations (``observe``):
-    observation.state          float32 (6,)       joint positions in JOINT_NAMES order; the
-                                                   gripper is the finger opening in metres
-    observation.images.<cam>   uint8 (H, W, 3)    one per camera, absent when render=False
+    observation.state              float32 (6,)     joint positions in JOINT_NAMES order; the
+                                                    gripper is the finger opening in metres
+    observation.environment_state  float32 (n,)     the task's scene state (object poses, see
+                                                    ``Task.environment_state``); n per task
+    observation.images.<cam>       uint8 (H, W, 3)  one per camera, absent when render=False
 
 Actions (``step``): float32 (6,) absolute joint targets in JOINT_NAMES order, clipped to the
 actuators' ctrlrange. One step is one control tick of ``n_substeps`` physics steps.
@@ -29,6 +31,11 @@ logger = logging.getLogger(__name__)
 MAX_TIMESTEP = 0.002  # s, the physics step never exceeds this
 HOME_SITE = np.array([0.15, 0.0, 0.12])  # grip site at home: above the workspace, pointing down
 HOME_NOISE = 0.03  # rad, uniform noise on the arm joints at reset
+
+# Observation keys, as lerobot names them (lerobot.utils.constants, too heavy to import here).
+STATE = "observation.state"
+ENV_STATE = "observation.environment_state"
+IMAGES = "observation.images."  # prefix of the camera keys: observation.images.<cam>
 
 
 class SimEnv:
@@ -117,10 +124,14 @@ class SimEnv:
         return self.observe()
 
     def observe(self) -> dict[str, np.ndarray]:
-        obs = {"observation.state": self.data.qpos[self.robot.qpos].astype(np.float32)}
+        """Joint positions, the scene state and (when rendering) one image per camera."""
+        obs = {
+            STATE: self.data.qpos[self.robot.qpos].astype(np.float32),
+            ENV_STATE: self.task.environment_state(),
+        }
         if self._renderer is not None:
             for cam in self.cameras:
-                obs[f"observation.images.{cam}"] = self._renderer.render(self.data, cam)
+                obs[IMAGES + cam] = self._renderer.render(self.data, cam)
         return obs
 
     def success(self) -> bool:
@@ -130,11 +141,13 @@ class SimEnv:
         """LeRobot-style features of observations and actions."""
         features: dict[str, dict[str, Any]] = {
             key: {"dtype": "float32", "shape": (len(JOINT_NAMES),), "names": list(JOINT_NAMES)}
-            for key in ("observation.state", "action")
+            for key in (STATE, "action")
         }
+        names = self.task.environment_names()
+        features[ENV_STATE] = {"dtype": "float32", "shape": (len(names),), "names": names}
         if self._renderer is not None:
             for cam in self.cameras:
-                features[f"observation.images.{cam}"] = {
+                features[IMAGES + cam] = {
                     "dtype": "image",
                     "shape": (self.image_size, self.image_size, 3),
                     "names": ["height", "width", "channels"],

@@ -1,7 +1,9 @@
 """Record scripted demonstrations as a LeRobotDataset v3 (written through lerobot's API).
 
-Each frame pairs the observation taken at tick t with the action commanded at tick t, plus
-the episode's language instruction (lerobot's ``task``) and the SRT-H hierarchy labels:
+Each frame pairs the observation taken at tick t (joint positions, the scene state
+``observation.environment_state`` and the camera images: ``SimEnv.observe``) with the action
+commanded at tick t, plus the episode's language instruction (lerobot's ``task``) and the
+SRT-H hierarchy labels:
 
 - ``step_instruction`` (string): the phase the expert is in, e.g. "grasp the red cube";
 - ``corrective_instruction`` (string): what the expert is doing to recover, "" when nothing;

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.env import SimEnv
+from sim.env import STATE, SimEnv
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,12 @@ def load_episodes(root: str | Path) -> dict[int, dict[str, np.ndarray]]:
 
     dataset = LeRobotDataset(Path(root).name, root=root, video_backend="pyav")
     table = dataset.hf_dataset.select_columns(
-        ["episode_index", "action", "observation.state", "correction"]
+        ["episode_index", "action", STATE, "correction"]
     ).with_format("numpy")
     episode_index = np.asarray(table["episode_index"])
     columns = {
         "action": np.stack(table["action"]),
-        "observation.state": np.stack(table["observation.state"]),
+        STATE: np.stack(table[STATE]),
         "correction": np.asarray(table["correction"], dtype=bool).reshape(-1),
     }
     return {
@@ -62,16 +62,16 @@ def replay_dataset(env: SimEnv, root: str | Path, seeds: list[int]) -> list[Epis
         obs = env.reset(seed=seed)
         replayed = []
         for action in data["action"]:
-            replayed.append(obs["observation.state"])
+            replayed.append(obs[STATE])
             obs = env.step(action)
         replayed = np.stack(replayed)
         replays.append(
             EpisodeReplay(
                 episode=ep,
                 success=env.success(),
-                max_state_error=float(np.abs(replayed - data["observation.state"]).max()),
+                max_state_error=float(np.abs(replayed - data[STATE]).max()),
                 actions=data["action"],
-                states=data["observation.state"],
+                states=data[STATE],
                 replayed_states=replayed,
                 correction=data["correction"],
             )

@@ -40,6 +40,29 @@ def test_dataset_round_trip_with_action_chunks(reach_dataset):
     np.testing.assert_allclose(item["action"][0].numpy(), frame["action"])
 
 
+def test_dataset_has_the_scene_state_and_its_stats(reach_dataset):
+    """observation.environment_state is recorded, is the scene the seed made, and has stats."""
+    from lerobot.datasets import LeRobotDataset
+
+    from sim import SimEnv
+    from sim.env import ENV_STATE
+
+    root, summary = reach_dataset
+    ds = LeRobotDataset("reach", root=root, video_backend="pyav")
+    env = SimEnv("reach", render=False)
+    assert ds.meta.features[ENV_STATE] == env.feature_spec()[ENV_STATE]
+    table = ds.hf_dataset.select_columns(["episode_index", ENV_STATE]).with_format("numpy")
+    states = np.stack(table[ENV_STATE])  # (T, 9)
+    first = np.asarray(table["episode_index"]) == 0
+    scene = env.reset(seed=summary.seeds[0])[ENV_STATE]
+    assert (states[first] == scene).all()  # the reach targets stay put through an episode
+    stats = ds.meta.stats[ENV_STATE]
+    np.testing.assert_allclose(stats["mean"], states.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(stats["min"], states.min(axis=0))
+    np.testing.assert_allclose(stats["max"], states.max(axis=0))
+    assert np.all(np.asarray(stats["std"]) > 0)  # the two episodes' targets differ
+
+
 def test_replay_reproduces_states_and_success(reach_dataset):
     from sim import SimEnv
     from sim.replay import replay_dataset
@@ -96,7 +119,7 @@ def test_interrupted_recording_keeps_finished_episodes(tmp_path, monkeypatch):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "runtime.cli", *args],
+        [sys.executable, "-m", "runtime.commands.cli", *args],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
 

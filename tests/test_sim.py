@@ -59,6 +59,7 @@ def test_task_builds_steps_and_renders(task: str) -> None:
     assert env.instruction and env.tick == 0
     assert set(obs) == {
         "observation.state",
+        "observation.environment_state",
         "observation.images.front",
         "observation.images.wrist",
     }
@@ -70,7 +71,7 @@ def test_task_builds_steps_and_renders(task: str) -> None:
         assert image.std() > 5, f"{cam} image is nearly constant"
     obs = env.step(obs["observation.state"])
     assert env.tick == 1
-    assert set(env.feature_spec()) == {"observation.state", "action", *list(obs)[1:]}
+    assert set(env.feature_spec()) == {"action", *obs}
     env.close()
 
 
@@ -81,10 +82,16 @@ def test_feature_spec() -> None:
     assert spec["observation.state"]["names"] == list(JOINT_NAMES)
     assert spec["observation.images.front"]["shape"] == (32, 32, 3)
     assert "observation.images.wrist" not in spec
+    assert spec["observation.environment_state"] == {
+        "dtype": "float32",
+        "shape": (9,),
+        "names": [f"target_{c}.{axis}" for c in ("red", "green", "blue") for axis in "xyz"],
+    }
     env.close()
     no_images = SimEnv("reach", render=False)
-    assert set(no_images.feature_spec()) == {"observation.state", "action"}
-    assert set(no_images.observe()) == {"observation.state"}
+    states = {"observation.state", "observation.environment_state"}
+    assert set(no_images.feature_spec()) == {*states, "action"}
+    assert set(no_images.observe()) == states
 
 
 def test_actions_are_clipped(envs: dict[str, SimEnv]) -> None:

@@ -72,6 +72,20 @@ class Task(ABC):
         """Whether the current simulator state solves the episode's instruction."""
 
     @abstractmethod
+    def environment_state(self) -> np.ndarray:
+        """The scene's low-dimensional state, float32 (n,) in ``environment_names`` order.
+
+        lerobot's ``observation.environment_state``: enough for a state-based policy to do the
+        task without cameras. Objects come in a fixed order whichever one the instruction
+        names, so a policy has to read the instruction to pick the right one. The grip site is
+        left out: it follows from ``observation.state``.
+        """
+
+    @abstractmethod
+    def environment_names(self) -> list[str]:
+        """One name per ``environment_state`` element, ``<body>.<quantity>``: "cube_red.x"."""
+
+    @abstractmethod
     def make_expert(self, env: SimEnv, rng: np.random.Generator, failure_prob: float) -> Expert:
         """A scripted expert for the current episode (call after ``env.reset``)."""
 

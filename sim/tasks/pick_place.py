@@ -127,8 +127,26 @@ class PickPlace(Task):
         side = np.argsort(np.abs(rot[2]))[0]  # the axis closest to horizontal
         return math.atan2(rot[1, side], rot[0, side]) % (np.pi / 2)
 
-    def bin_pos(self) -> np.ndarray:
-        return np.array([*BINS[self.side], 0.0])
+    def bin_pos(self, side: str | None = None) -> np.ndarray:
+        """Centre (3,) of the floor of the bin on ``side`` (default: the instruction's)."""
+        return np.array([*BINS[side or self.side], 0.0])
+
+    def environment_state(self) -> np.ndarray:
+        """(21,) each cube's centre and yaw, in red, green, blue order, then the bins' centres.
+
+        A quarter turn leaves a cube unchanged, so its yaw (which the expert grasps along) is
+        given as cos and sin of 4 * yaw: continuous, and the same for all four equal poses.
+        """
+        parts = []
+        for color in COLORS:
+            turn = 4 * self.cube_axis_yaw(color)
+            parts.append([*self.cube_pos(color), math.cos(turn), math.sin(turn)])
+        parts += [self.bin_pos(side) for side in BINS]
+        return np.concatenate(parts, dtype=np.float32)
+
+    def environment_names(self) -> list[str]:
+        cubes = [f"cube_{c}.{q}" for c in COLORS for q in ("x", "y", "z", "cos4yaw", "sin4yaw")]
+        return cubes + [f"bin_{side}.{axis}" for side in BINS for axis in "xyz"]
 
     def touching(self, color: str) -> bool:
         """Whether a finger touches the cube."""

@@ -75,6 +75,15 @@ class Reach(Task):
     def target_pos(self) -> np.ndarray:
         return self.data.mocap_pos[self._mocap[self.color]].copy()
 
+    def environment_state(self) -> np.ndarray:
+        """(9,) the centres of the red, green and blue targets."""
+        return np.concatenate(
+            [self.data.mocap_pos[self._mocap[c]] for c in COLORS], dtype=np.float32
+        )
+
+    def environment_names(self) -> list[str]:
+        return [f"target_{color}.{axis}" for color in COLORS for axis in "xyz"]
+
     def success(self) -> bool:
         error = self.data.site_xpos[self._site] - self.target_pos()
         if np.linalg.norm(error) >= SUCCESS_RADIUS:

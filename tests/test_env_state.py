@@ -1,0 +1,105 @@
+"""The tasks' scene state, lerobot's ``observation.environment_state``."""
+
+import math
+
+import mujoco
+import numpy as np
+import pytest
+
+from sim import TASKS, SimEnv, make_expert
+from sim.env import ENV_STATE
+
+
+@pytest.fixture(scope="module")
+def envs() -> dict[str, SimEnv]:
+    """One rendering-free environment per task."""
+    made = {name: SimEnv(name, render=False) for name in TASKS}
+    yield made
+    for env in made.values():
+        env.close()
+
+
+def named(env: SimEnv) -> dict[str, float]:
+    """The current scene state by element name."""
+    return dict(zip(env.task.environment_names(), env.observe()[ENV_STATE], strict=True))
+
+
+def test_keys_are_lerobots() -> None:
+    """sim imports neither runtime nor (at import time) lerobot, so it spells the keys itself."""
+    from lerobot.utils import constants
+
+    from sim import env
+
+    assert (env.STATE, env.ENV_STATE) == (constants.OBS_STATE, constants.OBS_ENV_STATE)
+    assert env.IMAGES == constants.OBS_IMAGES + "."
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_state_matches_its_names_and_spec(envs: dict[str, SimEnv], task: str) -> None:
+    env = envs[task]
+    state = env.reset(seed=0)[ENV_STATE]
+    names = env.task.environment_names()
+    assert state.dtype == np.float32 and state.shape == (len(names),)
+    assert np.all(np.isfinite(state))
+    assert len(set(names)) == len(names)
+    assert env.feature_spec()[ENV_STATE] == {
+        "dtype": "float32",
+        "shape": (len(names),),
+        "names": names,
+    }
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_state_follows_the_reset_seed(envs: dict[str, SimEnv], task: str) -> None:
+    env = envs[task]
+    first = env.reset(seed=0)[ENV_STATE]
+    names = env.task.environment_names()
+    np.testing.assert_array_equal(env.reset(seed=0)[ENV_STATE], first)
+    assert not np.allclose(env.reset(seed=1)[ENV_STATE], first)
+    assert env.task.environment_names() == names  # the layout never depends on the episode
+
+
+def test_reach_state_holds_the_named_target(envs: dict[str, SimEnv]) -> None:
+    env = envs["reach"]
+    env.reset(seed=2)
+    state = named(env)
+    target = [state[f"target_{env.task.color}.{axis}"] for axis in "xyz"]
+    np.testing.assert_allclose(target, env.task.target_pos(), atol=1e-6)
+
+
+def test_pick_place_state_tracks_the_lifted_cube(envs: dict[str, SimEnv]) -> None:
+    env = envs["pick_place"]
+    env.reset(seed=0)
+    task = env.task
+    body = env.model.body(f"cube_{task.color}").id
+    expert = make_expert(env, np.random.default_rng(0))
+
+    def lifted() -> bool:  # held 3.5 cm above where it lay
+        return task.holding(task.color) and task.cube_pos(task.color)[2] > 0.05
+
+    while not expert.done and not lifted():
+        env.step(expert.act()[0])
+    assert lifted(), f"the expert did not lift the cube in {env.tick} ticks"
+    state = named(env)
+    cube = [state[f"cube_{task.color}.{axis}"] for axis in "xyz"]
+    np.testing.assert_allclose(cube, env.data.xpos[body], atol=1e-3)
+    yaw = state[f"cube_{task.color}.cos4yaw"], state[f"cube_{task.color}.sin4yaw"]
+    assert math.isclose(math.hypot(*yaw), 1.0, rel_tol=1e-5)
+
+
+def turn_cube(env: SimEnv, color: str, angle: float) -> np.ndarray:
+    """Turn the cube by ``angle`` about the vertical; return the new scene state."""
+    adr = env.model.joint(f"cube_{color}").qposadr[0]
+    quat = env.data.qpos[adr + 3 : adr + 7]  # a view: written in place
+    turn = np.array([math.cos(angle / 2), 0.0, 0.0, math.sin(angle / 2)])
+    mujoco.mju_mulQuat(quat, turn, quat.copy())
+    mujoco.mj_forward(env.model, env.data)
+    return env.observe()[ENV_STATE]
+
+
+def test_pick_place_yaw_ignores_quarter_turns(envs: dict[str, SimEnv]) -> None:
+    """A cube turned by 90 degrees looks the same, and so does its state; 45 degrees does not."""
+    env = envs["pick_place"]
+    before = env.reset(seed=0)[ENV_STATE]
+    np.testing.assert_allclose(turn_cube(env, "red", math.pi / 2), before, atol=1e-5)
+    assert not np.allclose(turn_cube(env, "red", math.pi / 4), before, atol=1e-2)
