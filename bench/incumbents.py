@@ -47,9 +47,9 @@ import torch
 from transport import ConstantPolicy, request  # bench/ is on the path when run as a script
 
 from policies.rtc import align_previous_chunk, guidance_weight, guided_velocity, prefix_weights
-from runtime.client import ZmqPolicyClient
-from runtime.protocol import ChunkReply, decode, encode
-from runtime.server import PolicyServer
+from runtime.robot.client import ZmqPolicyClient
+from runtime.serving.server import PolicyServer
+from runtime.wire.protocol import ChunkReply, decode, encode
 
 H, A = 50, 6
 BLOCK = 50  # round trips per alternating block

@@ -22,12 +22,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from runtime.client import LocalPolicyClient
-from runtime.clock import WallClock
-from runtime.controller import Controller
-from runtime.drivers.base import STATE, ActionLimits, DriverContext
-from runtime.executors import make_executor
-from runtime.policy import PolicyInfo
+from runtime.robot.client import LocalPolicyClient
+from runtime.robot.clock import WallClock
+from runtime.robot.controller import Controller
+from runtime.robot.drivers.base import ActionLimits, DriverContext
+from runtime.robot.executors import make_executor
+from runtime.wire.info import PolicyInfo
+from runtime.wire.keys import STATE
 
 RATES_HZ = (30, 50)
 H, A = 16, 6

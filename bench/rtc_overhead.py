@@ -21,12 +21,14 @@ import torch
 from policies.inference import PolicyInfo, VLAPolicy
 from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
-from runtime.policy import FlowModel
-from runtime.protocol import STATE_KEY, ObservationRequest
-from runtime.sampling import FlowChunkPolicy
-from runtime.synthetic import GaussianChunkModel
+from runtime.robot.executors import EXECUTORS
+from runtime.serving.policy import FlowModel
+from runtime.serving.sampling import FlowChunkPolicy
+from runtime.serving.synthetic import GaussianChunkModel
+from runtime.wire.keys import STATE
+from runtime.wire.protocol import ObservationRequest
 
-EXECUTORS = ("naive", "rtc", "rtc_trained")
+TIMED = ("naive", "rtc", "rtc_trained")  # executors whose sampling methods are timed
 S, D = 10, 4  # execution horizon and delay of the timed requests
 
 
@@ -37,7 +39,7 @@ def random_vla() -> VLAPolicy:
     normalizer = Normalizer(
         {k: np.zeros(n) for k, n in dims.items()}, {k: np.ones(n) for k, n in dims.items()}
     )
-    features = {STATE_KEY: {"dtype": "float32", "shape": (config.state_dim,)}}
+    features = {STATE: {"dtype": "float32", "shape": (config.state_dim,)}}
     features |= {k: {"dtype": "uint8", "shape": (*config.image_size, 3)} for k in config.image_keys}
     info = PolicyInfo("vla-random-init", config.chunk_length, config.action_dim, 30.0, features)
     return VLAPolicy(VLA(config), normalizer, info)
@@ -50,7 +52,7 @@ def request(model: FlowModel, executor: str, prev: np.ndarray | None) -> Observa
         for key, spec in model.info.features.items()
         if key.startswith("observation.images.")
     }
-    observation[STATE_KEY] = np.zeros(model.info.features[STATE_KEY]["shape"], np.float32)
+    observation[STATE] = np.zeros(model.info.features[STATE]["shape"], np.float32)
     return ObservationRequest(
         request_id=0,
         robot_id="robot0",
@@ -59,7 +61,7 @@ def request(model: FlowModel, executor: str, prev: np.ndarray | None) -> Observa
         instruction="pick up the red cube",
         delay=D,
         execution_horizon=S,
-        executor=executor,
+        sampling=EXECUTORS[executor],
         prev_actions=prev,
         seed=1,
     )
@@ -68,8 +70,8 @@ def request(model: FlowModel, executor: str, prev: np.ndarray | None) -> Observa
 def time_model(model: FlowModel, repeats: int, num_steps: int) -> dict:
     policy = FlowChunkPolicy(model, num_steps=num_steps)
     prev = policy.infer([request(model, "naive", None)])[0][S:]  # the unexecuted rest
-    requests = {executor: request(model, executor, prev) for executor in EXECUTORS}
-    ms: dict[str, list[float]] = {executor: [] for executor in EXECUTORS}
+    requests = {executor: request(model, executor, prev) for executor in TIMED}
+    ms: dict[str, list[float]] = {executor: [] for executor in TIMED}
     for k in range(repeats + 1):  # round robin, so that load from elsewhere hits all alike
         for executor, req in requests.items():
             start = time.perf_counter()
@@ -80,7 +82,7 @@ def time_model(model: FlowModel, repeats: int, num_steps: int) -> dict:
     for executor, times in ms.items():
         figures[f"{executor}_p50_ms"] = round(float(np.percentile(times, 50)), 3)
         figures[f"{executor}_p99_ms"] = round(float(np.percentile(times, 99)), 3)
-    for executor in EXECUTORS[1:]:
+    for executor in TIMED[1:]:
         ratio = figures[f"{executor}_p50_ms"] / figures["naive_p50_ms"]
         figures[f"{executor}_over_plain_p50"] = round(ratio, 3)
     return figures

@@ -32,18 +32,19 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.client import ZmqPolicyClient
-from runtime.protocol import IMAGE_PREFIX, STATE_KEY, ChunkReply, ObservationRequest
+from runtime.robot.client import ZmqPolicyClient
+from runtime.wire.keys import IMAGES, STATE
+from runtime.wire.protocol import ChunkReply, ObservationRequest
 
 if TYPE_CHECKING:
-    from runtime.policy import ChunkPolicy
+    from runtime.wire.info import ChunkPolicy
 
 ROBOT_COUNTS = (1, 2, 4, 8)
 WARMUP = 3  # untimed requests per robot before the timed window
 DEFAULT_FEATURES = {
     "observation.images.front": {"dtype": "uint8", "shape": (96, 96, 3)},
     "observation.images.wrist": {"dtype": "uint8", "shape": (96, 96, 3)},
-    STATE_KEY: {"dtype": "float32", "shape": (6,)},
+    STATE: {"dtype": "float32", "shape": (6,)},
 }
 
 
@@ -52,9 +53,9 @@ def observation(features: dict[str, dict], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     obs = {}
     for key, spec in (features or DEFAULT_FEATURES).items():
-        if key.startswith(IMAGE_PREFIX):
+        if key.startswith(IMAGES):
             obs[key] = rng.integers(0, 256, spec["shape"], dtype=np.uint8)
-        elif key == STATE_KEY:
+        elif key == STATE:
             obs[key] = rng.uniform(-0.5, 0.5, spec["shape"]).astype(np.float32)
     return obs
 
@@ -78,7 +79,7 @@ def robot(
             ObservationRequest(
                 request_id=k, robot_id=f"robot{index}", tick=k, observation=obs,
                 instruction="pick up the red cube", delay=0, execution_horizon=10,
-                executor="naive",
+                sampling="plain",
             )
         )  # fmt: skip
         while (reply := client.poll(timeout_s=1.0)) is None:
@@ -107,7 +108,7 @@ def robot(
 def measure(
     policy: ChunkPolicy, robots: int, seconds: float, requests: int | None, window_ms: float
 ) -> dict[str, float | int]:
-    from runtime.server import PolicyServer  # imports torch: not at the top, for the robots
+    from runtime.serving.server import PolicyServer  # imports torch: not at the top, for the robots
 
     ctx = mp.get_context("spawn")  # the robots import numpy and zmq only, never torch
     barrier, results = ctx.Barrier(robots + 1), ctx.Queue()
@@ -159,7 +160,7 @@ def _batched(figures: dict) -> int:
 
 def make_policy(model: str, checkpoint: str | None, num_steps: int) -> ChunkPolicy:
     from runtime.commands.serve import load_model
-    from runtime.sampling import FlowChunkPolicy
+    from runtime.serving.sampling import FlowChunkPolicy
 
     if checkpoint:
         flow_model = load_model(checkpoint, "cpu")

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 import zmq
 
-from runtime.policy import PolicyInfo
-from runtime.protocol import STATE_KEY, ChunkReply, ObservationRequest, decode, encode
-from runtime.server import PolicyServer
+from runtime.serving.server import PolicyServer
+from runtime.wire.info import PolicyInfo
+from runtime.wire.keys import STATE
+from runtime.wire.protocol import ChunkReply, ObservationRequest, decode, encode
 
 H, A = 50, 6
 BLOCK = 100  # round trips per alternating block
@@ -47,11 +48,11 @@ def request() -> ObservationRequest:
         request_id=1,
         robot_id="robot0",
         tick=0,
-        observation={**images, STATE_KEY: rng.standard_normal(A).astype(np.float32)},
+        observation={**images, STATE: rng.standard_normal(A).astype(np.float32)},
         instruction="pick up the red cube and place it in the bin",
         delay=3,
         execution_horizon=10,
-        executor="naive",
+        sampling="plain",
     )
 
 

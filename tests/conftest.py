@@ -44,7 +44,8 @@ def jump_driver():
     """A two-joint robot whose joints jump to each command; ``commands`` records them."""
     import numpy as np
 
-    from runtime.drivers.base import STATE, ActionLimits, DriverContext
+    from runtime.robot.drivers.base import ActionLimits, DriverContext
+    from runtime.wire.keys import STATE
 
     class JumpDriver(DriverContext):
         names = ("a", "b")

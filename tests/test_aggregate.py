@@ -34,7 +34,7 @@ def test_a_push_drags_the_arm_off_course_and_the_expert_recovers():
 def test_run_with_failure_prob_pushes_the_same_episodes_whatever_the_policy(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from runtime.cli import CONFIG_DIR
+    from runtime.commands.cli import CONFIG_DIR
     from runtime.commands.run import main
 
     def run(num_steps: int, out: str) -> dict:
@@ -82,8 +82,8 @@ def test_aggregate_records_the_expert_corrections_and_merges_them(
     from hydra import compose, initialize_config_dir
 
     from policies.data import InMemoryChunks, open_dataset
-    from runtime.cli import CONFIG_DIR
     from runtime.commands.aggregate import main
+    from runtime.commands.cli import CONFIG_DIR
 
     low, high = tiny_hierarchy
     overrides = [

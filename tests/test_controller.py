@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime.client import LocalPolicyClient, RequestTimeout, ZmqPolicyClient
-from runtime.clock import SimClock, WallClock
-from runtime.controller import Controller, run_episodes
-from runtime.drivers.base import STATE, ActionLimits, DriverContext
-from runtime.executors import EXECUTORS, make_executor
-from runtime.policy import PolicyInfo
-from runtime.protocol import EStop, ObservationRequest, OperatorInstruction, encode
-from runtime.runlog import RunLog
-from runtime.server import PolicyServer
+from runtime.robot.client import LocalPolicyClient, RequestTimeout, ZmqPolicyClient
+from runtime.robot.clock import SimClock, WallClock
+from runtime.robot.controller import Controller, run_episodes
+from runtime.robot.drivers.base import ActionLimits, DriverContext
+from runtime.robot.executors import EXECUTORS, make_executor
+from runtime.robot.runlog import RunLog
+from runtime.serving.server import PolicyServer
+from runtime.wire.info import PolicyInfo
+from runtime.wire.keys import STATE
+from runtime.wire.protocol import EStop, ObservationRequest, OperatorInstruction, encode
 
 H, A = 8, 2
 BIG = 1e6
@@ -163,7 +164,7 @@ def test_rtc_requests_carry_the_unexecuted_actions_and_the_delay(name):
     ctl.run(30)
     client.close()
     first, *rest = policy.requests
-    assert first.prev_actions is None and first.executor == name
+    assert first.prev_actions is None and first.sampling == EXECUTORS[name]
     assert len(rest) >= 5
     for prev_request, prev_chunk, request in zip(
         policy.requests, policy.chunks, rest, strict=False
@@ -177,8 +178,8 @@ def test_rtc_requests_carry_the_unexecuted_actions_and_the_delay(name):
 
 
 def test_rtc_smooths_the_seams_naive_jumps():
-    from runtime.sampling import FlowChunkPolicy
-    from runtime.synthetic import GaussianChunkModel
+    from runtime.serving.sampling import FlowChunkPolicy
+    from runtime.serving.synthetic import GaussianChunkModel
 
     def seam_jumps(name: str) -> float:
         model = GaussianChunkModel(chunk_length=16, action_dim=A, num_basis=3, sigma=1.0)
@@ -224,7 +225,7 @@ def test_clients_drop_replies_to_replaced_requests(transport):
             instruction="",
             delay=0,
             execution_horizon=1,
-            executor="naive",
+            sampling="plain",
         )
 
     assert client.poll() is None  # nothing outstanding
@@ -469,8 +470,9 @@ def test_wall_clock_paces_without_drift_and_skips_missed_ticks():
 
 def test_the_controller_process_does_not_need_torch():
     code = (
-        "import sys; import runtime.controller, runtime.executors, runtime.client, "
-        "runtime.clock; assert 'torch' not in sys.modules, 'torch was imported'"
+        "import sys; import runtime.robot.controller, runtime.robot.executors, "
+        "runtime.robot.client, runtime.robot.clock; "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -487,9 +489,9 @@ def test_a_simulated_clock_needs_an_inference_delay():
 
 def test_end_to_end_on_the_mujoco_reach_task_over_zmq():
     pytest.importorskip("mujoco")
-    from runtime.drivers.mujoco import MujocoDriver
-    from runtime.sampling import FlowChunkPolicy
-    from runtime.synthetic import GaussianChunkModel
+    from runtime.robot.drivers.mujoco import MujocoDriver
+    from runtime.serving.sampling import FlowChunkPolicy
+    from runtime.serving.synthetic import GaussianChunkModel
 
     policy = FlowChunkPolicy(GaussianChunkModel(chunk_length=16, action_dim=6), num_steps=5)
     server = PolicyServer(policy, "tcp://127.0.0.1:*", log_every_s=None)
@@ -519,7 +521,7 @@ def test_run_command_with_the_in_process_synthetic_policy(tmp_path):
     pytest.importorskip("mujoco")
     from hydra import compose, initialize_config_dir
 
-    from runtime.cli import CONFIG_DIR
+    from runtime.commands.cli import CONFIG_DIR
     from runtime.commands.run import main
 
     overrides = [

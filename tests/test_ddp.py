@@ -20,7 +20,7 @@ def test_torchrun_two_gloo_processes_train_one_model(reach_dataset, tmp_path):
     out = tmp_path / "run"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "runtime.cli", "train", f"dataset={root}", f"output={out}", "steps=3",
+        "-m", "runtime.commands.cli", "train", f"dataset={root}", f"output={out}", "steps=3",
         "batch_size=4", "save_every=3", "log_every=1", "warmup_steps=1", "fast_fit_chunks=64",
         "device=cpu", f"hydra.run.dir={tmp_path / 'hydra'}", *TINY,
     ]  # fmt: skip

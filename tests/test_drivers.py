@@ -11,10 +11,10 @@ import pytest
 from lerobot.motors import Motor, MotorNormMode
 from lerobot.robots import Robot, RobotConfig
 
-from runtime.drivers import Driver, make_driver
-from runtime.drivers.base import ActionLimits
-from runtime.drivers.lerobot import LerobotDriver
-from runtime.safety import SafeDriver
+from runtime.robot.drivers import Driver, make_driver
+from runtime.robot.drivers.base import ActionLimits
+from runtime.robot.drivers.lerobot import LerobotDriver
+from runtime.robot.safety import SafeDriver
 
 # ---------------------------------------------------------------- a fake lerobot robot
 
@@ -182,7 +182,7 @@ def test_safe_driver_over_a_lerobot_robot(arm):
 def mujoco():
     """The MuJoCo driver module, or a skip while the simulator cannot be imported."""
     return pytest.importorskip(
-        "runtime.drivers.mujoco",
+        "runtime.robot.drivers.mujoco",
         reason="the simulator (sim) is not importable",
         exc_type=ImportError,
     )
@@ -239,7 +239,7 @@ def test_make_driver_builds_the_mujoco_driver(mujoco):
 PLUGIN = """
 import numpy as np
 
-from runtime.drivers.base import ActionLimits
+from runtime.robot.drivers.base import ActionLimits
 
 
 class ToyArm:

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from runtime.executors import (
+from runtime.robot.executors import (
     EXECUTORS,
     ChunkSwitchExecutor,
     DelayEstimator,

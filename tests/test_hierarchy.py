@@ -141,7 +141,7 @@ def test_high_level_trains_two_steps_resumes_and_its_checkpoint_loads(
     from policies.checkpoint import load_checkpoint
     from policies.data import open_dataset
     from policies.hierarchy import load_high_level
-    from runtime.cli import CONFIG_DIR
+    from runtime.commands.cli import CONFIG_DIR
     from runtime.commands.train import main
 
     def cfg(steps: int, resume: bool = False):
@@ -193,7 +193,7 @@ class ScriptedHighLevel:
 
 
 def test_runner_reads_its_history_and_smooths_its_choice():
-    from runtime.hierarchy import HighLevelRunner
+    from runtime.serving.hierarchy import HighLevelRunner
 
     def pred(step_b: float, flag: float) -> Prediction:
         return Prediction(np.array([1 - step_b, step_b]), np.array([1.0]), flag)
@@ -218,12 +218,12 @@ def test_runner_reads_its_history_and_smooths_its_choice():
 
 
 def test_controller_sends_the_high_level_choice_unless_an_operator_overrides_it(jump_driver):
-    from runtime.client import LocalPolicyClient
-    from runtime.clock import SimClock
-    from runtime.controller import Controller
-    from runtime.executors import make_executor
-    from runtime.hierarchy import scripted_operator
-    from runtime.policy import PolicyInfo
+    from runtime.robot.client import LocalPolicyClient
+    from runtime.robot.clock import SimClock
+    from runtime.robot.controller import Controller
+    from runtime.robot.executors import make_executor
+    from runtime.robot.operator import scripted_operator
+    from runtime.wire.info import PolicyInfo
 
     class Policy:
         info = PolicyInfo("zeros", 8, 2, 30.0)

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime.protocol import EStop, OperatorInstruction, decode
+from runtime.wire.protocol import EStop, OperatorInstruction, decode
 
 
 def test_operator_command_sends_messages_a_pull_socket_receives(tmp_path, capsys):
-    from runtime.cli import main
+    from runtime.commands.cli import main
 
     context = zmq.Context()
     pull = context.socket(zmq.PULL)
@@ -44,12 +44,12 @@ def test_operator_command_sends_messages_a_pull_socket_receives(tmp_path, capsys
 def synthetic_controller(driver, **options):
     """A controller running the synthetic flow policy in-process (server=local:synthetic),
     with the requests it sends recorded in ``controller.sent``."""
-    from runtime.client import LocalPolicyClient
-    from runtime.clock import SimClock
-    from runtime.controller import Controller
-    from runtime.executors import make_executor
-    from runtime.sampling import FlowChunkPolicy
-    from runtime.synthetic import GaussianChunkModel
+    from runtime.robot.client import LocalPolicyClient
+    from runtime.robot.clock import SimClock
+    from runtime.robot.controller import Controller
+    from runtime.robot.executors import make_executor
+    from runtime.serving.sampling import FlowChunkPolicy
+    from runtime.serving.synthetic import GaussianChunkModel
 
     model = GaussianChunkModel(chunk_length=10, action_dim=2, fps=30.0)
     client = LocalPolicyClient(FlowChunkPolicy(model, num_steps=2))
@@ -64,7 +64,7 @@ def synthetic_controller(driver, **options):
 
 
 def test_an_override_reaches_the_low_level_within_one_chunk(jump_driver):
-    from runtime.hierarchy import scripted_operator
+    from runtime.robot.operator import scripted_operator
 
     script = scripted_operator([{"tick": 13, "instruction": "move left", "timeout_s": 0.0}],
                                "robot")  # fmt: skip
@@ -81,7 +81,7 @@ def test_an_override_reaches_the_low_level_within_one_chunk(jump_driver):
 
 
 def test_estop_holds_the_robot_until_released(jump_driver):
-    from runtime.hierarchy import scripted_operator
+    from runtime.robot.operator import scripted_operator
 
     script = scripted_operator([{"tick": 10, "estop": True}, {"tick": 25, "estop": False}],
                                "robot")  # fmt: skip
@@ -98,7 +98,7 @@ def test_estop_holds_the_robot_until_released(jump_driver):
 def test_run_command_applies_its_operator_script_and_plots_who_chose(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from runtime.cli import CONFIG_DIR
+    from runtime.commands.cli import CONFIG_DIR
     from runtime.commands.run import main
 
     overrides = [

@@ -1,4 +1,4 @@
-"""Tests for runtime/protocol.py: round trips, malformed messages, fuzzing, import isolation."""
+"""runtime/wire/protocol.py: round trips, malformed messages, fuzzing, import isolation."""
 
 import ast
 import subprocess
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime import protocol
-from runtime.protocol import (
+from runtime.wire import protocol
+from runtime.wire.protocol import (
     ALLOWED_DTYPES,
     ARRAY_TAG,
     MESSAGE_TYPES,
@@ -46,7 +46,7 @@ def observation_request(**overrides) -> ObservationRequest:
         "prev_actions": RNG.standard_normal((12, 6)).astype(np.float32),
         "delay": 3,
         "execution_horizon": 5,
-        "executor": "rtc",
+        "sampling": "guided:exp",
         "seed": 42,
     }
     return ObservationRequest(**(fields | overrides))
@@ -75,7 +75,7 @@ def metadata_reply(**overrides) -> MetadataReply:
 def valid_messages() -> list:
     return [
         observation_request(),
-        observation_request(prev_actions=None, seed=None, instruction="", executor="sync"),
+        observation_request(prev_actions=None, seed=None, instruction="", sampling="plain"),
         ChunkReply(
             request_id=7,
             tick=1234,
@@ -226,8 +226,8 @@ def test_unknown_type_unknown_version_missing_and_extra_fields():
     raw = wire(MetadataRequest(request_id=1))
     err = decode_error({**raw, "type": "teleport"})
     assert "teleport" in str(err) and "metadata_request" in str(err)
-    err = decode_error({**raw, "v": 2})
-    assert err.code == "version" and "(1,)" in str(err) and err.request_id == 1
+    err = decode_error({**raw, "v": 1})
+    assert err.code == "version" and "(2,)" in str(err) and err.request_id == 1
     assert decode_error({k: v for k, v in raw.items() if k != "v"}).code == "bad_request"
     raw = wire(observation_request())
     del raw["robot_id"]
@@ -247,7 +247,7 @@ def test_unknown_type_unknown_version_missing_and_extra_fields():
         ("robot_id", "", "robot_id must be"),
         ("robot_id", "has space", "robot_id must be"),
         ("instruction", "x" * 5000, "instruction must hold"),
-        ("executor", None, "executor must be"),
+        ("sampling", None, "sampling must be"),
         ("observation", {}, "observation must map"),
         ("observation", {"state": np.zeros(3, np.float32)}, "start with 'observation.'"),
     ],
@@ -422,7 +422,7 @@ def test_fuzz_mutated_valid_messages(data, edits, junk):
 
 
 def test_imports_without_torch_and_never_pickles():
-    code = "import sys, runtime.protocol; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, runtime.wire.protocol; assert 'torch' not in sys.modules, 'torch imported'"
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
@@ -435,5 +435,5 @@ def test_imports_without_torch_and_never_pickles():
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0])
-    assert imported <= {"math", "re", "dataclasses", "typing", "msgpack", "numpy"}
+            imported.add(node.module.split(".")[0] if node.module != "runtime.wire.keys" else "keys")
+    assert imported <= {"math", "re", "dataclasses", "typing", "msgpack", "numpy", "keys"}

@@ -5,8 +5,9 @@ import logging
 import numpy as np
 import pytest
 
-from runtime.drivers.base import STATE, ActionLimits, Driver, DriverContext
-from runtime.safety import SafeDriver, Watchdog
+from runtime.robot.drivers.base import ActionLimits, Driver, DriverContext
+from runtime.robot.safety import SafeDriver, Watchdog
+from runtime.wire.keys import STATE
 
 NAMES = ("a", "b", "gripper")
 LIMITS = ActionLimits(low=[-1, -1, 0], high=[1, 1, 0.5], max_delta=[0.1, 0.1, 0.2], names=NAMES)
@@ -74,7 +75,7 @@ def test_start_outside_bounds_is_walked_back_at_max_delta():
 
 def test_clamp_warnings_are_rate_limited(caplog):
     safe = SafeDriver(RecordingDriver(), log_every_s=60.0)
-    with caplog.at_level(logging.WARNING, logger="runtime.safety"):
+    with caplog.at_level(logging.WARNING, logger="runtime.robot.safety"):
         for _ in range(5):
             safe.act(np.array([1.0, 0.0, 0.0]))
     assert safe.clamped == 5
@@ -83,7 +84,7 @@ def test_clamp_warnings_are_rate_limited(caplog):
 
 def test_non_finite_action_is_replaced_by_hold(caplog):
     safe = SafeDriver(inner := RecordingDriver(start=(0.2, 0.3, 0.1)))
-    with caplog.at_level(logging.WARNING, logger="runtime.safety"):
+    with caplog.at_level(logging.WARNING, logger="runtime.robot.safety"):
         safe.act(np.array([np.nan, 0.0, 0.0]))
         safe.act(np.array([0.25, np.inf, 0.1]))
     np.testing.assert_allclose(inner.commands, [[0.2, 0.3, 0.1]] * 2, atol=1e-6)
@@ -95,7 +96,7 @@ def test_non_finite_action_is_replaced_by_hold(caplog):
 def test_estop_latches_until_released(caplog):
     safe = SafeDriver(inner := RecordingDriver())
     safe.act(np.array([0.05, 0.0, 0.0]))
-    with caplog.at_level(logging.ERROR, logger="runtime.safety"):
+    with caplog.at_level(logging.ERROR, logger="runtime.robot.safety"):
         safe.estop("operator pressed stop")
         safe.estop("again")
         for _ in range(3):
@@ -141,7 +142,7 @@ def test_limits_must_match_observed_action_joints():
 
 def test_watchdog_holds_after_timeout_and_logs_each_transition_once(caplog):
     dog = Watchdog(timeout=2)
-    with caplog.at_level(logging.INFO, logger="runtime.safety"):
+    with caplog.at_level(logging.INFO, logger="runtime.robot.safety"):
         assert dog.should_hold(0, None)  # nothing received yet
         assert not dog.should_hold(1, 1)
         holds = [dog.should_hold(tick, last_fresh=1) for tick in range(2, 7)]

@@ -1,22 +1,27 @@
-"""Tests for runtime/synthetic.py (exact Gaussian flow model) and runtime/sampling.py (one
-sampler per executor: plain, RTC-guided, prefix-conditioned)."""
+"""runtime/serving/synthetic.py (exact Gaussian flow model) and runtime/serving/sampling.py
+(one sampler per sampling method: plain, RTC-guided, prefix-conditioned)."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
 from policies.flow import euler_sample
-from runtime.policy import ChunkPolicy, FlowModel, UnsupportedRequest
-from runtime.protocol import STATE_KEY, ObservationRequest
-from runtime.sampling import SAMPLERS, FlowChunkPolicy
-from runtime.synthetic import GaussianChunkModel, dct_basis
+from runtime.robot.executors import EXECUTORS
+from runtime.serving.policy import FlowModel
+from runtime.serving.sampling import FlowChunkPolicy
+from runtime.serving.synthetic import GaussianChunkModel, dct_basis
+from runtime.wire.info import ChunkPolicy, UnsupportedRequest
+from runtime.wire.keys import STATE
+from runtime.wire.protocol import ObservationRequest
 
 H, A = 50, 6
 S, D = 20, 5  # execution horizon and delay of the second chunk
 
 
 def request(
-    executor: str = "naive",
+    executor: str = "naive",  # the sampling method of EXECUTORS[executor]
     tick: int = 0,
     state: np.ndarray | None = None,
     prev: np.ndarray | None = None,
@@ -30,11 +35,11 @@ def request(
         request_id=rid,
         robot_id="arm",
         tick=tick,
-        observation={STATE_KEY: state},
+        observation={STATE: state},
         instruction="reach",
         delay=d,
         execution_horizon=s,
-        executor=executor,
+        sampling=EXECUTORS[executor],
         prev_actions=prev,
         seed=seed,
     )
@@ -125,7 +130,7 @@ def test_prefix_conditioned_samples_have_the_conditional_mean(model):
 
 def test_every_executor_returns_absolute_float32_chunks(policy, first_chunk):
     assert isinstance(policy, ChunkPolicy)
-    batch = [r for executor in SAMPLERS for r in second_requests(first_chunk, executor, 2)]
+    batch = [r for executor in EXECUTORS for r in second_requests(first_chunk, executor, 2)]
     chunks = policy.infer(batch)
     assert len(chunks) == len(batch)
     for chunk in chunks:
@@ -164,9 +169,9 @@ def test_a_seeded_request_is_reproducible_in_any_batch(policy):
     assert not np.allclose(batched[0], alone)
 
 
-def test_unknown_executor_names_the_known_ones(policy):
-    with pytest.raises(UnsupportedRequest, match=r"known executors.*rtc_trained"):
-        policy.infer([request("teleport")])
+def test_unknown_sampling_method_names_the_known_ones(policy):
+    with pytest.raises(UnsupportedRequest, match=r"known methods.*prefix"):
+        policy.infer([dataclasses.replace(request("naive"), sampling="teleport")])
 
 
 @pytest.mark.parametrize(

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from runtime.runlog import RunLog
-from runtime.seams import jerks, plot_seams, seam_changes, seam_metrics
+from runtime.analysis.seams import jerks, plot_seams, seam_changes, seam_metrics
+from runtime.robot.runlog import RunLog
 
 HOLD = -1
 

@@ -1,4 +1,4 @@
-"""Tests for runtime/server.py: round trips over tcp loopback with DEALER clients, batching,
+"""Tests for runtime/serving/server.py: round trips over tcp loopback with DEALER clients, batching,
 robustness to bad input, metadata, CURVE authentication and clean shutdown."""
 
 import os
@@ -14,11 +14,14 @@ import pytest
 import zmq
 from omegaconf import OmegaConf
 
-from runtime.cli import CONFIG_DIR
 from runtime.commands import serve
-from runtime.policy import PolicyInfo
-from runtime.protocol import (
-    STATE_KEY,
+from runtime.commands.cli import CONFIG_DIR
+from runtime.serving.sampling import FlowChunkPolicy
+from runtime.serving.server import CurveKeys, PolicyServer, generate_keypair
+from runtime.serving.synthetic import GaussianChunkModel
+from runtime.wire.info import LatencyHistogram, PolicyInfo
+from runtime.wire.protocol import (
+    STATE,
     ChunkReply,
     ErrorReply,
     EStop,
@@ -30,9 +33,6 @@ from runtime.protocol import (
     decode,
     encode,
 )
-from runtime.sampling import FlowChunkPolicy
-from runtime.server import CurveKeys, LatencyHistogram, PolicyServer, generate_keypair
-from runtime.synthetic import GaussianChunkModel
 
 H, A = 50, 6
 LOOPBACK = "tcp://127.0.0.1:*"
@@ -62,17 +62,17 @@ class ConstantPolicy:
 
 
 def observation(
-    rid: int = 1, robot: str = "arm", executor: str = "naive", tick: int = 3, state_dim: int = A
+    rid: int = 1, robot: str = "arm", sampling: str = "plain", tick: int = 3, state_dim: int = A
 ) -> ObservationRequest:
     return ObservationRequest(
         request_id=rid,
         robot_id=robot,
         tick=tick,
-        observation={STATE_KEY: np.zeros(state_dim, np.float32)},
+        observation={STATE: np.zeros(state_dim, np.float32)},
         instruction="pick up the cube",
         delay=0,
         execution_horizon=0,
-        executor=executor,
+        sampling=sampling,
     )
 
 
@@ -156,7 +156,7 @@ BAD_MESSAGES = {
     "empty": (b"", "bad_request"),
     "truncated": (encode(observation(rid=5))[:40], "bad_request"),
     "wrong version": (_wire(observation(rid=5), v=99), "version"),
-    "unknown executor": (encode(observation(rid=5, executor="teleport")), "unsupported"),
+    "unknown sampling": (encode(observation(rid=5, sampling="teleport")), "unsupported"),
     "wrong state size": (encode(observation(rid=5, state_dim=3)), "bad_request"),
     "estop": (encode(EStop(robot_id="arm", reason="test", engage=True)), "unsupported"),
     "a reply": (encode(ErrorReply(request_id=5, code="internal", message="x")), "unsupported"),
@@ -170,10 +170,10 @@ def test_a_bad_message_gets_an_error_reply_and_serving_goes_on(server, name):
         error = ask(client, payload)
         assert isinstance(error, ErrorReply)
         assert error.code == code and error.message
-        if name in ("wrong version", "unknown executor", "wrong state size"):
+        if name in ("wrong version", "unknown sampling", "wrong state size"):
             assert error.request_id == 5
-        if name == "unknown executor":
-            assert "known executors" in error.message and "rtc_trained" in error.message
+        if name == "unknown sampling":
+            assert "known methods" in error.message and "guided:exp" in error.message
         assert ask(client, encode(observation(rid=6))).request_id == 6
 
 
@@ -317,8 +317,8 @@ def test_the_serve_command_stops_cleanly_on_sigterm():
     assert signal.getsignal(signal.SIGTERM) is original
 
 
-def test_warm_up_answers_one_zero_observation_per_executor_kind():
-    from runtime.server import warm_up
+def test_warm_up_answers_one_zero_observation_per_sampling_method():
+    from runtime.serving.server import warm_up
 
     policy = FlowChunkPolicy(GaussianChunkModel(), num_steps=2)
     seen = []
@@ -331,7 +331,7 @@ def test_warm_up_answers_one_zero_observation_per_executor_kind():
             return policy.infer(requests)
 
     assert warm_up(Recording()) >= 0.0
-    assert [r.executor for r in seen] == ["sync", "rtc"]
+    assert [r.sampling for r in seen] == ["plain", "guided:exp"]
     assert seen[0].prev_actions is None and seen[1].prev_actions.shape[1] == policy.info.action_dim
     assert all(v.dtype == np.dtype(policy.info.features[k]["dtype"])
                for k, v in seen[0].observation.items())  # fmt: skip

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtime.stats import wilson_interval
+from runtime.analysis.stats import wilson_interval
 
 
 @pytest.mark.parametrize(

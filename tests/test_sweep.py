@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from runtime.stats import wilson_interval
+from runtime.analysis.stats import wilson_interval
 
 pytest.importorskip("mujoco")
 
@@ -26,7 +26,7 @@ def compose(*overrides: str):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from runtime.cli import CONFIG_DIR
+    from runtime.commands.cli import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return hydra_compose(config_name="sweep", overrides=list(overrides))

@@ -93,8 +93,8 @@ def test_checkpoint_serves_chunks_and_refuses_other_features(reach_dataset, tmp_
     chunk = policy.unnormalize_actions(euler_sample(v, torch.zeros(2, 50, 6), 2))
     assert chunk.shape == (2, 50, 6) and chunk.dtype == np.float32 and np.isfinite(chunk).all()
     # What a policy server tells its clients about this checkpoint encodes on the wire.
-    from runtime.protocol import decode, encode
-    from runtime.server import LatencyHistogram, metadata_reply
+    from runtime.wire.info import LatencyHistogram, metadata_reply
+    from runtime.wire.protocol import decode, encode
 
     assert policy.info.model_id == "run/step_0000002"
     from policies.checkpoint import export_checkpoint

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.runlog import RunLog
-from runtime.runlog import _stat as stat  # percentile q (mean for None), None if empty
+from runtime.robot.runlog import RunLog
+from runtime.robot.runlog import _stat as stat  # percentile q (mean for None), None if empty
 
 JERK_ORDER = 3  # jerk is the third derivative of a position
 

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from policies.checkpoint import check_features
 from runtime.commands.run import controller_setup, make_client, make_run_driver
-from runtime.controller import Controller
+from runtime.robot.controller import Controller
 from sim.disturb import Disturbance, Recovery
 from sim.env import SimEnv
 from sim.record import (

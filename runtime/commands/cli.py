@@ -19,7 +19,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 COMMANDS: dict[str, str] = {
     "demo": "the quickstart: the shipped policy served over ZMQ to the RTC controller in MuJoCo",

@@ -27,11 +27,11 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from runtime.client import RequestTimeout, ZmqPolicyClient
+from runtime.analysis.seams import plot_seams, seam_metrics
 from runtime.commands import make_sim_env
 from runtime.commands import run as run_command
-from runtime.runlog import RunLog
-from runtime.seams import plot_seams, seam_metrics
+from runtime.robot.client import RequestTimeout, ZmqPolicyClient
+from runtime.robot.runlog import RunLog
 from sim import JOINT_NAMES
 from sim.record import record_dataset
 from sim.replay import replay_dataset
@@ -131,7 +131,7 @@ def start_server(checkpoint: Path, address: str, folder: Path) -> subprocess.Pop
     """``rtvla serve`` in a child process; its output goes to ``folder/server.log``."""
     folder.mkdir(parents=True, exist_ok=True)
     command = [
-        sys.executable, "-m", "runtime.cli", "serve", f"checkpoint={checkpoint}",
+        sys.executable, "-m", "runtime.commands.cli", "serve", f"checkpoint={checkpoint}",
         f"address={address}", "log_every_s=null", f"hydra.run.dir={folder}",
     ]  # fmt: skip
     log.info("starting the policy server at %s: %s", address, " ".join(command[2:]))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import zmq
 from omegaconf import DictConfig
 
-from runtime.hierarchy import operator_message
-from runtime.protocol import encode
+from runtime.robot.operator import operator_message
+from runtime.wire.protocol import encode
 
 
 def main(cfg: DictConfig) -> dict:

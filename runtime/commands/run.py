@@ -22,20 +22,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from runtime.client import (
+from runtime.analysis.stats import wilson_interval
+from runtime.analysis.timeline import plot_instructions
+from runtime.robot.client import (
     ClientCurveKeys,
     LocalPolicyClient,
     PolicyClient,
     RequestTimeout,
     ZmqPolicyClient,
 )
-from runtime.clock import make_clock
-from runtime.controller import Controller, run_episodes
-from runtime.drivers import Driver, make_driver
-from runtime.executors import Executor, make_executor
-from runtime.hierarchy import make_high_level, plot_instructions, scripted_operator
-from runtime.runlog import RunLog
-from runtime.stats import wilson_interval
+from runtime.robot.clock import make_clock
+from runtime.robot.controller import Controller, run_episodes
+from runtime.robot.drivers import Driver, make_driver
+from runtime.robot.executors import Executor, make_executor
+from runtime.robot.operator import scripted_operator
+from runtime.robot.runlog import RunLog
+from runtime.serving.hierarchy import make_high_level
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +184,7 @@ def make_run_driver(cfg: DictConfig) -> Driver:
         }
         if failure_prob == 0:
             return make_driver("mujoco", **options)
-        from runtime.drivers.disturbed import DisturbedMujocoDriver
+        from runtime.robot.drivers.disturbed import DisturbedMujocoDriver
 
         push = cfg.disturbance
         return DisturbedMujocoDriver(
@@ -210,10 +212,10 @@ def make_client(cfg: DictConfig, action_dim: int) -> PolicyClient:
         curve = None if cfg.curve_keys_dir is None else ClientCurveKeys.from_dir(cfg.curve_keys_dir)
         return ZmqPolicyClient(cfg.server, timeout_s=cfg.timeout_s, curve=curve)
     name = cfg.server.removeprefix(LOCAL_PREFIX)
-    from runtime.sampling import FlowChunkPolicy
+    from runtime.serving.sampling import FlowChunkPolicy
 
     if name == "synthetic":
-        from runtime.synthetic import GaussianChunkModel
+        from runtime.serving.synthetic import GaussianChunkModel
 
         model = GaussianChunkModel(
             chunk_length=cfg.synthetic.chunk_length, action_dim=action_dim, fps=cfg.hz

@@ -11,10 +11,10 @@ import signal
 
 from omegaconf import DictConfig
 
-from runtime.policy import FlowModel
-from runtime.sampling import FlowChunkPolicy
-from runtime.server import CurveKeys, PolicyServer, warm_up
-from runtime.synthetic import GaussianChunkModel
+from runtime.serving.policy import FlowModel
+from runtime.serving.sampling import FlowChunkPolicy
+from runtime.serving.server import CurveKeys, PolicyServer, warm_up
+from runtime.serving.synthetic import GaussianChunkModel
 
 log = logging.getLogger(__name__)
 

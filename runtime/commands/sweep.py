@@ -43,14 +43,14 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from runtime.client import LocalPolicyClient
-from runtime.clock import make_clock
+from runtime.analysis.seams import plot_seams, seam_metrics
+from runtime.analysis.stats import wilson_interval
 from runtime.commands.run import LOCAL_PREFIX, make_client, make_run_driver
-from runtime.controller import run_episodes
-from runtime.executors import EXECUTORS, make_executor
-from runtime.runlog import RunLog
-from runtime.seams import plot_seams, seam_metrics
-from runtime.stats import wilson_interval
+from runtime.robot.client import LocalPolicyClient
+from runtime.robot.clock import make_clock
+from runtime.robot.controller import run_episodes
+from runtime.robot.executors import EXECUTORS, make_executor
+from runtime.robot.runlog import RunLog
 
 log = logging.getLogger(__name__)
 
@@ -200,11 +200,11 @@ def _grid(cfg: DictConfig) -> Grid:
     axes = cfg.quick_grid if cfg.quick else cfg
     executors = tuple(cfg.executors)
     if not executors:
-        raise ValueError(f"executors is empty: choose one or more of {EXECUTORS}")
+        raise ValueError(f"executors is empty: choose one or more of {list(EXECUTORS)}")
     unknown = [e for e in executors if e not in EXECUTORS]
     if unknown:
         raise ValueError(
-            f"executors={list(executors)}: unknown {unknown}; choose one or more of {EXECUTORS}"
+            f"executors={list(executors)}: unknown {unknown}; choose one or more of {list(EXECUTORS)}"
         )
     if len(set(executors)) != len(executors):
         raise ValueError(f"executors={list(executors)} names an executor twice")

@@ -1,7 +1,7 @@
 """``rtvla train``: a policy from a LeRobotDataset, by ``policy.name``: the VLA (``vla``) or
 SRT-H's high-level policy (``high_level``).
 
-DDP (the VLA): ``uv run torchrun --nproc_per_node=N -m runtime.cli train ...``.
+DDP (the VLA): ``uv run torchrun --nproc_per_node=N -m runtime.commands.cli train ...``.
 """
 
 from __future__ import annotations

@@ -24,13 +24,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import numpy as np
 import zmq
 import zmq.auth
 
-from runtime.protocol import (
+from runtime.wire.info import ChunkPolicy, LatencyHistogram, UnsupportedRequest, metadata_reply
+from runtime.wire.protocol import (
     DEFAULT_LIMITS,
     ChunkReply,
     ErrorReply,
@@ -43,9 +44,6 @@ from runtime.protocol import (
     decode,
     encode,
 )
-
-if TYPE_CHECKING:
-    from runtime.policy import ChunkPolicy
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +86,14 @@ class ClientCurveKeys:
 
     @classmethod
     def from_dir(cls, directory: str | Path) -> ClientCurveKeys:
-        """Read ``server.key`` and ``client.key_secret`` (``runtime.server.generate_keypair``)."""
+        """Read ``server.key`` and ``client.key_secret`` (made by ``generate_keypair``)."""
         directory = Path(directory)
         server_file, client_file = directory / "server.key", directory / "client.key_secret"
         for path in (server_file, client_file):
             if not path.is_file():
                 raise FileNotFoundError(
                     f"no {path}: put the server's public server.key and this client's "
-                    "client.key_secret (runtime.server.generate_keypair(dir, 'client')) there, "
+                    "client.key_secret (made by runtime.serving.server.generate_keypair) there, "
                     "and the client's public client.key in the server's clients/ folder"
                 )
         server_public, _ = zmq.auth.load_certificate(server_file)
@@ -229,8 +227,6 @@ class LocalPolicyClient(_OneOutstanding):
     """A ``PolicyClient`` running ``policy.infer`` in this process, on one worker thread."""
 
     def __init__(self, policy: ChunkPolicy, timeout_s: float = 30.0) -> None:
-        from runtime.server import LatencyHistogram
-
         super().__init__(timeout_s)
         self.policy = policy
         self.histogram = LatencyHistogram()
@@ -250,8 +246,6 @@ class LocalPolicyClient(_OneOutstanding):
         self._requests.put(checked)
 
     def metadata(self, timeout_s: float = 5.0) -> MetadataReply:
-        from runtime.server import metadata_reply
-
         uptime = time.perf_counter() - self._started
         return metadata_reply(0, self.policy.info, self.histogram, uptime, self._served)
 
@@ -260,8 +254,6 @@ class LocalPolicyClient(_OneOutstanding):
         self._worker.join(timeout=self.timeout_s)
 
     def _serve(self) -> None:
-        from runtime.policy import UnsupportedRequest
-
         while (request := self._requests.get()) is not None:
             start = time.perf_counter()
             try:

@@ -2,15 +2,15 @@
 
 Every tick the controller
 
-1. waits for the tick (``runtime.clock``) and applies operator messages (e-stop, instruction
+1. waits for the tick (``runtime.robot.clock``) and applies operator messages (e-stop, instruction
    override) that came in or that the ``operator_script`` schedules for this tick, then lets
-   the high-level policy, if any, look at the robot (``runtime.hierarchy.HighLevelRunner``);
-2. takes the reply to the request in flight if it came (``runtime.client``), then sends a
+   the high-level policy, if any, look at the robot (``runtime.serving.hierarchy.HighLevelRunner``);
+2. takes the reply to the request in flight if it came (``runtime.robot.client``), then sends a
    request if none is in flight and the executor wants one (observing the robot only then);
 3. sends exactly one action to the driver: the executor's planned action, or a hold;
 4. records a row of the ``RunLog``.
 
-The driver is wrapped in ``runtime.safety.SafeDriver`` (clamping, rate limit, e-stop) and a
+The driver is wrapped in ``runtime.robot.safety.SafeDriver`` (clamping, rate limit, e-stop) and a
 ``Watchdog`` holds the robot when no chunk arrived for ``watchdog_ticks``. A request that
 times out or gets an error reply is given up and sent again, with a fresh observation, after
 a backoff of 1, 2, 4, ... ticks (at most ``max_backoff_ticks``): a server that dies leaves
@@ -42,11 +42,14 @@ from typing import Protocol
 
 import zmq
 
-from runtime.client import PolicyClient, Reply, RequestTimeout
-from runtime.clock import Clock
-from runtime.drivers.base import Driver, Observation
-from runtime.executors import Executor, PlannedAction
-from runtime.protocol import (
+from runtime.robot.client import PolicyClient, Reply, RequestTimeout
+from runtime.robot.clock import Clock
+from runtime.robot.drivers.base import Driver, Observation
+from runtime.robot.executors import Executor, PlannedAction
+from runtime.robot.operator import OperatorMessage
+from runtime.robot.runlog import RunLog, RunRecorder
+from runtime.robot.safety import SafeDriver, Watchdog
+from runtime.wire.protocol import (
     ChunkReply,
     EStop,
     ObservationRequest,
@@ -54,18 +57,15 @@ from runtime.protocol import (
     ProtocolError,
     decode,
 )
-from runtime.runlog import RunLog, RunRecorder
-from runtime.safety import SafeDriver, Watchdog
 
 log = logging.getLogger(__name__)
 
-OperatorMessage = OperatorInstruction | EStop
 MAX_OPERATOR_MESSAGES = 100  # applied per tick at most
 WAIT_SLICE_S = 0.05  # a blocking wait for a reply checks for stop() this often
 
 
 class HighLevel(Protocol):
-    """Picks the instruction from what the robot sees (``runtime.hierarchy.HighLevelRunner``)."""
+    """Picks the instruction from what the robot sees (``runtime.serving.hierarchy``)."""
 
     def reset(self, task: str) -> None:
         """Forget the last episode; ``task`` is the episode's own instruction."""
@@ -276,7 +276,7 @@ class Controller:
             instruction=self.current_instruction,
             delay=fields.delay,
             execution_horizon=fields.execution_horizon,
-            executor=self.executor.name,
+            sampling=self.executor.sampling,
             prev_actions=fields.prev_actions,
             seed=None if self.seed is None else self.seed * 2**20 + self._requests_sent,
         )
@@ -412,7 +412,7 @@ class Controller:
 
 
 class SimDriver(Driver, Protocol):
-    """A driver that can run evaluation episodes (``runtime.drivers.mujoco.MujocoDriver``)."""
+    """A driver that can run evaluation episodes (``runtime.robot.drivers.mujoco.MujocoDriver``)."""
 
     def reset(self, seed: int | None = None) -> Observation: ...
 

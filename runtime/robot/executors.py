@@ -24,7 +24,7 @@ late). For the seam to work, d <= s (one request in flight at a time) and s <= H
 current chunk lasts until the new one arrives): s = max(d, s_min) (``choose_execution_horizon``
 raises for settings that break it), and a measured delay above min(H - s_min, H // 2) is
 clamped there with a warning (the robot then holds while it waits). The executors differ
-only in what the server does with the request (``runtime.sampling``): naive sends no
+only in what the server does with the request (``runtime.serving.sampling``): naive sends no
 prev_actions, rtc guides towards them (soft mask), rtc_hard with the hard mask,
 rtc_trained conditions on them.
 
@@ -50,7 +50,14 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("sync", "naive", "ensemble", "rtc", "rtc_hard", "rtc_trained")
+EXECUTORS = {  # name -> the sampling method its requests ask the server for
+    "sync": "plain",
+    "naive": "plain",
+    "ensemble": "plain",
+    "rtc": "guided:exp",  # the soft mask (Black, Galliker, Levine 2025, eq. 5)
+    "rtc_hard": "guided:zeros",  # only the d frozen actions are guided
+    "rtc_trained": "prefix",  # training-time RTC (Black, Ren, Equi, Levine 2025)
+}
 DELAY_WINDOW = 10  # b, measured delays the estimate is the maximum of
 
 
@@ -74,7 +81,8 @@ class PlannedAction(NamedTuple):
 class Executor(Protocol):
     """Decides when to request a chunk and which action each tick executes."""
 
-    name: str  # sent with each request: it selects the server's sampler
+    name: str  # one of EXECUTORS, for logs
+    sampling: str  # sent with each request: the server's sampling method (EXECUTORS[name])
     blocking: bool  # True: the robot holds still while a chunk is computed (sync)
 
     @property
@@ -181,6 +189,7 @@ class SyncExecutor:
     """Request, hold until the chunk arrives, execute its first s actions, repeat."""
 
     name = "sync"
+    sampling = EXECUTORS["sync"]
     blocking = True
 
     def __init__(
@@ -241,6 +250,7 @@ class ChunkSwitchExecutor:
             raise ValueError(f"ChunkSwitchExecutor serves naive and rtc*, not {name!r}")
         choose_execution_horizon(initial_delay, execution_horizon, chunk_length)
         self.name = name
+        self.sampling = EXECUTORS[name]
         self.s_min = execution_horizon
         self.send_prev_actions = name != "naive"
         self._source = _ChunkSource(chunk_length, initial_delay, delay_window)
@@ -303,6 +313,7 @@ class TemporalEnsembleExecutor:
     """ACT's temporal ensembling: every tick, the weighted mean over all chunks covering it."""
 
     name = "ensemble"
+    sampling = EXECUTORS["ensemble"]
     blocking = False
 
     def __init__(
@@ -356,7 +367,7 @@ def make_executor(name: str, chunk_length: int, **params: float) -> Executor:
     execution_horizon the minimum s; ensemble takes initial_delay, delay_window, coeff.
     """
     if name not in EXECUTORS:
-        raise ValueError(f"unknown executor {name!r}; choose one of {EXECUTORS}")
+        raise ValueError(f"unknown executor {name!r}; choose one of {list(EXECUTORS)}")
     if name == "sync":
         build, args = SyncExecutor, (chunk_length,)
     elif name == "ensemble":

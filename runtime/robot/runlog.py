@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.executors import PlannedAction
-from runtime.protocol import ChunkReply, ObservationRequest
+from runtime.robot.executors import PlannedAction
+from runtime.wire.protocol import ChunkReply, ObservationRequest
 
 STALL_REASONS = ("starved", "watchdog")  # holds that the executor did not plan
 

@@ -21,7 +21,8 @@ import time
 
 import numpy as np
 
-from runtime.drivers.base import ACTION, STATE, ActionLimits, Driver, DriverContext, Observation
+from runtime.robot.drivers.base import ActionLimits, Driver, DriverContext, Observation
+from runtime.wire.keys import ACTION, STATE
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,10 @@
 """What a policy server serves, independent of transport and of the model behind it.
 
-A ``ChunkPolicy`` turns observation requests into action chunks. ``FlowModel`` is the
-narrower interface a flow-matching model exposes so that one sampler (``runtime.sampling``)
-can run plain, guided (RTC) and prefix-conditioned (training-time RTC) sampling for it: the
-VLA (``policies.vla``) and the analytic synthetic policy (``runtime.synthetic``) both
-implement it. ``PolicyInfo`` lives in ``policies.inference`` (the VLA reports it too,
-and ``policies`` does not import ``runtime``).
+A ``ChunkPolicy`` (``runtime.wire.info``) turns observation requests into action chunks.
+``FlowModel`` is the narrower interface a flow-matching model exposes so that one sampler
+(``runtime.serving.sampling``) can run plain, guided (RTC) and prefix-conditioned
+(training-time RTC) sampling for it: trained policies (``runtime.serving.loader``) and the
+analytic synthetic policy (``runtime.serving.synthetic``) both implement it.
 """
 
 from __future__ import annotations
@@ -17,32 +16,8 @@ import numpy as np
 from torch import Tensor
 
 from policies.flow import VelocityFn
-from policies.inference import PolicyInfo
-from runtime.protocol import ObservationRequest
-
-
-class UnsupportedRequest(ValueError):
-    """A well-formed request this policy cannot serve (e.g. an unknown executor).
-
-    Other ``ValueError``s from ``ChunkPolicy.infer`` mean the request itself is inconsistent;
-    the server answers the first with error code "unsupported", the others with "bad_request".
-    """
-
-
-@runtime_checkable
-class ChunkPolicy(Protocol):
-    """Observations in, action chunks out; what ``PolicyServer`` serves."""
-
-    @property
-    def info(self) -> PolicyInfo: ...
-
-    def infer(self, requests: Sequence[ObservationRequest]) -> list[np.ndarray]:
-        """One float32 (H, A) chunk per request, in absolute action units, aligned to its tick.
-
-        Raises ``UnsupportedRequest`` or ``ValueError`` (with a message saying what to change)
-        when a request cannot be served; the server then retries the others one by one.
-        """
-        ...
+from runtime.wire.info import PolicyInfo
+from runtime.wire.protocol import ObservationRequest
 
 
 @runtime_checkable

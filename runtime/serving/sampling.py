@@ -1,22 +1,23 @@
-"""Serving a flow model: one sampler per executor, batched across robots.
+"""Serving a flow model: the sampling method each request names, batched across robots.
 
-``FlowChunkPolicy`` turns any ``FlowModel`` into a ``ChunkPolicy``. Each request names the
-executor that will run its chunk, which fixes how the chunk is sampled:
+``FlowChunkPolicy`` turns any ``FlowModel`` into a ``ChunkPolicy``. Each request names its
+sampling method (``runtime.wire.protocol.SAMPLING_METHODS``; the robot side's executor table
+``runtime.robot.executors.EXECUTORS`` says which executor asks for which):
 
-  sync, naive, ensemble  plain Euler sampling (``policies.flow.euler_sample``);
-  rtc                    inference-time RTC, ΠGDM-guided sampling towards the previous
-                         chunk under the soft exponential mask (Black, Galliker, Levine 2025,
-                         arXiv 2506.07339, Alg. 1 and eq. 5: ``policies.rtc.guided_sample``);
-  rtc_hard               the same with the hard mask (only the d frozen actions are guided);
-  rtc_trained            training-time RTC, the first d actions held clean at tau = 1
-                         (Black, Ren, Equi, Levine 2025, arXiv 2512.05964:
-                         ``policies.rtc.prefix_conditioned_sample``).
+  plain              Euler sampling (``policies.flow.euler_sample``);
+  guided:<schedule>  inference-time RTC, ΠGDM-guided sampling towards the previous chunk
+                     under ``prefix_weights(schedule)``: ``exp`` is the paper's soft mask,
+                     ``zeros`` the hard mask (Black, Galliker, Levine 2025, arXiv 2506.07339,
+                     Alg. 1 and eq. 5: ``policies.rtc.guided_sample``);
+  prefix             training-time RTC, the first d actions held clean at tau = 1
+                     (Black, Ren, Equi, Levine 2025, arXiv 2512.05964:
+                     ``policies.rtc.prefix_conditioned_sample``).
 
 The previous chunk travels as prev_actions (n, A): the previous chunk's actions for ticks
-tick, tick + 1, ..., i.e. position i of the new chunk. An RTC request with no prev_actions
-(the first chunk of an episode) is sampled plainly. The delay d and execution horizon s are
-checked (d <= s <= H - d) for the RTC executors only: the others do not use them. Requests
-are grouped by the sampler they need and each group is sampled as one batch.
+tick, tick + 1, ..., i.e. position i of the new chunk. A guided or prefix request with no
+prev_actions (the first chunk of an episode) is sampled plainly. The delay d and execution
+horizon s are checked (d <= s <= H - d) for those methods only: plain sampling does not use
+them. Requests are grouped by sampling method and each group is sampled as one batch.
 """
 
 from __future__ import annotations
@@ -34,22 +35,13 @@ from policies.rtc import (
     prefix_conditioned_sample,
     prefix_weights,
 )
-from runtime.policy import FlowModel, PolicyInfo, UnsupportedRequest
-from runtime.protocol import ObservationRequest
-
-# executor -> sampler; "guided:<schedule>" is guided_sample under prefix_weights(schedule)
-SAMPLERS = {
-    "sync": "plain",
-    "naive": "plain",
-    "ensemble": "plain",
-    "rtc": "guided:exp",
-    "rtc_hard": "guided:zeros",
-    "rtc_trained": "prefix",
-}
+from runtime.serving.policy import FlowModel
+from runtime.wire.info import PolicyInfo, UnsupportedRequest
+from runtime.wire.protocol import SAMPLING_METHODS, ObservationRequest
 
 
 class FlowChunkPolicy:
-    """A ``ChunkPolicy`` sampling a ``FlowModel`` as each request's executor needs."""
+    """A ``ChunkPolicy`` sampling a ``FlowModel`` with each request's sampling method."""
 
     def __init__(self, model: FlowModel, num_steps: int = 10, beta: float = 5.0) -> None:
         if num_steps < 1:
@@ -80,11 +72,11 @@ class FlowChunkPolicy:
         return chunks
 
     def _sampler(self, r: ObservationRequest) -> str:
-        """The sampler for r's executor, after checking r's delay, horizon and prev_actions."""
-        if r.executor not in SAMPLERS:
+        """r's sampling method, after checking r's delay, horizon and prev_actions."""
+        if r.sampling not in SAMPLING_METHODS:
             raise UnsupportedRequest(
-                f"request {r.request_id}: executor {r.executor!r} is not served; known "
-                f"executors: {list(SAMPLERS)}"
+                f"request {r.request_id}: sampling {r.sampling!r} is not served; known "
+                f"methods: {list(SAMPLING_METHODS)}"
             )
         H, A = self.info.chunk_length, self.info.action_dim
         n = 0 if r.prev_actions is None else len(r.prev_actions)
@@ -94,7 +86,7 @@ class FlowChunkPolicy:
                 f"(n, {A}) with n <= H = {H}: send the previous chunk's actions for ticks "
                 f"{r.tick}, {r.tick + 1}, ... (at most H of them)"
             )
-        sampler = SAMPLERS[r.executor]
+        sampler = r.sampling
         if sampler == "plain":
             return sampler
         d, s = r.delay, r.execution_horizon

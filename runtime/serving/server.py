@@ -1,6 +1,6 @@
 """The policy server: a ZMQ ROUTER answering observation requests with action chunks.
 
-Framing: a client is a DEALER socket that sends ONE frame, an encoded ``runtime.protocol``
+Framing: a client is a DEALER socket that sends ONE frame, an encoded ``runtime.wire.protocol``
 message; the ROUTER sees [identity, payload] and replies [identity, reply]. (Any routing
 envelope before the payload is echoed back, so a REQ socket, whose empty delimiter frame is
 part of the envelope, works too.) Every request gets exactly one reply: a ``ChunkReply``, a
@@ -34,8 +34,8 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from runtime.policy import ChunkPolicy, PolicyInfo, UnsupportedRequest
-from runtime.protocol import (
+from runtime.wire.info import ChunkPolicy, LatencyHistogram, UnsupportedRequest, metadata_reply
+from runtime.wire.protocol import (
     DEFAULT_LIMITS,
     ChunkReply,
     ErrorReply,
@@ -53,34 +53,7 @@ from runtime.protocol import (
 
 log = logging.getLogger(__name__)
 
-LATENCY_EDGES_MS = np.logspace(-2, 5, 141)  # 0.01 ms to 100 s, 20 log-spaced bins a decade
 POLL_MS = 100  # how often the loop looks at the stop flag when idle
-
-
-class LatencyHistogram:
-    """Inference latencies in fixed log-spaced bins (values outside go to the end bins)."""
-
-    def __init__(self, edges_ms: np.ndarray = LATENCY_EDGES_MS) -> None:
-        self.edges_ms = np.asarray(edges_ms, dtype=np.float64)  # (K + 1,)
-        self.counts = np.zeros(len(self.edges_ms) - 1, dtype=np.int64)  # (K,)
-
-    def add(self, ms: float) -> None:
-        k = np.searchsorted(self.edges_ms, ms, side="right") - 1
-        self.counts[min(max(k, 0), len(self.counts) - 1)] += 1
-
-    def quantile(self, q: float) -> float | None:
-        """The q-quantile, interpolated log-linearly inside its bin (exact to a bin's width,
-        12 %); None while empty."""
-        total = int(self.counts.sum())
-        if total == 0:
-            return None
-        cumulative = np.cumsum(self.counts)
-        k = int(np.searchsorted(cumulative, q * total))
-        k = min(k, len(self.counts) - 1)
-        below = cumulative[k] - self.counts[k]
-        fraction = (q * total - below) / self.counts[k]
-        lo, hi = np.log(self.edges_ms[k]), np.log(self.edges_ms[k + 1])
-        return float(np.exp(lo + fraction * (hi - lo)))
 
 
 @dataclass(frozen=True)
@@ -99,7 +72,7 @@ class CurveKeys:
         if not secret_file.is_file():
             raise FileNotFoundError(
                 f"no {secret_file}: create the server's key pair with "
-                f"runtime.server.generate_keypair({str(directory)!r}, 'server')"
+                f"runtime.serving.server.generate_keypair({str(directory)!r}, 'server')"
             )
         public, secret = zmq.auth.load_certificate(secret_file)
         clients = tuple(
@@ -440,44 +413,20 @@ def _is_loopback(endpoint: str) -> bool:
         return parts.hostname == "localhost"
 
 
-def metadata_reply(
-    request_id: int,
-    info: PolicyInfo,
-    histogram: LatencyHistogram,
-    uptime_s: float,
-    requests_served: int,
-) -> MetadataReply:
-    """The health/metadata reply of a served policy (server and in-process client alike)."""
-    return MetadataReply(
-        request_id=request_id,
-        model_id=info.model_id,
-        features={
-            k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in info.features.items()
-        },
-        chunk_length=info.chunk_length,
-        action_dim=info.action_dim,
-        fps=info.fps,
-        latency_edges_ms=histogram.edges_ms,
-        latency_counts=histogram.counts.copy(),
-        uptime_s=uptime_s,
-        requests_served=requests_served,
-    )
-
-
-def warm_up(policy: ChunkPolicy, executors: Sequence[str] = ("sync", "rtc")) -> float:
-    """Answer one all-zeros observation per executor kind before serving, so the first real
+def warm_up(policy: ChunkPolicy, methods: Sequence[str] = ("plain", "guided:exp")) -> float:
+    """Answer one all-zeros observation per sampling method before serving, so the first real
     request does not pay for lazy initialisation (allocator, kernels); returns the seconds it
-    took. An executor the policy does not support is skipped."""
+    took. A method the policy does not support is skipped."""
     info = policy.info
     observation = {
         k: np.zeros(tuple(v["shape"]), np.dtype(v["dtype"])) for k, v in info.features.items()
     }
     start = time.perf_counter()
-    for k, executor in enumerate(executors):
-        guided = executor.startswith("rtc")
+    for k, method in enumerate(methods):
+        guided = method != "plain"
         request = ObservationRequest(
             request_id=k, robot_id="warmup", tick=0, observation=observation, instruction="",
-            delay=1 if guided else 0, execution_horizon=1, executor=executor,
+            delay=1 if guided else 0, execution_horizon=1, sampling=method,
             prev_actions=np.zeros((info.chunk_length - 1, info.action_dim), np.float32)
             if guided else None,
         )  # fmt: skip

@@ -38,8 +38,9 @@ import torch
 from torch import Tensor
 
 from policies.flow import VelocityFn
-from runtime.policy import PolicyInfo
-from runtime.protocol import STATE_KEY, ObservationRequest
+from runtime.wire.info import PolicyInfo
+from runtime.wire.keys import STATE
+from runtime.wire.protocol import ObservationRequest
 
 
 def dct_basis(H: int, k: int) -> np.ndarray:
@@ -86,7 +87,7 @@ class GaussianChunkModel:
             chunk_length=chunk_length,
             action_dim=action_dim,
             fps=fps,
-            features={STATE_KEY: {"dtype": "float32", "shape": (action_dim,)}},
+            features={STATE: {"dtype": "float32", "shape": (action_dim,)}},
         )
         self.basis = dct_basis(chunk_length, num_basis)  # (H, k)
         cov = sigma**2 * self.basis @ self.basis.T + sigma_floor**2 * np.eye(chunk_length)
@@ -154,12 +155,12 @@ class GaussianChunkModel:
         return absolute.astype(np.float32)
 
     def _state(self, request: ObservationRequest) -> np.ndarray:
-        state = request.observation.get(STATE_KEY)
+        state = request.observation.get(STATE)
         expected = (self.info.action_dim,)
         if state is None or state.shape != expected:
             got = "nothing" if state is None else f"shape {state.shape}"
             raise ValueError(
-                f"request {request.request_id}: {STATE_KEY} is {got}, the synthetic model "
+                f"request {request.request_id}: {STATE} is {got}, the synthetic model "
                 f"expects float32 {expected} (joint positions)"
             )
         return state.astype(np.float64)

@@ -27,14 +27,16 @@ from typing import Any, ClassVar, Self
 import msgpack
 import numpy as np
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+from runtime.wire.keys import IMAGES, STATE
+
+PROTOCOL_VERSION = 2  # 2: requests name their sampling method, not the executor
+SUPPORTED_VERSIONS = (2,)
 
 ALLOWED_DTYPES = ("uint8", "bool", "int32", "int64", "float16", "float32", "float64")
+SAMPLING_METHODS = ("plain", "guided:exp", "guided:linear", "guided:ones", "guided:zeros", "prefix")
+"""plain Euler; RTC-guided (ΠGDM) under prefix_weights(schedule); training-time RTC prefix."""
 ERROR_CODES = ("bad_request", "version", "unsupported", "internal")
 ARRAY_TAG = "__ndarray__"
-IMAGE_PREFIX = "observation.images."
-STATE_KEY = "observation.state"
 
 MAX_MESSAGE_BYTES = 32 * 2**20
 MAX_ARRAY_BYTES = 16 * 2**20
@@ -48,7 +50,7 @@ MAX_HISTOGRAM_BINS = 1024
 MAX_NDIM = 8
 MAX_INT = 2**63 - 1
 
-# Names (robot, model and executor ids, feature keys): ASCII letters, digits and _ . : / @ + -
+# Names (robot, model ids, sampling methods, feature keys): ASCII letters, digits and _ . : / @ + -
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
 
 
@@ -93,7 +95,8 @@ class ObservationRequest:
     observation maps feature keys ("observation.state" float32 (S,), "observation.images.<cam>"
     uint8 (H, W, 3), other "observation.*" arrays) to arrays. prev_actions (n, A) float32 are
     the previous chunk's unexecuted actions (for RTC), delay the estimated inference delay d
-    and execution_horizon s, both in controller ticks.
+    and execution_horizon s, both in controller ticks. sampling names one of
+    ``SAMPLING_METHODS`` (the server answers others with error code "unsupported").
     """
 
     TYPE: ClassVar[str] = "observation_request"
@@ -104,7 +107,7 @@ class ObservationRequest:
     instruction: str
     delay: int
     execution_horizon: int
-    executor: str  # e.g. "sync", "naive", "ensemble", "rtc", "rtc_trained"
+    sampling: str  # how to draw the chunk: "plain", "guided:<schedule>" (RTC) or "prefix"
     prev_actions: np.ndarray | None = None
     seed: int | None = None
 
@@ -121,7 +124,7 @@ class ObservationRequest:
             execution_horizon=_int(
                 "execution_horizon", f["execution_horizon"], hi=lim.max_chunk_length
             ),
-            executor=_name("executor", f["executor"], lim),
+            sampling=_name("sampling", f["sampling"], lim),
             prev_actions=None if prev is None else _actions("prev_actions", prev, lim, min_rows=0),
             seed=None if f.get("seed") is None else _int("seed", f["seed"]),
         )
@@ -545,14 +548,14 @@ def _observation(name: str, v: Any, lim: Limits) -> dict[str, np.ndarray]:
         if not isinstance(key, str) or not key.startswith("observation."):
             raise ProtocolError(f"{name} keys must start with 'observation.', got {_describe(key)}")
         field = f"{name}[{_name('observation key', key, lim)!r}]"
-        if key.startswith(IMAGE_PREFIX):
+        if key.startswith(IMAGES):
             img = _array(field, arr, lim, "uint8", ndim=3)
             side = lim.max_image_side
             if img.shape[2] != 3 or not (1 <= img.shape[0] <= side and 1 <= img.shape[1] <= side):
                 raise ProtocolError(
                     f"{field} has shape {img.shape}, expected (H, W, 3) with 1 <= H, W <= {side}"
                 )
-        elif key == STATE_KEY:
+        elif key == STATE:
             _array(field, arr, lim, "float32", ndim=1)
         else:
             _array(field, arr, lim)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from importlib.metadata import EntryPoint, entry_points
 
-from runtime.drivers.base import ActionLimits, Driver, DriverContext, Observation
+from runtime.robot.drivers.base import ActionLimits, Driver, DriverContext, Observation
 
 __all__ = [
     "ActionLimits",
@@ -26,8 +26,8 @@ __all__ = [
 
 GROUP = "rtvla.drivers"
 BUILTINS = {  # imported on demand: the simulator and lerobot are heavy
-    "mujoco": "runtime.drivers.mujoco:MujocoDriver",
-    "lerobot": "runtime.drivers.lerobot:LerobotDriver",
+    "mujoco": "runtime.robot.drivers.mujoco:MujocoDriver",
+    "lerobot": "runtime.robot.drivers.lerobot:LerobotDriver",
 }
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,6 @@ from typing import Protocol, Self, runtime_checkable
 
 import numpy as np
 
-STATE = "observation.state"
-IMAGES = "observation.images."  # prefix of the camera keys: observation.images.<cam>
-ACTION = "action"
-
 Observation = dict[str, np.ndarray]
 
 

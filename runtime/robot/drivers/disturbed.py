@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.drivers.base import Observation
-from runtime.drivers.mujoco import MujocoDriver
+from runtime.robot.drivers.base import Observation
+from runtime.robot.drivers.mujoco import MujocoDriver
 from sim.disturb import Disturbance
 
 DISTURBANCE_STREAM = 0xD157  # rng stream of the pushes, apart from the scene's own draws

@@ -24,7 +24,8 @@ import numpy as np
 from lerobot.motors import MotorNormMode
 from lerobot.robots import Robot, RobotConfig, make_robot_from_config
 
-from runtime.drivers.base import ACTION, IMAGES, STATE, ActionLimits, DriverContext, Observation
+from runtime.robot.drivers.base import ActionLimits, DriverContext, Observation
+from runtime.wire.keys import ACTION, IMAGES, STATE
 
 # Default limits per motor unit: (low, high, speed per second); max_delta = speed / control_hz.
 UNIT_LIMITS: dict[MotorNormMode, tuple[float, float, float]] = {

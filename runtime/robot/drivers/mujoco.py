@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from runtime.drivers.base import ActionLimits, DriverContext, Observation
+from runtime.robot.drivers.base import ActionLimits, DriverContext, Observation
 from sim import JOINT_NAMES, SimEnv
 
 # Rate limits, a little above the scripted experts' fastest commands (joints capped at 3 rad/s,

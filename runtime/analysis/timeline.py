@@ -1,0 +1,42 @@
+"""Who chose the instruction, tick by tick: a figure of one run log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from runtime.robot.runlog import RunLog
+
+SOURCE_COLORS = {"task": "0.8", "high_level": "tab:blue", "operator": "tab:red"}
+
+
+def plot_instructions(run_log: RunLog, path: str | Path, title: str = "") -> Path:
+    """Actions over ticks above a band coloured by who chose the instruction, each change
+    of instruction written where it happens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = run_log.ticks
+    fig, (top, band) = plt.subplots(
+        2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1.4]}
+    )
+    top.plot(t["tick"], t["action"], linewidth=1)
+    top.set_ylabel("action (planned)")
+    top.set_title(title)
+    changes = [0, *np.flatnonzero(t["instruction"][1:] != t["instruction"][:-1]) + 1]
+    for start, end in zip(changes, [*changes[1:], len(t["tick"])], strict=True):
+        source = str(t["instruction_source"][start])
+        band.axvspan(start, end, color=SOURCE_COLORS.get(source, "0.5"), alpha=0.6)
+        band.text(start, 0.03, f" {t['instruction'][start]}", rotation=90, fontsize=7,
+                  va="bottom", clip_on=True)  # fmt: skip
+    band.set_yticks([])
+    band.set_xlabel("tick")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c, alpha=0.6) for c in SOURCE_COLORS.values()]
+    band.legend(handles, list(SOURCE_COLORS), loc="lower right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,104 @@
+"""What a client learns about a served policy, and the server's latency histogram.
+
+Both ends of the wire use these: the server (or the in-process client) builds a
+``MetadataReply`` from a ``PolicyInfo`` and its ``LatencyHistogram``; the controller reads
+the chunk length, action dimension, rate and features from it before the first tick.
+numpy only, like the rest of ``runtime.wire``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from runtime.wire.protocol import MetadataReply, ObservationRequest
+
+LATENCY_EDGES_MS = np.logspace(-2, 5, 141)  # 0.01 ms to 100 s, 20 log-spaced bins a decade
+
+
+@dataclass(frozen=True)
+class PolicyInfo:
+    """What a client needs to know about a served policy (sent in the metadata reply)."""
+
+    model_id: str
+    chunk_length: int  # H, actions per chunk
+    action_dim: int  # A
+    fps: float  # control rate the policy was trained at
+    features: dict[str, dict] = field(default_factory=dict)  # key -> {"dtype", "shape"}
+
+
+class UnsupportedRequest(ValueError):
+    """A well-formed request a policy cannot serve (e.g. a sampling method it lacks).
+
+    Other ``ValueError``s from ``ChunkPolicy.infer`` mean the request itself is inconsistent;
+    the server answers the first with error code "unsupported", the others with "bad_request".
+    """
+
+
+@runtime_checkable
+class ChunkPolicy(Protocol):
+    """Observations in, action chunks out; what ``PolicyServer`` serves."""
+
+    @property
+    def info(self) -> PolicyInfo: ...
+
+    def infer(self, requests: Sequence[ObservationRequest]) -> list[np.ndarray]:
+        """One float32 (H, A) chunk per request, in absolute action units, aligned to its tick.
+
+        Raises ``UnsupportedRequest`` or ``ValueError`` (with a message saying what to change)
+        when a request cannot be served; the server then retries the others one by one.
+        """
+        ...
+
+
+class LatencyHistogram:
+    """Inference latencies in fixed log-spaced bins (values outside go to the end bins)."""
+
+    def __init__(self, edges_ms: np.ndarray = LATENCY_EDGES_MS) -> None:
+        self.edges_ms = np.asarray(edges_ms, dtype=np.float64)  # (K + 1,)
+        self.counts = np.zeros(len(self.edges_ms) - 1, dtype=np.int64)  # (K,)
+
+    def add(self, ms: float) -> None:
+        k = np.searchsorted(self.edges_ms, ms, side="right") - 1
+        self.counts[min(max(k, 0), len(self.counts) - 1)] += 1
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, interpolated log-linearly inside its bin (exact to a bin's width,
+        12 %); None while empty."""
+        total = int(self.counts.sum())
+        if total == 0:
+            return None
+        cumulative = np.cumsum(self.counts)
+        k = int(np.searchsorted(cumulative, q * total))
+        k = min(k, len(self.counts) - 1)
+        below = cumulative[k] - self.counts[k]
+        fraction = (q * total - below) / self.counts[k]
+        lo, hi = np.log(self.edges_ms[k]), np.log(self.edges_ms[k + 1])
+        return float(np.exp(lo + fraction * (hi - lo)))
+
+
+def metadata_reply(
+    request_id: int,
+    info: PolicyInfo,
+    histogram: LatencyHistogram,
+    uptime_s: float,
+    requests_served: int,
+) -> MetadataReply:
+    """The health/metadata reply of a served policy (server and in-process client alike)."""
+    return MetadataReply(
+        request_id=request_id,
+        model_id=info.model_id,
+        features={
+            k: {"dtype": v["dtype"], "shape": list(v["shape"])} for k, v in info.features.items()
+        },
+        chunk_length=info.chunk_length,
+        action_dim=info.action_dim,
+        fps=info.fps,
+        latency_edges_ms=histogram.edges_ms,
+        latency_counts=histogram.counts.copy(),
+        uptime_s=uptime_s,
+        requests_served=requests_served,
+    )

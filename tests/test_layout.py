@@ -1,0 +1,90 @@
+"""The package layout's import directions (docs/design.md, Layout), read from the source.
+
+Every ``import`` counts, also those inside functions or under ``TYPE_CHECKING``: a robot
+computer installs the robot side and the wire format without torch, so no path may lead there.
+"""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# package -> import prefixes its modules must never import
+FORBIDDEN = {
+    "runtime.wire": ("torch", "policies", "sim", "lerobot", "zmq", "runtime.robot",
+                     "runtime.serving", "runtime.commands", "runtime.analysis"),
+    "runtime.robot": ("torch", "policies", "runtime.serving", "runtime.commands",
+                      "runtime.analysis"),
+    "runtime.serving": ("runtime.robot", "runtime.commands", "runtime.analysis", "sim"),
+    "runtime.analysis": ("torch", "policies", "runtime.serving", "runtime.commands"),
+    "policies": ("runtime",),
+    "sim": ("runtime", "policies"),
+}  # fmt: skip
+# the robot side's simulated drivers wrap the simulator, their "driver library"
+ALLOWED = {"runtime.robot.drivers.mujoco": ("sim",), "runtime.robot.drivers.disturbed": ("sim",)}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module a file imports, absolute names."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def within(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def violations() -> list[str]:
+    found = []
+    paths = [
+        p for package in ("policies", "runtime", "sim") for p in (ROOT / package).rglob("*.py")
+    ]
+    for path in sorted(paths):
+        module = module_name(path)
+        package = next((p for p in FORBIDDEN if within(module, p)), None)
+        if package is None:
+            continue
+        allowed = ALLOWED.get(module, ())
+        for name in sorted(imports(path)):
+            bad = [p for p in FORBIDDEN[package] if within(name, p)]
+            if bad and not any(within(name, a) for a in allowed):
+                found.append(f"{path.relative_to(ROOT)} imports {name} ({package} must not)")
+    return found
+
+
+def test_packages_import_only_in_the_allowed_directions():
+    assert violations() == []
+
+
+def test_the_checker_sees_a_forbidden_import():
+    bad = ROOT / "runtime" / "robot" / "_layout_probe.py"
+    bad.write_text("def f():\n    import torch\n")
+    try:
+        expected = "runtime/robot/_layout_probe.py imports torch (runtime.robot must not)"
+        assert violations() == [expected]
+    finally:
+        bad.unlink()
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["runtime.robot.controller", "runtime.robot.client", "runtime.robot.executors",
+     "runtime.robot.safety", "runtime.wire.protocol", "runtime.wire.info"],
+)  # fmt: skip
+def test_robot_side_modules_load_without_torch(module):
+    code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT)
