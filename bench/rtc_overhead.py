@@ -4,7 +4,7 @@ Times ``FlowChunkPolicy.infer`` for one request with the plain sampler (executor
 inference-time RTC (rtc: a vector-Jacobian product through the velocity network at every
 Euler step) and training-time RTC (rtc_trained: the prefix overwritten, no backward pass),
 for the analytic ``GaussianChunkModel`` and for a randomly initialised default-config VLA
-wrapped as a flow model (``policies.inference.VLAPolicy``), on CPU. Ratios are to plain.
+wrapped as a flow model (``policies.inference.FlowPolicy``), on CPU. Ratios are to plain.
 
     uv run python bench/rtc_overhead.py [--repeats 30] [--num-steps 10] [--threads N]
 """
@@ -18,13 +18,13 @@ import time
 import numpy as np
 import torch
 
-from policies.inference import PolicyInfo, VLAPolicy
+from policies.inference import FlowPolicy, VLAPreprocessor
 from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
 from runtime.robot.executors import EXECUTORS
-from runtime.serving.policy import FlowModel
 from runtime.serving.sampling import FlowChunkPolicy
 from runtime.serving.synthetic import GaussianChunkModel
+from runtime.wire.info import ChunkPolicy, PolicyInfo
 from runtime.wire.keys import STATE
 from runtime.wire.protocol import ObservationRequest
 
@@ -32,7 +32,7 @@ TIMED = ("naive", "rtc", "rtc_trained")  # executors whose sampling methods are 
 S, D = 10, 4  # execution horizon and delay of the timed requests
 
 
-def random_vla() -> VLAPolicy:
+def random_vla() -> FlowChunkPolicy:
     torch.manual_seed(0)
     config = VLAConfig()
     dims = {"observation.state": config.state_dim, "action": config.action_dim}
@@ -42,10 +42,13 @@ def random_vla() -> VLAPolicy:
     features = {STATE: {"dtype": "float32", "shape": (config.state_dim,)}}
     features |= {k: {"dtype": "uint8", "shape": (*config.image_size, 3)} for k in config.image_keys}
     info = PolicyInfo("vla-random-init", config.chunk_length, config.action_dim, 30.0, features)
-    return VLAPolicy(VLA(config), normalizer, info)
+    model = VLA(config)
+    flow = FlowPolicy(model, VLAPreprocessor(model, normalizer), normalizer,
+                      model_id=info.model_id, fps=info.fps, features=features)  # fmt: skip
+    return FlowChunkPolicy(flow, info=info)
 
 
-def request(model: FlowModel, executor: str, prev: np.ndarray | None) -> ObservationRequest:
+def request(model: ChunkPolicy, executor: str, prev: np.ndarray | None) -> ObservationRequest:
     rng = np.random.default_rng(0)
     observation = {
         key: rng.integers(0, 256, spec["shape"], dtype=np.uint8)
@@ -67,8 +70,9 @@ def request(model: FlowModel, executor: str, prev: np.ndarray | None) -> Observa
     )
 
 
-def time_model(model: FlowModel, repeats: int, num_steps: int) -> dict:
-    policy = FlowChunkPolicy(model, num_steps=num_steps)
+def time_model(policy: FlowChunkPolicy, repeats: int, num_steps: int) -> dict:
+    policy.num_steps = num_steps
+    model = policy
     prev = policy.infer([request(model, "naive", None)])[0][S:]  # the unexecuted rest
     requests = {executor: request(model, executor, prev) for executor in TIMED}
     ms: dict[str, list[float]] = {executor: [] for executor in TIMED}
@@ -99,7 +103,9 @@ def main() -> None:
         "bench": "rtc_overhead",
         "num_steps": args.num_steps,
         "torch_threads": torch.get_num_threads(),
-        "synthetic": time_model(GaussianChunkModel(), args.repeats, args.num_steps),
+        "synthetic": time_model(
+            FlowChunkPolicy(GaussianChunkModel()), args.repeats, args.num_steps
+        ),
         "vla": time_model(random_vla(), args.repeats, args.num_steps),
     }
     print(json.dumps(result))

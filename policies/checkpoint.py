@@ -31,7 +31,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from policies.fast import FastTokenizer
-from policies.inference import PolicyInfo, VLAPolicy
 from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
 
@@ -54,11 +53,15 @@ class Checkpoint:
 
     @property
     def model_id(self) -> str:
-        """``<run>/step_<N>`` for a training checkpoint, the folder's name for an exported one."""
-        path = self.path.resolve()
-        if path.name.startswith("step_") and path.parent.name == "checkpoints":
-            return f"{path.parent.parent.name}/{path.name}"
-        return path.name
+        return checkpoint_model_id(self.path)
+
+
+def checkpoint_model_id(folder: Path) -> str:
+    """``<run>/step_<N>`` for a training checkpoint, the folder's name for an exported one."""
+    path = Path(folder).resolve()
+    if path.name.startswith("step_") and path.parent.name == "checkpoints":
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
 
 
 def save_checkpoint(
@@ -222,14 +225,10 @@ def load_train_state(folder: Path, model: nn.Module, optimizer: torch.optim.Opti
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
-def load_flow_model(path: str | Path, device: str | torch.device = "cpu") -> VLAPolicy:
-    """A checkpoint as a flow model for the runtime's samplers (``runtime.policy.FlowModel``)."""
-    ckpt = load_checkpoint(path, device)
-    cfg = ckpt.model.config
-    features = {k: {"dtype": _wire_dtype(v["dtype"]), "shape": tuple(v["shape"])}
-                for k, v in ckpt.features.items() if k.startswith("observation.")}  # fmt: skip
-    info = PolicyInfo(ckpt.model_id, cfg.chunk_length, cfg.action_dim, ckpt.fps, features)
-    return VLAPolicy(ckpt.model, ckpt.normalizer, info)
+def wire_features(features: dict[str, dict]) -> dict[str, dict]:
+    """A dataset's observation features as observations carry them on the wire."""
+    return {k: {"dtype": _wire_dtype(v["dtype"]), "shape": tuple(v["shape"])}
+            for k, v in features.items() if k.startswith("observation.")}  # fmt: skip
 
 
 def _wire_dtype(dtype: str) -> str:

@@ -22,6 +22,8 @@ from policies.normalize import Normalizer
 
 log = logging.getLogger(__name__)
 
+ENV_STATE = "observation.environment_state"  # lerobot's name for low-dimensional scene state
+
 INSTRUCTION_SOURCES = ("task", "step", "hierarchy")
 """What the low-level policy reads as its instruction: the episode's ``task``, the expert's
 ``step_instruction``, or SRT-H's choice: the ``corrective_instruction`` on correction frames,
@@ -118,17 +120,23 @@ class InMemoryChunks(torch.utils.data.Dataset):
     Images stay uint8 in memory and become float CHW in [0, 1] per item, as lerobot returns.
     """
 
-    def __init__(self, dataset, chunk_length: int) -> None:
+    def __init__(self, dataset, chunk_length: int, image_keys: Sequence[str] | None = None) -> None:
+        """image_keys: the cameras to decode (None: all; () for state-based policies)."""
         from tqdm import tqdm
 
         features = dataset.meta.features
-        self.image_keys = camera_keys(features)
+        self.image_keys = camera_keys(features) if image_keys is None else tuple(image_keys)
         self.text_keys = [k for k in ("step_instruction", "corrective_instruction")
                           if k in features]  # fmt: skip
         table = dataset.hf_dataset.with_format("numpy")  # raw arrays, no per-item transform
         self.episode = np.asarray(table["episode_index"])  # (N,)
         self.state = torch.from_numpy(np.stack(table["observation.state"]).astype(np.float32))
         self.action = torch.from_numpy(np.stack(table["action"]).astype(np.float32))
+        self.env_state = (
+            torch.from_numpy(np.stack(table[ENV_STATE]).astype(np.float32))
+            if ENV_STATE in features
+            else None
+        )
         self.correction = (np.asarray(table["correction"], dtype=bool).reshape(-1)
                            if "correction" in features else None)  # fmt: skip
         self.texts = {k: [str(t) for t in table[k]] for k in self.text_keys}
@@ -157,6 +165,8 @@ class InMemoryChunks(torch.utils.data.Dataset):
         index = np.clip(query, self.ep_start[i], self.ep_end[i] - 1)
         item = {key: self.images[key][i].permute(2, 0, 1).float() / 255 for key in self.image_keys}
         item["observation.state"] = self.state[i]
+        if self.env_state is not None:
+            item[ENV_STATE] = self.env_state[i]
         item["action"] = self.action[index]  # (H, A)
         item["action_is_pad"] = torch.from_numpy(query >= self.ep_end[i])  # (H,)
         item["task"] = self.task[i]

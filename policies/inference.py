@@ -1,35 +1,28 @@
-"""A trained VLA seen as a flow model over raw observations (what servers and evaluation use).
+"""A trained flow policy over raw observations: what the serving side samples.
 
-``VLAPolicy.velocity_fn`` takes observation requests (anything with an ``observation`` dict of
-raw arrays, uint8 (H, W, 3) images and float32 state, and an ``instruction`` string), builds the
-VLA's batch, encodes the prefix once and returns the expert's velocity in normalized action
-space. Samplers (plain, RTC-guided, prefix-conditioned) live with the runtime.
+``FlowPolicy`` joins a policy kind's model (anything with ``velocity_fn(batch)`` and a
+``config`` holding ``chunk_length``, ``action_dim`` and ``num_steps``), the preprocessor that
+turns raw observations (feature key -> numpy array, as drivers observe them) and instructions
+into the model's batch, and the action normalization. ``load_flow_policy`` reads any kind's
+checkpoint into one. The samplers (plain, RTC-guided, prefix-conditioned) live on the serving
+side (``runtime.serving.sampling``) and call ``velocity_fn`` and the action normalization.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from policies.flow import VelocityFn
 from policies.normalize import Normalizer
-from policies.vla import VLA
 
-
-@dataclass(frozen=True)
-class PolicyInfo:
-    """What a client needs to know about a served policy (sent in the metadata reply)."""
-
-    model_id: str
-    chunk_length: int  # H, actions per chunk
-    action_dim: int  # A
-    fps: float  # control rate the policy was trained at
-    features: dict[str, dict] = field(default_factory=dict)  # key -> {"dtype", "shape"}
+Preprocess = Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[str]], dict[str, Tensor]]
 
 
 class HasObservation(Protocol):
@@ -37,34 +30,33 @@ class HasObservation(Protocol):
     instruction: str
 
 
-class VLAPolicy:
-    """A VLA with its normalization, as a ``runtime.policy.FlowModel``."""
+class FlowPolicy:
+    """A flow model with its preprocessor and action normalization (``FlowModel`` of the
+    serving side, less the wire metadata, which the loader there adds)."""
 
-    def __init__(self, model: VLA, normalizer: Normalizer, info: PolicyInfo) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        preprocess: Preprocess,
+        normalizer: Normalizer,
+        *,
+        model_id: str,
+        fps: float,
+        features: dict[str, dict],
+    ) -> None:
         self.model = model.eval()
+        self.preprocess = preprocess
         self.normalizer = normalizer
-        self._info = info
+        self.model_id, self.fps, self.features = model_id, fps, features
+        self.chunk_length = model.config.chunk_length  # H
+        self.action_dim = model.config.action_dim  # A
         self.device = next(model.parameters()).device
 
-    @property
-    def info(self) -> PolicyInfo:
-        return self._info
-
-    def batch(self, requests: Sequence[HasObservation]) -> dict[str, Tensor]:
-        """Raw observations -> the VLA's batch (images float CHW in [0, 1], state normalized)."""
-        cfg = self.model.config
-        batch: dict[str, Tensor] = {}
-        for key in cfg.image_keys:
-            images = np.stack([_feature(r, key) for r in requests])  # (B, h, w, 3) uint8
-            batch[key] = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float() / 255
-        state = torch.from_numpy(np.stack([_feature(r, "observation.state") for r in requests]))
-        batch["observation.state"] = self.normalizer.normalize("observation.state", state.float())
-        tokens, mask = self.model.tokenize_instructions([r.instruction for r in requests])
-        batch["lang_tokens"], batch["lang_mask"] = tokens, mask
-        return {k: v.to(self.device) for k, v in batch.items()}
-
     def velocity_fn(self, requests: Sequence[HasObservation]) -> VelocityFn:
-        return self.model.velocity_fn(self.batch(requests))
+        batch = self.preprocess(
+            [r.observation for r in requests], [r.instruction for r in requests]
+        )
+        return self.model.velocity_fn({k: v.to(self.device) for k, v in batch.items()})
 
     def normalize_actions(self, actions: np.ndarray) -> Tensor:
         tensor = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
@@ -75,11 +67,50 @@ class VLAPolicy:
         return raw.detach().cpu().numpy().astype(np.float32)
 
 
-def _feature(request: HasObservation, key: str) -> np.ndarray:
+def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> FlowPolicy:
+    """Any flow policy kind's checkpoint (a run, ``checkpoints/step_N`` or an exported folder)."""
+    from policies.checkpoint import load_checkpoint, resolve_checkpoint, wire_features
+
+    folder = resolve_checkpoint(path)
+    kind = json.loads((folder / "config.json").read_text()).get("kind", "vla")
+    if kind == "state_flow":
+        from policies.state_flow import load_state_flow
+
+        return load_state_flow(folder, device)
+    ckpt = load_checkpoint(folder, device)
+    return FlowPolicy(
+        ckpt.model, VLAPreprocessor(ckpt.model, ckpt.normalizer), ckpt.normalizer,
+        model_id=ckpt.model_id, fps=ckpt.fps, features=wire_features(ckpt.features),
+    )  # fmt: skip
+
+
+class VLAPreprocessor:
+    """Raw observations -> the VLA's batch (images float CHW in [0, 1], state normalized,
+    instruction tokens)."""
+
+    def __init__(self, model, normalizer: Normalizer) -> None:
+        self.config, self.normalizer = model.config, normalizer
+        self.tokenize_instructions = model.tokenize_instructions
+
+    def __call__(
+        self, observations: Sequence[Mapping[str, np.ndarray]], instructions: Sequence[str]
+    ) -> dict[str, Tensor]:
+        batch: dict[str, Tensor] = {}
+        for key in self.config.image_keys:
+            images = np.stack([feature(o, key) for o in observations])  # (B, h, w, 3) uint8
+            batch[key] = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        state = torch.from_numpy(np.stack([feature(o, "observation.state") for o in observations]))
+        batch["observation.state"] = self.normalizer.normalize("observation.state", state.float())
+        batch["lang_tokens"], batch["lang_mask"] = self.tokenize_instructions(list(instructions))
+        return batch
+
+
+def feature(observation: Mapping[str, np.ndarray], key: str) -> np.ndarray:
+    """observation[key], or an error saying what the policy needs."""
     try:
-        return request.observation[key]
+        return observation[key]
     except KeyError:
         raise ValueError(
-            f"the observation has no {key!r} (it has {sorted(request.observation)}); "
+            f"the observation has no {key!r} (it has {sorted(observation)}); "
             "the policy was trained with it: send it, or serve a policy trained on these features"
         ) from None

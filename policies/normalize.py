@@ -20,17 +20,20 @@ class Normalizer:
         self.std = {k: np.maximum(np.asarray(v, dtype=np.float32), MIN_STD) for k, v in std.items()}
 
     @classmethod
-    def from_stats(cls, stats: Mapping[str, Mapping]) -> Normalizer:
-        """From lerobot's dataset stats (``LeRobotDataset.meta.stats``)."""
-        missing = [k for k in NORMALIZED_KEYS if k not in stats]
+    def from_stats(
+        cls, stats: Mapping[str, Mapping], keys: tuple[str, ...] = NORMALIZED_KEYS
+    ) -> Normalizer:
+        """From lerobot's dataset stats (``LeRobotDataset.meta.stats``), for ``keys``."""
+        missing = [k for k in keys if k not in stats]
         if missing:
             raise ValueError(
                 f"dataset stats have no entry for {missing}: the dataset's meta/stats.json is "
-                "incomplete; re-record it or recompute its stats with lerobot"
+                "incomplete (or was recorded without them); re-record it or recompute its "
+                "stats with lerobot"
             )
         return cls(
-            {k: np.asarray(stats[k]["mean"]) for k in NORMALIZED_KEYS},
-            {k: np.asarray(stats[k]["std"]) for k in NORMALIZED_KEYS},
+            {k: np.asarray(stats[k]["mean"]) for k in keys},
+            {k: np.asarray(stats[k]["std"]) for k in keys},
         )
 
     def normalize(self, key: str, x: Tensor) -> Tensor:

@@ -25,11 +25,13 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
+from policies import state_flow
 from policies.checkpoint import (
     check_features,
     load_train_state,
     resolve_checkpoint,
     save_checkpoint,
+    write_checkpoint,
 )
 from policies.data import (
     Collator,
@@ -46,6 +48,7 @@ from policies.vla import VLA, VLAConfig
 log = logging.getLogger(__name__)
 
 POLICY_KEYS = {f.name for f in dataclasses.fields(VLAConfig)}
+KINDS = ("vla", "state_flow")  # flow policy kinds this trainer builds (high_level: its own)
 
 
 def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
@@ -122,14 +125,29 @@ def train(cfg: Mapping) -> dict:
         )
     check_instruction_source(_features(cfg["dataset"]), cfg["instruction"])
     policy_cfg = dict(cfg["policy"])
+    kind = policy_cfg.get("name", "vla")
+    if kind not in KINDS:
+        raise ValueError(f"policy={kind} is unknown: choose one of {KINDS}")
     H = policy_cfg["chunk_length"]
     dataset = open_dataset(cfg["dataset"], chunk_length=H)
     features = {k: {**v, "shape": tuple(v["shape"])} for k, v in dataset.meta.features.items()}
-    config = vla_config(features, policy_cfg)
-    normalizer = Normalizer.from_stats(dataset.meta.stats)
-    fast = _fast_tokenizer(cfg, dataset, normalizer, config) if config.fast_loss else None
     torch.manual_seed(cfg["seed"])
-    model = VLA(config).to(device)
+    if kind == "state_flow":
+        config = state_flow.state_flow_config(features, policy_cfg)
+        normalizer = Normalizer.from_stats(dataset.meta.stats, state_flow.NORMALIZED)
+        model = state_flow.StateFlow(config).to(device)
+        collator = state_flow.StateCollator(
+            state_flow.StatePreprocessor(normalizer), cfg["instruction"]
+        )
+        image_keys: tuple[str, ...] = ()
+    else:
+        config = vla_config(features, policy_cfg)
+        normalizer = Normalizer.from_stats(dataset.meta.stats)
+        fast = _fast_tokenizer(cfg, dataset, normalizer, config) if config.fast_loss else None
+        model = VLA(config).to(device)
+        collator = Collator(config.image_keys, normalizer, model.tokenize_instructions,
+                            cfg["instruction"], fast, config.max_fast_tokens)  # fmt: skip
+        image_keys = config.image_keys
     optimizer = make_optimizer(model, cfg)
     ema = EMA(model, cfg["ema_decay"])
     start = 0
@@ -146,11 +164,9 @@ def train(cfg: Mapping) -> dict:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resuming %s from step %d", out, start)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    collator = Collator(config.image_keys, normalizer, model.tokenize_instructions,
-                        cfg["instruction"], fast, config.max_fast_tokens)  # fmt: skip
     if cfg["data"] not in ("memory", "lerobot"):
         raise ValueError(f"data={cfg['data']!r} is unknown: use memory or lerobot")
-    items = InMemoryChunks(dataset, H) if cfg["data"] == "memory" else dataset
+    items = InMemoryChunks(dataset, H, image_keys) if cfg["data"] == "memory" else dataset
     batches = step_batches(
         len(items), cfg["batch_size"], cfg["seed"], start, cfg["steps"], rank, world
     )
@@ -162,6 +178,12 @@ def train(cfg: Mapping) -> dict:
         (out / "train_config.json").write_text(json.dumps(dict(cfg), indent=2, default=str))
 
     def save(step: int) -> None:
+        if kind == "state_flow":
+            meta = {"fps": dataset.meta.fps, **state_flow.checkpoint_meta(config),
+                    "train_config": dict(cfg), "features": features}  # fmt: skip
+            write_checkpoint(out, step, model=model, ema=ema.weights, optimizer=optimizer,
+                             meta=meta, write_extra=state_flow.write_extra(normalizer))  # fmt: skip
+            return
         save_checkpoint(
             out, step, model=model, ema=ema.weights, optimizer=optimizer, normalizer=normalizer,
             fast_tokenizer=fast, features=features, train_config=dict(cfg), fps=dataset.meta.fps,

@@ -435,5 +435,7 @@ def test_imports_without_torch_and_never_pickles():
         if isinstance(node, ast.Import):
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
-            imported.add(node.module.split(".")[0] if node.module != "runtime.wire.keys" else "keys")
+            imported.add(
+                node.module.split(".")[0] if node.module != "runtime.wire.keys" else "keys"
+            )
     assert imported <= {"math", "re", "dataclasses", "typing", "msgpack", "numpy", "keys"}

@@ -71,15 +71,17 @@ def test_two_steps_then_resume_equals_four_steps(reach_dataset, tmp_path):
 
 
 def test_checkpoint_serves_chunks_and_refuses_other_features(reach_dataset, tmp_path):
-    from policies.checkpoint import check_features, load_checkpoint, load_flow_model
+    from policies.checkpoint import check_features, load_checkpoint
     from policies.flow import euler_sample
+    from policies.inference import load_flow_policy
     from policies.train import train
+    from runtime.serving.loader import load_policy
 
     root, _ = reach_dataset
     train(train_cfg(root, tmp_path / "run", 2, fast_loss=False, insulation=False))
     ckpt = load_checkpoint(tmp_path / "run")
     assert ckpt.step == 2 and ckpt.fast_tokenizer is None
-    policy = load_flow_model(tmp_path / "run")
+    policy = load_flow_policy(tmp_path / "run")
 
     class Request:
         observation: ClassVar[dict] = {
@@ -96,13 +98,14 @@ def test_checkpoint_serves_chunks_and_refuses_other_features(reach_dataset, tmp_
     from runtime.wire.info import LatencyHistogram, metadata_reply
     from runtime.wire.protocol import decode, encode
 
-    assert policy.info.model_id == "run/step_0000002"
+    served = load_policy(tmp_path / "run")
+    assert served.info.model_id == "run/step_0000002" and served.num_steps == TINY["num_steps"]
     from policies.checkpoint import export_checkpoint
 
     exported = export_checkpoint(tmp_path / "run", tmp_path / "shipped")
     assert not list(exported.glob("train_state*"))
-    assert load_flow_model(exported).info.model_id == "shipped"
-    meta = decode(encode(metadata_reply(1, policy.info, LatencyHistogram(), 0.0, 0)))
+    assert load_policy(exported).info.model_id == "shipped"
+    meta = decode(encode(metadata_reply(1, served.info, LatencyHistogram(), 0.0, 0)))
     assert meta.features["observation.images.front"] == {"dtype": "uint8", "shape": (96, 96, 3)}
     assert meta.chunk_length == 50 and meta.action_dim == 6
     small = {k: dict(v) for k, v in ckpt.features.items()}

@@ -9,7 +9,7 @@ from sim.record import record_dataset
 
 
 def main(cfg: DictConfig) -> dict:
-    env = make_sim_env(cfg.task)
+    env = make_sim_env(cfg.task, render=cfg.render)
     try:
         summary = record_dataset(
             env,

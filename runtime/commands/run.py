@@ -207,28 +207,21 @@ def make_run_driver(cfg: DictConfig) -> Driver:
 def make_client(cfg: DictConfig, action_dim: int) -> PolicyClient:
     """``server=tcp://...`` -> ``ZmqPolicyClient``; ``server=local:synthetic`` -> an
     in-process ``GaussianChunkModel``, ``server=local:DIR`` -> the checkpoint in DIR, both
-    sampled in-process by ``FlowChunkPolicy``."""
+    sampled in-process (``runtime.serving.loader.load_policy``)."""
     if not cfg.server.startswith(LOCAL_PREFIX):
         curve = None if cfg.curve_keys_dir is None else ClientCurveKeys.from_dir(cfg.curve_keys_dir)
         return ZmqPolicyClient(cfg.server, timeout_s=cfg.timeout_s, curve=curve)
+    from runtime.serving.loader import load_policy
+
     name = cfg.server.removeprefix(LOCAL_PREFIX)
-    from runtime.serving.sampling import FlowChunkPolicy
-
-    if name == "synthetic":
-        from runtime.serving.synthetic import GaussianChunkModel
-
-        model = GaussianChunkModel(
-            chunk_length=cfg.synthetic.chunk_length, action_dim=action_dim, fps=cfg.hz
+    synthetic = cfg.synthetic
+    policy = load_policy(
+        name, num_steps=synthetic.num_steps if name == "synthetic" else None,
+        chunk_length=synthetic.chunk_length, action_dim=action_dim, fps=cfg.hz,
+    )  # fmt: skip
+    if policy.info.action_dim != action_dim:
+        raise ValueError(
+            f"the checkpoint {name} predicts {policy.info.action_dim} actions, the driver "
+            f"takes {action_dim}: serve a policy trained for this robot"
         )
-        policy = FlowChunkPolicy(model, num_steps=cfg.synthetic.num_steps)
-    else:
-        from policies.checkpoint import load_flow_model
-
-        model = load_flow_model(name)
-        if model.info.action_dim != action_dim:
-            raise ValueError(
-                f"the checkpoint {name} predicts {model.info.action_dim} actions, the driver "
-                f"takes {action_dim}: serve a policy trained for this robot"
-            )
-        policy = FlowChunkPolicy(model, num_steps=model.model.config.num_steps)
     return LocalPolicyClient(policy, timeout_s=cfg.timeout_s)

@@ -11,18 +11,14 @@ import signal
 
 from omegaconf import DictConfig
 
-from runtime.serving.policy import FlowModel
-from runtime.serving.sampling import FlowChunkPolicy
+from runtime.serving.loader import load_policy
 from runtime.serving.server import CurveKeys, PolicyServer, warm_up
-from runtime.serving.synthetic import GaussianChunkModel
 
 log = logging.getLogger(__name__)
 
-SYNTHETIC = "synthetic"
-
 
 def main(cfg: DictConfig) -> dict:
-    policy = FlowChunkPolicy(load_model(cfg.checkpoint, cfg.device), cfg.num_steps, cfg.beta)
+    policy = load_policy(cfg.checkpoint, cfg.device, num_steps=cfg.num_steps, beta=cfg.beta)
     log.info("warmed up in %.2f s", warm_up(policy))
     curve = None if cfg.curve_keys_dir is None else CurveKeys.from_dir(cfg.curve_keys_dir)
     with PolicyServer(
@@ -41,20 +37,3 @@ def main(cfg: DictConfig) -> dict:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return server.figures()
-
-
-def load_model(checkpoint: str, device: str) -> FlowModel:
-    """The synthetic model, or a checkpoint through ``policies.checkpoint.load_flow_model``."""
-    if checkpoint == SYNTHETIC:
-        return GaussianChunkModel()
-    try:
-        from policies.checkpoint import load_flow_model
-    except ImportError as e:
-        if e.name != "policies.checkpoint":
-            raise
-        raise ValueError(
-            f"cannot load checkpoint {checkpoint!r}: this install has no checkpoint loader "
-            f"(policies.checkpoint.load_flow_model: {e}); serve checkpoint={SYNTHETIC} instead"
-        ) from None
-    log.info("loading %s on %s", checkpoint, device)
-    return load_flow_model(checkpoint, device)

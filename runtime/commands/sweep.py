@@ -204,7 +204,8 @@ def _grid(cfg: DictConfig) -> Grid:
     unknown = [e for e in executors if e not in EXECUTORS]
     if unknown:
         raise ValueError(
-            f"executors={list(executors)}: unknown {unknown}; choose one or more of {list(EXECUTORS)}"
+            f"executors={list(executors)}: unknown {unknown}; choose one or more of "
+            f"{list(EXECUTORS)}"
         )
     if len(set(executors)) != len(executors):
         raise ValueError(f"executors={list(executors)} names an executor twice")
@@ -226,10 +227,10 @@ def rtc_training_max_delay(client: LocalPolicyClient) -> int | None:
     """The longest clean prefix the served model was trained to condition on (training-time
     RTC, the VLA's ``rtc_training_max_delay``; 0: not trained for it). None: any length, the
     analytic synthetic model's velocity being exact for every per-token flow time."""
-    from policies.inference import VLAPolicy
+    from policies.inference import FlowPolicy
 
     model = client.policy.model
-    return model.model.config.rtc_training_max_delay if isinstance(model, VLAPolicy) else None
+    return model.model.config.rtc_training_max_delay if isinstance(model, FlowPolicy) else None
 
 
 def _clients(

@@ -1,5 +1,5 @@
 """``rtvla train``: a policy from a LeRobotDataset, by ``policy.name``: the VLA (``vla``) or
-SRT-H's high-level policy (``high_level``).
+the state-based flow policy (``state_flow``) or SRT-H's high-level policy (``high_level``).
 
 DDP (the VLA): ``uv run torchrun --nproc_per_node=N -m runtime.commands.cli train ...``.
 """
@@ -15,9 +15,9 @@ def main(cfg: DictConfig) -> dict:
         from policies.hierarchy_train import train_high_level
 
         return train_high_level(resolved)
-    if cfg.policy.name != "vla":
+    if cfg.policy.name not in ("vla", "state_flow"):
         raise ValueError(
-            f"policy={cfg.policy.name} is unknown: use policy=vla or policy=high_level"
+            f"policy={cfg.policy.name} is unknown: use policy=vla, state_flow or high_level"
         )
     from policies.train import train
 

@@ -16,7 +16,6 @@ import numpy as np
 from torch import Tensor
 
 from policies.flow import VelocityFn
-from runtime.wire.info import PolicyInfo
 from runtime.wire.protocol import ObservationRequest
 
 
@@ -24,8 +23,8 @@ from runtime.wire.protocol import ObservationRequest
 class FlowModel(Protocol):
     """A flow-matching action model seen from the sampler (tau = 0 noise, 1 data)."""
 
-    @property
-    def info(self) -> PolicyInfo: ...
+    # The synthetic model also reports a ``PolicyInfo`` (``info``); trained policies get theirs
+    # from the loader (``runtime.serving.loader``), which passes it to the sampler.
 
     def velocity_fn(self, requests: Sequence[ObservationRequest]) -> VelocityFn:
         """Encode the observations once; return v(x (B, H, A), tau (B,) or (B, H)) in the

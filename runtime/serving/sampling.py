@@ -43,21 +43,28 @@ from runtime.wire.protocol import SAMPLING_METHODS, ObservationRequest
 class FlowChunkPolicy:
     """A ``ChunkPolicy`` sampling a ``FlowModel`` with each request's sampling method."""
 
-    def __init__(self, model: FlowModel, num_steps: int = 10, beta: float = 5.0) -> None:
+    def __init__(
+        self,
+        model: FlowModel,
+        num_steps: int = 10,
+        beta: float = 5.0,
+        info: PolicyInfo | None = None,
+    ) -> None:
         if num_steps < 1:
             raise ValueError(f"num_steps={num_steps}: Euler sampling needs at least one step")
         self.model = model
+        self._info = model.info if info is None else info  # what clients are told
         self.num_steps = num_steps  # Euler steps from noise to data
         self.beta = beta  # guidance weight clip (RTC paper, eq. 4)
         self._rng = torch.Generator()  # for requests without a seed
         self._rng.seed()
         # The model's device, as its own normalization reports it.
-        probe = np.zeros((1, model.info.action_dim), np.float32)
+        probe = np.zeros((1, self._info.action_dim), np.float32)
         self._device = model.normalize_actions(probe).device
 
     @property
     def info(self) -> PolicyInfo:
-        return self.model.info
+        return self._info
 
     def infer(self, requests: Sequence[ObservationRequest]) -> list[np.ndarray]:
         """One absolute float32 (H, A) chunk per request; checks every request first."""

@@ -1,0 +1,303 @@
+"""A state-based flow-matching policy: joint state, scene state and instruction in, a chunk out.
+
+It reads ``observation.state``, ``observation.environment_state`` (lerobot's name for the
+low-dimensional scene state: here the poses of objects, targets and bins) and the instruction,
+so it needs no rendering and trains in minutes on a CPU. The flow head is an MLP-mixer over
+the H action tokens, like the policies of the RTC paper's Kinetix experiments (Black,
+Galliker, Levine 2025, Sec. 6): each block mixes across time, then across channels, and is
+modulated (adaLN, as in DiT) by the observation embedding plus the token's flow time. Flow
+time is per token, so the same network serves plain, RTC-guided (the VJP runs through it)
+and training-time RTC (prefix-conditioned) sampling.
+
+The instruction is a bag of hashed words (``HASH_BUCKETS`` embeddings, mean-pooled): the
+tasks name a colour and an object, which a bag of words carries exactly.
+
+Anatomy, as every policy kind: config, build, loss, sample, checkpoint extras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
+from policies.normalize import Normalizer
+from policies.rtc import prefix_flow_time
+
+STATE = "observation.state"
+ENV_STATE = "observation.environment_state"
+HASH_BUCKETS = 4096  # word-hash vocabulary of the instruction embedding
+MAX_WORDS = 16  # words of an instruction the policy reads
+
+
+# ---- config ---------------------------------------------------------------------------------
+
+
+@dataclass
+class StateFlowConfig:
+    """Every hyperparameter of the state-based flow policy, one line each."""
+
+    state_dim: int = 6  # size of observation.state
+    env_state_dim: int = 9  # size of observation.environment_state
+    action_dim: int = 6  # size of one action
+    chunk_length: int = 16  # H, actions per predicted chunk
+    width: int = 128  # channels of the observation embedding and of each action token
+    depth: int = 4  # mixer blocks
+    token_mlp_ratio: float = 2.0  # hidden width of the token-mixing MLP, as a multiple of H
+    channel_mlp_ratio: float = 2.0  # hidden width of the channel-mixing MLP / width
+    num_steps: int = 10  # Euler steps at inference
+    time_alpha: float = 1.5  # flow time s ~ Beta(time_alpha, time_beta), tau = max_tau (1 - s)
+    time_beta: float = 1.0
+    max_tau: float = 0.999  # largest training flow time
+    rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K}; 0: off
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rtc_training_max_delay < self.chunk_length:
+            raise ValueError(
+                f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
+                f"[0, chunk_length={self.chunk_length})"
+            )
+
+
+def words(text: str) -> list[int]:
+    """An instruction as hashed word ids in [1, HASH_BUCKETS) (0 pads), at most MAX_WORDS."""
+    tokens = re.findall(r"[a-z0-9]+", text.lower())[:MAX_WORDS]
+    return [1 + zlib.crc32(t.encode()) % (HASH_BUCKETS - 1) for t in tokens]
+
+
+class StatePreprocessor:
+    """Raw observations and instructions -> the model's inputs; training's collator and the
+    server both call it, so a policy sees exactly what it was trained on."""
+
+    def __init__(self, normalizer: Normalizer) -> None:
+        self.normalizer = normalizer
+
+    def __call__(
+        self, state: Tensor, env_state: Tensor, instructions: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """state (B, S) and env_state (B, E) raw float; returns normalized tensors + word ids."""
+        ids = torch.zeros(len(instructions), MAX_WORDS, dtype=torch.long)  # (B, W)
+        for row, text in zip(ids, instructions, strict=True):
+            w = words(text)
+            row[: len(w)] = torch.tensor(w, dtype=torch.long)
+        return {
+            STATE: self.normalizer.normalize(STATE, state.float()),
+            ENV_STATE: self.normalizer.normalize(ENV_STATE, env_state.float()),
+            "words": ids,
+        }
+
+    def observations(
+        self, observations: Sequence[dict[str, np.ndarray]], instructions: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """The serving entry: one observation dict of raw arrays per request."""
+        stacked = {}
+        for key in (STATE, ENV_STATE):
+            try:
+                stacked[key] = torch.from_numpy(
+                    np.stack([np.asarray(o[key]) for o in observations])
+                )
+            except KeyError:
+                have = sorted(observations[0]) if observations else []
+                raise ValueError(
+                    f"the observation has no {key!r} (it has {have}): the state policy reads "
+                    f"{STATE} and {ENV_STATE}; record them (rtvla record writes both) or serve "
+                    "a policy trained on these features"
+                ) from None
+        return self(stacked[STATE], stacked[ENV_STATE], instructions)
+
+
+# ---- build ----------------------------------------------------------------------------------
+
+
+class MixerBlock(nn.Module):
+    """adaLN-modulated MLP-mixer block over (B, H, C) action tokens."""
+
+    def __init__(self, config: StateFlowConfig) -> None:
+        super().__init__()
+        H, C = config.chunk_length, config.width
+        self.norm1 = nn.LayerNorm(C, elementwise_affine=False)
+        self.token_mlp = nn.Sequential(
+            nn.Linear(H, int(H * config.token_mlp_ratio)),
+            nn.GELU(),
+            nn.Linear(int(H * config.token_mlp_ratio), H),
+        )
+        self.norm2 = nn.LayerNorm(C, elementwise_affine=False)
+        self.channel_mlp = nn.Sequential(
+            nn.Linear(C, int(C * config.channel_mlp_ratio)),
+            nn.GELU(),
+            nn.Linear(int(C * config.channel_mlp_ratio), C),
+        )
+        self.modulation = nn.Linear(C, 6 * C)  # shift, scale, gate for both MLPs
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        """x (B, H, C), cond (B, H, C) -> (B, H, C)."""
+        s1, b1, g1, s2, b2, g2 = self.modulation(cond).chunk(6, dim=-1)  # each (B, H, C)
+        h = self.norm1(x) * (1 + s1) + b1
+        x = x + g1 * self.token_mlp(h.transpose(1, 2)).transpose(1, 2)
+        h = self.norm2(x) * (1 + s2) + b2
+        return x + g2 * self.channel_mlp(h)
+
+
+def time_embedding(tau: Tensor, dim: int) -> Tensor:
+    """Sinusoidal embedding of flow time (...,) -> (..., dim)."""
+    half = dim // 2
+    freqs = torch.exp(-np.log(1000.0) * torch.arange(half, device=tau.device) / half)
+    angles = tau[..., None].float() * 1000.0 * freqs
+    return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+class StateFlow(nn.Module):
+    """The state-based flow policy: ``velocity(batch, x_tau, tau)`` and its training loss."""
+
+    def __init__(self, config: StateFlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        C = config.width
+        self.words = nn.EmbeddingBag(HASH_BUCKETS, C, mode="mean", padding_idx=0)
+        self.obs = nn.Sequential(
+            nn.Linear(config.state_dim + config.env_state_dim + C, C),
+            nn.GELU(),
+            nn.Linear(C, C),
+            nn.GELU(),
+            nn.Linear(C, C),
+        )
+        self.time = nn.Sequential(nn.Linear(C, C), nn.GELU(), nn.Linear(C, C))
+        self.action_in = nn.Linear(config.action_dim, C)
+        self.position = nn.Parameter(torch.randn(config.chunk_length, C) * 0.02)
+        self.blocks = nn.ModuleList(MixerBlock(config) for _ in range(config.depth))
+        self.norm_out = nn.LayerNorm(C)
+        self.action_out = nn.Linear(C, config.action_dim)
+
+    def encode(self, batch: dict[str, Tensor]) -> Tensor:
+        """The observation embedding (B, C), computed once per chunk."""
+        lang = self.words(batch["words"])  # (B, C)
+        return self.obs(torch.cat([batch[STATE], batch[ENV_STATE], lang], dim=-1))
+
+    def velocity(self, obs: Tensor, x: Tensor, tau: Tensor) -> Tensor:
+        """v(x_tau, tau | obs): obs (B, C), x (B, H, A), tau (B,) or (B, H) -> (B, H, A)."""
+        B, H, _ = x.shape
+        tau = tau[:, None].expand(B, H) if tau.ndim == 1 else tau  # (B, H)
+        cond = obs[:, None, :] + self.time(time_embedding(tau, self.config.width))  # (B, H, C)
+        h = self.action_in(x) + self.position  # (B, H, C)
+        for block in self.blocks:
+            h = block(h, cond)
+        return self.action_out(self.norm_out(h))
+
+    # ---- loss -----------------------------------------------------------------------------
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Training loss: (loss, {"loss", "fm"}). With rtc_training_max_delay = K > 0 each
+        example's first d ~ U{0..K} actions are clean (tau = 1) and out of the loss."""
+        cfg = self.config
+        actions = batch["action"]  # (B, H, A), normalized
+        B, H = actions.shape[:2]
+        if actions.shape[1:] != (cfg.chunk_length, cfg.action_dim):
+            raise ValueError(
+                f"action has shape {tuple(actions.shape)}, the policy expects "
+                f"(B, {cfg.chunk_length}, {cfg.action_dim}): set chunk_length / action_dim"
+            )
+        mask = ~batch["action_is_pad"]  # (B, H)
+        noise = torch.randn_like(actions)
+        tau = sample_tau((B,), cfg.time_alpha, cfg.time_beta, cfg.max_tau, device=actions.device)
+        if cfg.rtc_training_max_delay > 0:
+            delay = torch.randint(0, cfg.rtc_training_max_delay + 1, (B,), device=actions.device)
+            tau, postfix = prefix_flow_time(tau, delay, H)  # (B, H), (B, H)
+            mask = mask & postfix
+        v = self.velocity(self.encode(batch), interpolate(actions, noise, tau), tau)
+        fm = flow_matching_loss(v, actions, noise, mask)
+        return fm, {"loss": fm, "fm": fm}
+
+    # ---- sample ---------------------------------------------------------------------------
+
+    def velocity_fn(self, batch: dict[str, Tensor]) -> VelocityFn:
+        """Encode the observations once; v(x, tau) is differentiable w.r.t. x (RTC's VJP)."""
+        obs = self.encode(batch)
+        return lambda x, tau: self.velocity(obs, x, tau)
+
+
+# ---- checkpoint extras ----------------------------------------------------------------------
+
+KIND = "state_flow"  # config.json "kind" of its checkpoints
+NORMALIZED = (STATE, ENV_STATE, "action")
+CONFIG_KEYS = {f.name for f in dataclasses.fields(StateFlowConfig)}
+
+
+def state_flow_config(features: dict[str, dict], policy: Mapping) -> StateFlowConfig:
+    """The config for a dataset's features and the ``policy/`` config group entry."""
+    if ENV_STATE not in features:
+        raise ValueError(
+            f"the dataset has no {ENV_STATE} (it has {sorted(features)}): the state policy reads "
+            "the scene state; record the dataset with this version of rtvla record (render=false "
+            "is enough), or train policy=vla from the cameras"
+        )
+    unknown = set(policy) - CONFIG_KEYS - {"name"}
+    if unknown:
+        raise ValueError(f"policy config keys {sorted(unknown)} are unknown; valid: {CONFIG_KEYS}")
+    return StateFlowConfig(
+        **{k: v for k, v in policy.items() if k in CONFIG_KEYS},
+        state_dim=features[STATE]["shape"][0],
+        env_state_dim=features[ENV_STATE]["shape"][0],
+        action_dim=features["action"]["shape"][0],
+    )
+
+
+class StateCollator:
+    """Dataset items -> the training batch, through the serving preprocessor."""
+
+    def __init__(self, preprocessor: StatePreprocessor, instruction: str = "task") -> None:
+        self.preprocessor, self.instruction = preprocessor, instruction
+
+    def __call__(self, items: list[dict]) -> dict[str, Tensor]:
+        from policies.data import instruction_of
+
+        batch = self.preprocessor(
+            torch.stack([it[STATE] for it in items]),  # (B, S)
+            torch.stack([it[ENV_STATE] for it in items]),  # (B, E)
+            [instruction_of(it, self.instruction) for it in items],
+        )
+        actions = torch.stack([it["action"] for it in items])  # (B, H, A)
+        batch["action"] = self.preprocessor.normalizer.normalize("action", actions)
+        batch["action_is_pad"] = torch.stack([it["action_is_pad"] for it in items])  # (B, H)
+        return batch
+
+
+def checkpoint_meta(config: StateFlowConfig) -> dict:
+    """What config.json holds for this kind, beside fps, features and the training config."""
+    return {"kind": KIND, "state_flow_config": dataclasses.asdict(config)}
+
+
+def write_extra(normalizer: Normalizer) -> Callable[[Path], None]:
+    """The checkpoint's extra files: the normalizer of state, scene state and actions."""
+    from safetensors.torch import save_file
+
+    return lambda folder: save_file(normalizer.state_dict(), folder / "normalizer.safetensors")
+
+
+def load_state_flow(folder: Path, device: str | torch.device = "cpu"):
+    """A state-flow checkpoint folder as a ``policies.inference.FlowPolicy``."""
+    from safetensors.torch import load_file
+
+    from policies.checkpoint import checkpoint_model_id, wire_features
+    from policies.inference import FlowPolicy
+
+    meta = json.loads((folder / "config.json").read_text())
+    model = StateFlow(StateFlowConfig(**meta["state_flow_config"]))
+    model.load_state_dict(load_file(folder / "model.safetensors"))
+    normalizer = Normalizer.from_state_dict(load_file(folder / "normalizer.safetensors"))
+    return FlowPolicy(
+        model.to(device), StatePreprocessor(normalizer).observations, normalizer,
+        model_id=checkpoint_model_id(folder), fps=meta["fps"],
+        features=wire_features({k: v for k, v in meta["features"].items()
+                                if k in (STATE, ENV_STATE)}),
+    )  # fmt: skip
