@@ -2,7 +2,7 @@
 
 pi0 (Black et al. 2024, "pi0: A Vision-Language-Action Flow Model for General Robot
 Control"): a backbone reads [images, language, state] (``policies/backbone.py``) and an action
-expert (``policies/expert.py``) denoises an (H, action_dim) chunk by flow matching
+expert (``policies/action_expert.py``) denoises an (H, action_dim) chunk by flow matching
 (``policies/flow.py``), attending to the backbone's keys/values layer by layer.
 
 Knowledge insulation (Driess et al. 2025, "Knowledge Insulating Vision-Language-Action
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
-from policies.expert import ActionExpert
+from policies.action_expert import ActionExpert
 from policies.flow import VelocityFn, euler_sample, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import prefix_flow_time
 
