@@ -1,4 +1,4 @@
-"""Chunk latency of the default VLA (prefix once + 10 Euler steps of the expert) and its
+"""Chunk latency of the default VLA (prefix once + 10 Euler steps of the action expert) and its
 training throughput, on the CPU and, when there is one, on a GPU. Prints one JSON line.
 
     uv run python bench/policy_speed.py [--repeats 50] [--batch 32]

@@ -84,9 +84,8 @@ def sim_speed(d: dict) -> str:
         [f"control ticks/s (n_substeps {d['n_substeps']}, no rendering)", d["control_ticks_per_s"]],
     ]
     rows += [[f"render frames/s, {cam} camera", fps] for cam, fps in d["render_fps"].items()]
-    rows.append(
-        ["recording frames/s (expert + 2 cameras + dataset writing)", d["recording_frames_per_s"]]
-    )
+    recording = "recording frames/s (demonstrator + 2 cameras + dataset writing)"
+    rows.append([recording, d["recording_frames_per_s"]])
     note = (
         f"Task `{d['task']}`, {d['image_size']}x{d['image_size']} images, GL `{d['gl_backend']}`."
     )
@@ -108,7 +107,8 @@ def policy_speed(d: dict) -> str:
             )
     note = (
         f"Default VLA, {fmt(d['parameters'])} parameters, randomly initialised; chunk = prefix "
-        f"once + 10 Euler steps of the expert, batch 1; torch {d['torch']}, {d['threads']} threads."
+        f"once + 10 Euler steps of the action expert, batch 1; torch {d['torch']}, "
+        f"{d['threads']} threads."
     )
     header = ["device", "chunk p50 ms", "chunk p99 ms", "training samples/s"]
     return note + "\n\n" + table(header, rows)

@@ -1,5 +1,5 @@
 """Simulator speed: physics steps/s, control ticks/s, render frames/s per camera, and
-recording frames/s (expert + both cameras + LeRobotDataset writing, end to end).
+recording frames/s (demonstrator + both cameras + LeRobotDataset writing, end to end).
 
 Prints one line of JSON. One function per measurement; each builds its own environment.
 
@@ -19,12 +19,12 @@ import sim  # first: picks the OpenGL backend before mujoco loads
 import mujoco
 import numpy as np
 
-from sim import SimEnv, make_expert
+from sim import SimEnv, make_demonstrator
 from sim.render import CameraRenderer, gl_backend
 
 
-def run_expert(env: SimEnv, ticks: int, seed: int = 0) -> list[float]:
-    """Step ``env`` with its expert for ``ticks`` ticks (new episodes as needed).
+def run_demonstrator(env: SimEnv, ticks: int, seed: int = 0) -> list[float]:
+    """Step ``env`` with its demonstrator for ``ticks`` ticks (new episodes as needed).
 
     Returns the wall time of each ``env.step`` call, in seconds.
     """
@@ -32,9 +32,9 @@ def run_expert(env: SimEnv, ticks: int, seed: int = 0) -> list[float]:
     episode = 0
     while len(times) < ticks:
         env.reset(seed=seed + episode)
-        expert = make_expert(env, np.random.default_rng(seed + episode))
-        while not expert.done and len(times) < ticks:
-            action, _ = expert.act()
+        demonstrator = make_demonstrator(env, np.random.default_rng(seed + episode))
+        while not demonstrator.done and len(times) < ticks:
+            action, _ = demonstrator.act()
             start = time.perf_counter()
             env.step(action)
             times.append(time.perf_counter() - start)
@@ -45,30 +45,30 @@ def run_expert(env: SimEnv, ticks: int, seed: int = 0) -> list[float]:
 def physics_steps_per_s(task: str, steps: int = 20_000) -> float:
     """Raw ``mj_step`` throughput from a mid-episode state (the arm moving, objects resting)."""
     env = SimEnv(task, render=False)
-    run_expert(env, ticks=30)
+    run_demonstrator(env, ticks=30)
     start = time.perf_counter()
     mujoco.mj_step(env.model, env.data, nstep=steps)
     return steps / (time.perf_counter() - start)
 
 
 def control_ticks_per_s(task: str, ticks: int = 600) -> float:
-    """``env.step`` calls per second without rendering, driven by the expert."""
-    times = run_expert(SimEnv(task, render=False), ticks)
+    """``env.step`` calls per second without rendering, driven by the demonstrator."""
+    times = run_demonstrator(SimEnv(task, render=False), ticks)
     return len(times) / sum(times)
 
 
 def render_fps(task: str, image_size: int, frames: int) -> dict[str, float]:
-    """Frames per second of each camera (1 / median frame time) along an expert episode."""
+    """Frames per second of each camera (1 / median frame time) along a demonstrator episode."""
     env = SimEnv(task, render=False)
     renderer = CameraRenderer(env.model, image_size)
     times: dict[str, list[float]] = {cam: [] for cam in env.cameras}
-    episode, expert = -1, None
+    episode, demonstrator = -1, None
     for _ in range(frames):
-        if expert is None or expert.done:
+        if demonstrator is None or demonstrator.done:
             episode += 1
             env.reset(seed=episode)
-            expert = make_expert(env, np.random.default_rng(episode))
-        env.step(expert.act()[0])
+            demonstrator = make_demonstrator(env, np.random.default_rng(episode))
+        env.step(demonstrator.act()[0])
         for cam in env.cameras:
             start = time.perf_counter()
             renderer.render(env.data, cam)

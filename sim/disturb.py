@@ -1,14 +1,14 @@
 """Failures while a policy is in control: a push that drags the arm off course, and the
-scripted expert's recovery from it.
+scripted demonstrator's recovery from it.
 
-The experts inject their failures inside their own scripts (``sim/tasks/``), which needs the
-expert in control. When a learned policy drives the arm, a failure has to come from outside:
+The demonstrators inject their failures inside their own scripts (``sim/tasks/``), which needs the
+demonstrator in control. When a learned policy drives the arm, a failure has to come from outside:
 a ``Disturbance`` takes over the arm's commands at a random tick and drags the grip site
 ``distance`` metres in a random horizontal direction along a minimum-jerk path for
 ``duration_s`` (a bump, or a hand pulling the arm aside), holding the policy's gripper
 command; afterwards the policy's commands apply again, from wherever the arm was left.
 
-``Recovery`` is what the task's scripted expert does about it: move back to where the push
+``Recovery`` is what the task's scripted demonstrator does about it: move back to where the push
 began, labelled as a correction with direction words ("move left", "move back and up"), then
 run its own script from there (it replans from the objects' current poses).
 """
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.ik import DiffIK, min_jerk
-from sim.tasks import Labels, make_expert
+from sim.tasks import Labels, make_demonstrator
 from sim.tasks.base import Step, direction_words
 
 if TYPE_CHECKING:
@@ -97,28 +97,30 @@ class Disturbance:
 
 
 class Recovery:
-    """The task's scripted expert taking over a disturbed episode: back to ``origin`` (a
+    """The task's scripted demonstrator taking over a disturbed episode: back to ``origin`` (a
     correction), then its own script to the end.
 
     The takeover starts a new episode as far as recording goes, so the env's tick count
-    restarts at 0 and the expert gets the task's full ``max_steps``.
+    restarts at 0 and the demonstrator gets the task's full ``max_steps``.
     """
 
     def __init__(self, env: SimEnv, rng: np.random.Generator, origin: np.ndarray) -> None:
         env.tick = 0
-        self.expert = make_expert(env, rng, failure_prob=0.0)
-        self.error = np.asarray(origin) - self.expert.site_pos()  # (3,)
+        self.demonstrator = make_demonstrator(env, rng, failure_prob=0.0)
+        self.error = np.asarray(origin) - self.demonstrator.site_pos()  # (3,)
         self._steps = self._script(np.asarray(origin))
 
     def _script(self, origin: np.ndarray) -> Iterator[Step]:
-        expert = self.expert
-        step = expert.task.phases()[0]  # the expert's script starts over from its first phase
+        demonstrator = self.demonstrator
+        step = demonstrator.task.phases()[
+            0
+        ]  # the demonstrator's script starts over from its first phase
         fix = Labels(step, direction_words(self.error), correction=True)
-        yield from expert.move(origin, fix)
-        yield from expert.settle(fix)
-        while not expert.done:
-            yield expert.act()
+        yield from demonstrator.move(origin, fix)
+        yield from demonstrator.settle(fix)
+        while not demonstrator.done:
+            yield demonstrator.act()
 
     def act(self) -> Step | None:
-        """The next action and labels, None once the expert is done."""
+        """The next action and labels, None once the demonstrator is done."""
         return next(self._steps, None)

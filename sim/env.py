@@ -23,7 +23,7 @@ import numpy as np
 from sim.ik import DiffIK, down_rotation
 from sim.render import CameraRenderer
 from sim.robot import CAMERAS, GRIPPER_OPEN, JOINT_NAMES, RobotIndex, build_scene
-from sim.tasks import TASKS, Task, make_expert
+from sim.tasks import TASKS, Task, make_demonstrator
 from sim.tasks.base import CONTROL_HZ_REF
 
 logger = logging.getLogger(__name__)
@@ -165,10 +165,10 @@ def make_env(task: str, **kwargs: Any) -> SimEnv:
     return SimEnv(task, **kwargs)
 
 
-def evaluate_expert(
+def evaluate_demonstrator(
     task: str, episodes: int, failure_prob: float = 0.0, seed: int = 0
 ) -> dict[str, float | int]:
-    """Run the scripted expert for ``episodes`` seeded episodes without rendering.
+    """Run the scripted demonstrator for ``episodes`` seeded episodes without rendering.
 
     Episode ``i`` resets with seed ``seed + i``. Returns the success rate, how many episodes
     had a failure injected, how many of those still succeeded, and the mean episode length.
@@ -177,15 +177,17 @@ def evaluate_expert(
     successes = injected = recovered = total_ticks = 0
     for i in range(episodes):
         env.reset(seed=seed + i)
-        expert = make_expert(env, np.random.default_rng((seed, i)), failure_prob)
-        while not expert.done:
-            env.step(expert.act()[0])
+        demonstrator = make_demonstrator(env, np.random.default_rng((seed, i)), failure_prob)
+        while not demonstrator.done:
+            env.step(demonstrator.act()[0])
         ok = env.success()
         successes += ok
-        injected += expert.failure is not None
-        recovered += ok and expert.failure is not None
+        injected += demonstrator.failure is not None
+        recovered += ok and demonstrator.failure is not None
         total_ticks += env.tick
-        logger.debug("episode %d: success=%s failure=%s ticks=%d", i, ok, expert.failure, env.tick)
+        logger.debug(
+            "episode %d: success=%s failure=%s ticks=%d", i, ok, demonstrator.failure, env.tick
+        )
     env.close()
     return {
         "episodes": episodes,

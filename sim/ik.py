@@ -1,6 +1,6 @@
 """Differential inverse kinematics for the grip site, on MuJoCo Jacobians.
 
-The experts steer the ``grip`` site (between the finger pads) with the gripper pointing
+The demonstrators steer the ``grip`` site (between the finger pads) with the gripper pointing
 straight down. The 5-DoF arm can reach that orientation with any yaw about the vertical, so
 the target is a full rotation: ``down_rotation(yaw)``, where ``yaw`` is the direction of the
 fingers' closing axis in the table plane.

@@ -5,8 +5,8 @@ Each frame pairs the observation taken at tick t (joint positions, the scene sta
 commanded at tick t, plus the episode's language instruction (lerobot's ``task``) and the
 SRT-H hierarchy labels:
 
-- ``step_instruction`` (string): the phase the expert is in, e.g. "grasp the red cube";
-- ``corrective_instruction`` (string): what the expert is doing to recover, "" when nothing;
+- ``step_instruction`` (string): the phase the demonstrator is in, e.g. "grasp the red cube";
+- ``corrective_instruction`` (string): what the demonstrator is doing to recover, "" when nothing;
 - ``correction`` (bool): whether this frame belongs to a recovery.
 
 lerobot 0.6's own language columns (``language_persistent``/``language_events``) are filled
@@ -31,7 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sim.env import SimEnv
-from sim.tasks import Labels, make_expert
+from sim.tasks import Labels, make_demonstrator
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,9 @@ def record_dataset(
     max_attempts: int | None = None,
     progress: bool = True,
 ) -> RecordingSummary:
-    """Record ``episodes`` successful expert episodes of ``env``'s task into ``output``.
+    """Record ``episodes`` successful demonstrator episodes of ``env``'s task into ``output``.
 
-    Episode attempt k is reset with seed ``seed + k``; attempts where the expert fails are
+    Episode attempt k is reset with seed ``seed + k``; attempts where the demonstrator fails are
     discarded (and counted), up to ``max_attempts`` (default ``2 * episodes``).
     """
     if episodes < 1:
@@ -175,16 +175,16 @@ def record_dataset(
 
 
 def _record_episode(env: SimEnv, dataset, seed: int, failure_prob: float) -> tuple[bool, int, bool]:
-    """Run one expert episode into the dataset's buffer: (success, frames, failure injected)."""
+    """One demonstrator episode into the dataset's buffer: (success, frames, failure injected)."""
     obs = env.reset(seed=seed)
-    expert = make_expert(env, np.random.default_rng(seed), failure_prob=failure_prob)
+    demonstrator = make_demonstrator(env, np.random.default_rng(seed), failure_prob=failure_prob)
     n = 0
-    while not expert.done and env.tick < env.max_steps:
-        action, labels = expert.act()
+    while not demonstrator.done and env.tick < env.max_steps:
+        action, labels = demonstrator.act()
         add_frame(dataset, obs, action, labels, env.instruction)
         obs = env.step(action)
         n += 1
-    return env.success(), n, expert.failure is not None
+    return env.success(), n, demonstrator.failure is not None
 
 
 def create_dataset(env: SimEnv, root: Path, *, repo_id: str, video: bool = False):

@@ -2,7 +2,7 @@
 
 The simulator is deterministic for a given reset seed, so replaying an episode's actions
 from the seed it was recorded with must reproduce its states and its success. That makes a
-replay the end-to-end check that a dataset holds what the expert did.
+replay the end-to-end check that a dataset holds what the demonstrator did.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ Kinematics (zero pose: upper arm vertical, forearm and gripper pointing forward)
                    joint equality, so one actuator drives both. 0 = closed, 0.035 = fully open.
 
 The gripper's tip is 0.1 m from the wrist_flex axis; the site ``grip`` sits between the finger
-pads (0.08 m from the axis) and is the point the experts steer.
+pads (0.08 m from the axis) and is the point the demonstrators steer.
 """
 
 from __future__ import annotations

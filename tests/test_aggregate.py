@@ -1,4 +1,4 @@
-"""Pushes during policy rollouts (sim/disturb.py), the expert's recovery from them, `rtvla run
+"""Pushes during policy rollouts (sim/disturb.py), the demonstrator's recovery from them, `rtvla run
 failure_prob=`, and `rtvla aggregate` turning takeovers into correction episodes."""
 
 import numpy as np
@@ -8,7 +8,7 @@ from sim import SimEnv
 from sim.disturb import Disturbance, Recovery
 
 
-def test_a_push_drags_the_arm_off_course_and_the_expert_recovers():
+def test_a_push_drags_the_arm_off_course_and_the_demonstrator_recovers():
     env = SimEnv("reach", render=False)
     push = Disturbance(env, probability=1.0, distance=0.04, duration_s=0.5, window=(0.1, 0.1))
     env.reset(seed=3)
@@ -76,7 +76,7 @@ def tiny_hierarchy(reach_corrections_dataset, tmp_path_factory):
     return root / "low", root / "high"
 
 
-def test_aggregate_records_the_expert_corrections_and_merges_them(
+def test_aggregate_records_the_demonstrator_corrections_and_merges_them(
     reach_corrections_dataset, tiny_hierarchy, tmp_path
 ):
     from hydra import compose, initialize_config_dir

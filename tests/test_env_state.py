@@ -6,7 +6,7 @@ import mujoco
 import numpy as np
 import pytest
 
-from sim import TASKS, SimEnv, make_expert
+from sim import TASKS, SimEnv, make_demonstrator
 from sim.env import ENV_STATE
 
 
@@ -72,14 +72,14 @@ def test_pick_place_state_tracks_the_lifted_cube(envs: dict[str, SimEnv]) -> Non
     env.reset(seed=0)
     task = env.task
     body = env.model.body(f"cube_{task.color}").id
-    expert = make_expert(env, np.random.default_rng(0))
+    demonstrator = make_demonstrator(env, np.random.default_rng(0))
 
     def lifted() -> bool:  # held 3.5 cm above where it lay
         return task.holding(task.color) and task.cube_pos(task.color)[2] > 0.05
 
-    while not expert.done and not lifted():
-        env.step(expert.act()[0])
-    assert lifted(), f"the expert did not lift the cube in {env.tick} ticks"
+    while not demonstrator.done and not lifted():
+        env.step(demonstrator.act()[0])
+    assert lifted(), f"the demonstrator did not lift the cube in {env.tick} ticks"
     state = named(env)
     cube = [state[f"cube_{task.color}.{axis}"] for axis in "xyz"]
     np.testing.assert_allclose(cube, env.data.xpos[body], atol=1e-3)

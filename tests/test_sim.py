@@ -1,4 +1,4 @@
-"""The MuJoCo simulator: robot, environment, tasks and scripted experts."""
+"""The MuJoCo simulator: robot, environment, tasks and scripted demonstrators."""
 
 import math
 
@@ -6,24 +6,34 @@ import numpy as np
 import pytest
 
 import sim
-from sim import JOINT_NAMES, TASKS, Labels, SimEnv, evaluate_expert, make_env, make_expert
+from sim import (
+    JOINT_NAMES,
+    TASKS,
+    Labels,
+    SimEnv,
+    evaluate_demonstrator,
+    make_demonstrator,
+    make_env,
+)
 from sim.ik import DiffIK, closing_yaw, down_rotation
 from sim.tasks.base import direction_words
-from sim.tasks.pick_place import PickPlaceExpert
-from sim.tasks.reach import ReachExpert
+from sim.tasks.pick_place import PickPlaceDemonstrator
+from sim.tasks.reach import ReachDemonstrator
 
 
 def run_episode(env: SimEnv, seed: int, failure: str | None = None) -> list[Labels]:
-    """Reset with ``seed`` and run the expert to the end; return the labels of every frame.
+    """Reset with ``seed`` and run the demonstrator to the end; return the labels of every frame.
 
-    ``failure`` forces the kind of failure the expert injects (None: no failure).
+    ``failure`` forces the kind of failure the demonstrator injects (None: no failure).
     """
     env.reset(seed=seed)
-    expert = make_expert(env, np.random.default_rng(seed), failure_prob=float(failure is not None))
-    expert.failure = failure
+    demonstrator = make_demonstrator(
+        env, np.random.default_rng(seed), failure_prob=float(failure is not None)
+    )
+    demonstrator.failure = failure
     labels = []
-    while not expert.done:
-        action, label = expert.act()
+    while not demonstrator.done:
+        action, label = demonstrator.act()
         assert action.shape == (6,) and action.dtype == np.float32
         env.step(action)
         labels.append(label)
@@ -32,7 +42,7 @@ def run_episode(env: SimEnv, seed: int, failure: str | None = None) -> list[Labe
 
 @pytest.fixture(scope="module")
 def envs() -> dict[str, SimEnv]:
-    """One rendering-free environment per task, shared by the expert tests."""
+    """One rendering-free environment per task, shared by the demonstrator tests."""
     made = {name: SimEnv(name, render=False) for name in TASKS}
     yield made
     for env in made.values():
@@ -49,7 +59,7 @@ def test_public_api() -> None:
         "gripper",
     )
     assert set(TASKS) == {"reach", "pick_place"}
-    assert callable(sim.evaluate_expert)
+    assert callable(sim.evaluate_demonstrator)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
@@ -151,15 +161,15 @@ def test_bad_config_is_rejected(kwargs: dict, match: str) -> None:
 
 def test_bad_failure_prob_is_rejected(envs: dict[str, SimEnv]) -> None:
     with pytest.raises(ValueError, match=r"failure_prob=1\.5 must be in"):
-        make_expert(envs["reach"], np.random.default_rng(0), failure_prob=1.5)
+        make_demonstrator(envs["reach"], np.random.default_rng(0), failure_prob=1.5)
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 @pytest.mark.parametrize("seed", [0, 1])
-def test_expert_succeeds(envs: dict[str, SimEnv], task: str, seed: int) -> None:
+def test_demonstrator_succeeds(envs: dict[str, SimEnv], task: str, seed: int) -> None:
     env = envs[task]
     labels = run_episode(env, seed)
-    assert env.success(), f"{task} seed {seed}: expert failed after {env.tick} ticks"
+    assert env.success(), f"{task} seed {seed}: demonstrator failed after {env.tick} ticks"
     assert env.tick < env.max_steps
     assert not any(label.correction for label in labels)
     assert all(label.corrective_instruction == "" for label in labels)
@@ -170,10 +180,12 @@ def test_expert_succeeds(envs: dict[str, SimEnv], task: str, seed: int) -> None:
 
 @pytest.mark.parametrize(
     ("task", "failure"),
-    [("reach", kind) for kind in ReachExpert.FAILURES]
-    + [("pick_place", kind) for kind in PickPlaceExpert.FAILURES],
+    [("reach", kind) for kind in ReachDemonstrator.FAILURES]
+    + [("pick_place", kind) for kind in PickPlaceDemonstrator.FAILURES],
 )
-def test_expert_recovers_from_failure(envs: dict[str, SimEnv], task: str, failure: str) -> None:
+def test_demonstrator_recovers_from_failure(
+    envs: dict[str, SimEnv], task: str, failure: str
+) -> None:
     env = envs[task]
     labels = run_episode(env, seed=3, failure=failure)
     assert env.success(), f"{task} with {failure}: no recovery after {env.tick} ticks"
@@ -183,8 +195,8 @@ def test_expert_recovers_from_failure(envs: dict[str, SimEnv], task: str, failur
     assert all(label.step_instruction in env.task.phases() for label in labels)
 
 
-def test_evaluate_expert() -> None:
-    result = evaluate_expert("reach", episodes=3, failure_prob=1.0, seed=5)
+def test_evaluate_demonstrator() -> None:
+    result = evaluate_demonstrator("reach", episodes=3, failure_prob=1.0, seed=5)
     assert result["episodes"] == 3 and result["failures_injected"] == 3
     assert result["success_rate"] == 1.0 and result["recovered"] == 3
     assert result["mean_episode_ticks"] > 0
@@ -212,6 +224,6 @@ def test_ik_points_the_gripper_down(envs: dict[str, SimEnv]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(TASKS))
 @pytest.mark.parametrize("failure_prob", [0.0, 1.0])
-def test_expert_success_rate(task: str, failure_prob: float) -> None:
-    result = evaluate_expert(task, episodes=100, failure_prob=failure_prob)
+def test_demonstrator_success_rate(task: str, failure_prob: float) -> None:
+    result = evaluate_demonstrator(task, episodes=100, failure_prob=failure_prob)
     assert result["success_rate"] >= 0.95, result

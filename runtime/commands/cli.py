@@ -23,8 +23,8 @@ CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 COMMANDS: dict[str, str] = {
     "demo": "the quickstart: the shipped policy served over ZMQ to the RTC controller in MuJoCo",
-    "record": "record scripted expert demonstrations as a LeRobotDataset v3",
-    "expert": "measure the scripted expert's success rate (with or without injected failures)",
+    "record": "record scripted demonstrations as a LeRobotDataset v3",
+    "demonstrator": "the scripted demonstrator's success rate, with or without injected failures",
     "fit-fast": "fit a FAST action tokenizer on a dataset's action chunks",
     "eval": "success rate of a checkpoint in MuJoCo with synchronous chunk execution",
     "train": "train the VLA (knowledge insulation, optional training-time RTC) on a dataset",
@@ -33,7 +33,7 @@ COMMANDS: dict[str, str] = {
     "export": "copy what inference needs from a checkpoint (no optimizer state)",
     "serve": "serve a checkpoint (or the synthetic model) to controllers over ZMQ",
     "operator": "send a running controller an instruction override, its release, or an e-stop",
-    "aggregate": "roll out the hierarchy with pushes; record the expert's corrections as episodes",
+    "aggregate": "roll out the hierarchy with pushes; record the demonstrator's corrections",
 }
 # Commands whose first argument, when it is not key=value, sets this key:
 # `rtvla operator "move left" timeout_s=3` is `rtvla operator instruction='move left' timeout_s=3`.

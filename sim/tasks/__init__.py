@@ -1,4 +1,4 @@
-"""Task registry: one task per file, each with its scripted expert."""
+"""Task registry: one task per file, each with its scripted demonstrator."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sim.tasks.base import Expert, Labels, Task
+from sim.tasks.base import Demonstrator, Labels, Task
 from sim.tasks.pick_place import PickPlace
 from sim.tasks.reach import Reach
 
@@ -16,13 +16,15 @@ if TYPE_CHECKING:
 TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Reach, PickPlace)}
 
 
-def make_expert(env: SimEnv, rng: np.random.Generator, failure_prob: float = 0.0) -> Expert:
-    """The scripted expert of ``env``'s task for the current episode (call after reset).
+def make_demonstrator(
+    env: SimEnv, rng: np.random.Generator, failure_prob: float = 0.0
+) -> Demonstrator:
+    """The scripted demonstrator of ``env``'s task for the current episode (call after reset).
 
     With probability ``failure_prob`` it injects one failure of a random kind and recovers,
     labelling the recovery frames as corrections.
     """
-    return env.task.make_expert(env, rng, failure_prob)
+    return env.task.make_demonstrator(env, rng, failure_prob)
 
 
-__all__ = ["TASKS", "Expert", "Labels", "Task", "make_expert"]
+__all__ = ["TASKS", "Demonstrator", "Labels", "Task", "make_demonstrator"]

@@ -1,9 +1,9 @@
-"""The task interface and the scripted-expert machinery shared by all tasks.
+"""The task interface and the scripted-demonstrator machinery shared by all tasks.
 
 A :class:`Task` adds its objects to the scene, randomizes them on reset, names the episode's
 language instruction and phases, and detects success from the simulator state.
 
-An :class:`Expert` is a script written as a generator: each ``yield`` is one control tick's
+A :class:`Demonstrator` is a script written as a generator: each ``yield`` is one control tick's
 absolute joint targets and labels. Motions are minimum-jerk paths of the grip site (pointing
 down, at a given yaw) turned into joint targets by differential IK, so the recorded actions
 are smooth. Scripts read the simulator between ticks, so they can notice failures and replan.
@@ -39,7 +39,7 @@ class Labels:
 
     step_instruction: str  # the current phase, e.g. "grasp the red cube"
     corrective_instruction: str = ""  # e.g. "move left"; "" when no correction applies
-    correction: bool = False  # True while the expert recovers from a failure
+    correction: bool = False  # True while the demonstrator recovers from a failure
 
 
 Step = tuple[np.ndarray, Labels]  # action float32 (6,), labels
@@ -65,7 +65,7 @@ class Task(ABC):
 
     @abstractmethod
     def phases(self) -> tuple[str, ...]:
-        """The episode's step instructions, in the order an expert goes through them."""
+        """The episode's step instructions, in the order a demonstrator goes through them."""
 
     @abstractmethod
     def success(self) -> bool:
@@ -86,8 +86,10 @@ class Task(ABC):
         """One name per ``environment_state`` element, ``<body>.<quantity>``: "cube_red.x"."""
 
     @abstractmethod
-    def make_expert(self, env: SimEnv, rng: np.random.Generator, failure_prob: float) -> Expert:
-        """A scripted expert for the current episode (call after ``env.reset``)."""
+    def make_demonstrator(
+        self, env: SimEnv, rng: np.random.Generator, failure_prob: float
+    ) -> Demonstrator:
+        """A scripted demonstrator for the current episode (call after ``env.reset``)."""
 
 
 def sample_apart(
@@ -128,13 +130,13 @@ def arm_yaw(pos: np.ndarray, roll: float) -> float:
     """Closing-axis yaw of the down-pointing hand at ``pos`` with wrist_roll ``roll``.
 
     With the hand pointing down, yaw = pi/2 + shoulder_pan - wrist_roll, and the pan is the
-    azimuth of the grip site. Experts keep yaw continuous (not wrapped) so that a turn never
+    azimuth of the grip site. Demonstrators keep yaw continuous (not wrapped) so that a turn never
     swings the wrist the long way round.
     """
     return math.pi / 2 + math.atan2(pos[1], pos[0]) - roll
 
 
-class Expert(ABC):
+class Demonstrator(ABC):
     """A scripted demonstrator for one episode of ``env``.
 
     ``act()`` returns the next action and labels; the caller steps the env with the action.
@@ -142,7 +144,7 @@ class Expert(ABC):
     env reaches its ``max_steps``; ``failure`` names the failure injected in this episode, if any.
     """
 
-    FAILURES: ClassVar[tuple[str, ...]]  # failure kinds this expert can inject
+    FAILURES: ClassVar[tuple[str, ...]]  # failure kinds this demonstrator can inject
     SPEED = 0.08  # m/s, mean speed of the grip site along a move
     CORRECTION_SPEED = 0.05  # m/s, the same while correcting: recoveries are deliberate
     YAW_SPEED = 1.2  # rad/s, mean turning speed of the hand and of wrist_roll
@@ -244,7 +246,7 @@ class Expert(ABC):
         yield from self.move(self._pos, labels, grip=GRIPPER_OPEN)
 
     def hold(self, labels: Labels) -> Iterator[Step]:
-        """Stay still for ``HOLD_S``; the expert is done after the last of these ticks."""
+        """Stay still for ``HOLD_S``; the demonstrator is done after the last of these ticks."""
         n = self.ticks(self.HOLD_S)
         for i in range(n):
             self._finished = i == n - 1

@@ -17,7 +17,7 @@ import numpy as np
 from sim.robot import GRIPPER_CLOSED, GRIPPER_OPEN, NO_CONTACT, SCENE_CONTYPE
 from sim.tasks.base import (
     COLORS,
-    Expert,
+    Demonstrator,
     Labels,
     Step,
     Task,
@@ -115,7 +115,7 @@ class PickPlace(Task):
             f"release the {c} cube",
         )
 
-    # State queries (the expert uses them too).
+    # State queries (the demonstrator uses them too).
 
     def cube_pos(self, color: str) -> np.ndarray:
         adr = self._qpos[color]
@@ -134,7 +134,7 @@ class PickPlace(Task):
     def environment_state(self) -> np.ndarray:
         """(21,) each cube's centre and yaw, in red, green, blue order, then the bins' centres.
 
-        A quarter turn leaves a cube unchanged, so its yaw (which the expert grasps along) is
+        A quarter turn leaves a cube unchanged, so its yaw (which the demonstrator grasps along) is
         given as cos and sin of 4 * yaw: continuous, and the same for all four equal poses.
         """
         parts = []
@@ -171,8 +171,10 @@ class PickPlace(Task):
         inside = bool(np.all(np.abs(offset[:2]) < BIN_HALF - 0.005) and offset[2] < 2 * CUBE_HALF)
         return inside and not self.touching(self.color)
 
-    def make_expert(self, env: SimEnv, rng: np.random.Generator, failure_prob: float) -> Expert:
-        return PickPlaceExpert(env, rng, failure_prob)
+    def make_demonstrator(
+        self, env: SimEnv, rng: np.random.Generator, failure_prob: float
+    ) -> Demonstrator:
+        return PickPlaceDemonstrator(env, rng, failure_prob)
 
 
 ABOVE_Z = 0.08  # m, grip site height when approaching a cube
@@ -194,12 +196,12 @@ def over(pos: np.ndarray, z: float) -> np.ndarray:
     return np.array([pos[0], pos[1], z])
 
 
-class PickPlaceExpert(Expert):
+class PickPlaceDemonstrator(Demonstrator):
     """Above the cube, down, close, lift, over the bin, down, open, up.
 
     Failures: ``missed_grasp`` aims 3 cm beside the cube, ``drop`` opens the gripper halfway
     to the bin, ``knock`` sets the cube sliding a few centimetres just before the grasp. The
-    expert notices (fingers closed on nothing, cube not between the fingers, cube moved) and
+    demonstrator notices (fingers closed on nothing, cube not between the fingers, cube moved) and
     replans from the current state; the recovery frames are labelled as corrections.
     """
 

@@ -17,7 +17,7 @@ import numpy as np
 from sim.robot import NO_CONTACT
 from sim.tasks.base import (
     COLORS,
-    Expert,
+    Demonstrator,
     Labels,
     Step,
     Task,
@@ -35,7 +35,7 @@ HEIGHT_RANGE = (0.05, 0.10)  # m, height of a target's centre above the table
 MIN_SEPARATION = 0.06  # m, between target centres
 SUCCESS_RADIUS = 0.02  # m
 SETTLED_SPEED = 0.03  # m/s, the grip site must be slower than this at the target
-APPROACH_HEIGHT = 0.04  # m, the expert first moves this far above the target
+APPROACH_HEIGHT = 0.04  # m, the demonstrator first moves this far above the target
 
 
 def draw_target(rng: np.random.Generator) -> np.ndarray:
@@ -94,15 +94,17 @@ class Reach(Task):
         )
         return bool(np.linalg.norm(velocity[3:]) < SETTLED_SPEED)
 
-    def make_expert(self, env: SimEnv, rng: np.random.Generator, failure_prob: float) -> Expert:
-        return ReachExpert(env, rng, failure_prob)
+    def make_demonstrator(
+        self, env: SimEnv, rng: np.random.Generator, failure_prob: float
+    ) -> Demonstrator:
+        return ReachDemonstrator(env, rng, failure_prob)
 
 
-class ReachExpert(Expert):
+class ReachDemonstrator(Demonstrator):
     """Above the target, down onto it, hold.
 
     Failures: ``offset`` aims 4 cm to the side of the target, ``overshoot`` goes 2.5 cm too
-    low; the expert then notices the error and corrects it ("move left", "move up", ...).
+    low; the demonstrator then notices the error and corrects it ("move left", "move up", ...).
     """
 
     FAILURES = ("offset", "overshoot")

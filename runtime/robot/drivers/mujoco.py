@@ -11,9 +11,10 @@ import numpy as np
 from runtime.robot.drivers.base import ActionLimits, DriverContext, Observation
 from sim import JOINT_NAMES, SimEnv
 
-# Rate limits, a little above the scripted experts' fastest commands (joints capped at 3 rad/s,
-# finger opening peaking near 0.15 m/s), so that clamping flags a policy moving faster than any
-# demonstration and never a faithful one. An SO-100's STS3215 servos reach about 4.7 rad/s.
+# Rate limits, a little above the scripted demonstrators' fastest commands (joints capped at
+# 3 rad/s, finger opening peaking near 0.15 m/s), so that clamping flags a policy moving faster
+# than any demonstration and never a faithful one. An SO-100's STS3215 servos reach about
+# 4.7 rad/s.
 ARM_SPEED = 3.5  # rad/s, fastest commanded arm joint motion
 GRIPPER_STROKE_S = 0.15  # s, shortest time to command the gripper from closed to fully open
 

@@ -1,14 +1,15 @@
-"""``rtvla expert``: success rate of the scripted expert, with and without injected failures."""
+"""``rtvla demonstrator``: success rate of the scripted demonstrator, with and without
+injected failures."""
 
 from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from sim import evaluate_expert
+from sim import evaluate_demonstrator
 
 
 def main(cfg: DictConfig) -> dict:
-    figures = evaluate_expert(
+    figures = evaluate_demonstrator(
         cfg.task.name,
         episodes=cfg.episodes,
         failure_prob=cfg.failure_prob,
