@@ -44,10 +44,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transport import ConstantPolicy, request  # bench/ is on the path when run as a script
+from transport import request  # bench/ is on the path when run as a script
 
 from policies.rtc import align_previous_chunk, guidance_weight, guided_velocity, prefix_weights
 from runtime.robot.client import ZmqPolicyClient
+from runtime.robot.testing import ConstantPolicy
 from runtime.serving.server import PolicyServer
 from runtime.wire.protocol import ChunkReply, decode, encode
 
@@ -154,7 +155,7 @@ def lerobot_endpoint() -> Endpoint:
 
 def rtvla_endpoint() -> Endpoint:
     """Our PolicyServer and a ZmqPolicyClient."""
-    server = PolicyServer(ConstantPolicy(), "tcp://127.0.0.1:*", batch_window_ms=0)
+    server = PolicyServer(ConstantPolicy(H, A), "tcp://127.0.0.1:*", batch_window_ms=0)
     server.start_in_thread()
     client = ZmqPolicyClient(server.address, timeout_s=10.0)
     msg = request()

@@ -25,44 +25,19 @@ import numpy as np
 from runtime.robot.client import LocalPolicyClient
 from runtime.robot.clock import WallClock
 from runtime.robot.controller import Controller
-from runtime.robot.drivers.base import ActionLimits, DriverContext
+from runtime.robot.drivers.base import ActionLimits
 from runtime.robot.executors import make_executor
-from runtime.wire.info import PolicyInfo
-from runtime.wire.keys import STATE
+from runtime.robot.testing import ConstantPolicy, JumpDriver
 
 RATES_HZ = (30, 50)
 H, A = 16, 6
 
 
-class NullDriver(DriverContext):
-    """A robot that accepts every command instantly and never moves."""
-
-    def connect(self) -> None:
-        pass
-
-    def observe(self) -> dict[str, np.ndarray]:
-        return {STATE: np.zeros(A, np.float32)}
-
-    def act(self, action: np.ndarray) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def feature_spec(self) -> dict[str, dict]:
-        spec = {"dtype": "float32", "shape": (A,), "names": [f"j{i}" for i in range(A)]}
-        return {STATE: spec, "action": spec}
-
-    def limits(self) -> ActionLimits:
-        names = tuple(f"j{i}" for i in range(A))
-        return ActionLimits(low=[-1] * A, high=[1] * A, max_delta=[0.1] * A, names=names)
-
-
-class ConstantPolicy:
-    info = PolicyInfo("constant", H, A, 30.0)
-
-    def infer(self, requests):
-        return [np.zeros((H, A), np.float32) for _ in requests]
+def null_driver() -> JumpDriver:
+    """A robot that takes every command instantly (all zeros here, so it never moves)."""
+    names = tuple(f"j{i}" for i in range(A))
+    limits = ActionLimits(low=[-1] * A, high=[1] * A, max_delta=[0.1] * A, names=names)
+    return JumpDriver(names, limits=limits)
 
 
 def stats(deviation_s: np.ndarray, missed: int = 0) -> dict[str, float | int]:
@@ -77,9 +52,9 @@ def stats(deviation_s: np.ndarray, missed: int = 0) -> dict[str, float | int]:
 
 
 def controller_loop(hz: float, ticks: int) -> dict:
-    client = LocalPolicyClient(ConstantPolicy())
+    client = LocalPolicyClient(ConstantPolicy(H, A))
     executor = make_executor("naive", H, execution_horizon=4, initial_delay=2)
-    controller = Controller(NullDriver(), client, executor, WallClock(hz), watchdog_ticks=H)
+    controller = Controller(null_driver(), client, executor, WallClock(hz), watchdog_ticks=H)
     try:
         log = controller.run(ticks)
     finally:
@@ -88,7 +63,7 @@ def controller_loop(hz: float, ticks: int) -> dict:
 
 
 def wall_clock_loop(hz: float, ticks: int) -> dict:
-    driver, clock = NullDriver(), WallClock(hz)
+    driver, clock = null_driver(), WallClock(hz)
     clock.start()
     late = []
     for _ in range(ticks):
@@ -98,7 +73,7 @@ def wall_clock_loop(hz: float, ticks: int) -> dict:
 
 
 def sleep_loop(hz: float, ticks: int, to_deadline: bool) -> dict:
-    driver, period = NullDriver(), 1.0 / hz
+    driver, period = null_driver(), 1.0 / hz
     t0 = time.perf_counter()
     deviation = []
     for k in range(ticks):

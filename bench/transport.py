@@ -15,27 +15,17 @@ import argparse
 import json
 import threading
 import time
-from collections.abc import Sequence
 
 import numpy as np
 import zmq
 
+from runtime.robot.testing import ConstantPolicy
 from runtime.serving.server import PolicyServer
-from runtime.wire.info import PolicyInfo
 from runtime.wire.keys import STATE
 from runtime.wire.protocol import ChunkReply, ObservationRequest, decode, encode
 
 H, A = 50, 6
 BLOCK = 100  # round trips per alternating block
-
-
-class ConstantPolicy:
-    """Zeros, instantly: the policy costs nothing, so the server's time is transport."""
-
-    info = PolicyInfo(model_id="constant", chunk_length=H, action_dim=A, fps=30.0)
-
-    def infer(self, requests: Sequence[ObservationRequest]) -> list[np.ndarray]:
-        return [np.zeros((H, A), np.float32) for _ in requests]
 
 
 def request() -> ObservationRequest:
@@ -97,7 +87,7 @@ def main() -> None:
     threading.Thread(target=echo, args=(raw_address, reply, stop, ready), daemon=True).start()
     ready.wait()
     ctx = zmq.Context()
-    with PolicyServer(ConstantPolicy(), "tcp://127.0.0.1:*", batch_window_ms=0) as server:
+    with PolicyServer(ConstantPolicy(H, A), "tcp://127.0.0.1:*", batch_window_ms=0) as server:
         server.start_in_thread()
         clients = {}
         for name, address in (("server", server.address), ("raw", raw_address)):

@@ -1,7 +1,8 @@
 """Shared pytest fixtures.
 
 The tests folder is not a package (a dependency ships a top-level ``tests`` package), so
-shared helpers live here as fixtures rather than in an importable module.
+shared helpers live here as fixtures, and the fake policies and drivers that tests and benches
+share in ``runtime/robot/testing.py``.
 """
 
 import os
@@ -41,38 +42,8 @@ def reach_corrections_dataset(tmp_path_factory):
 
 @pytest.fixture
 def jump_driver():
-    """A two-joint robot whose joints jump to each command; ``commands`` records them."""
-    import numpy as np
+    """A two-joint robot (joints "a", "b") whose joints jump to each command; ``commands``
+    records them."""
+    from runtime.robot.testing import JumpDriver
 
-    from runtime.robot.drivers.base import ActionLimits, DriverContext
-    from runtime.wire.keys import STATE
-
-    class JumpDriver(DriverContext):
-        names = ("a", "b")
-
-        def __init__(self) -> None:
-            self.position = np.zeros(2, np.float32)
-            self.commands: list[np.ndarray] = []
-
-        def connect(self) -> None:
-            pass
-
-        def close(self) -> None:
-            pass
-
-        def observe(self) -> dict[str, np.ndarray]:
-            return {STATE: self.position.copy()}
-
-        def act(self, action: np.ndarray) -> None:
-            self.commands.append(np.array(action))
-            self.position = np.array(action, np.float32)
-
-        def feature_spec(self) -> dict[str, dict]:
-            spec = {"dtype": "float32", "shape": (2,), "names": list(self.names)}
-            return {STATE: spec, "action": spec}
-
-        def limits(self) -> ActionLimits:
-            return ActionLimits(low=[-1e6] * 2, high=[1e6] * 2, max_delta=[1e6] * 2,
-                                names=self.names)  # fmt: skip
-
-    return JumpDriver()
+    return JumpDriver(("a", "b"))

@@ -14,16 +14,15 @@ import zmq
 from runtime.robot.client import LocalPolicyClient, RequestTimeout, ZmqPolicyClient
 from runtime.robot.clock import SimClock, WallClock
 from runtime.robot.controller import Controller, run_episodes
-from runtime.robot.drivers.base import ActionLimits, DriverContext
 from runtime.robot.executors import EXECUTORS, make_executor
 from runtime.robot.runlog import RunLog
+from runtime.robot.testing import JumpDriver
 from runtime.serving.server import PolicyServer
 from runtime.wire.info import PolicyInfo
 from runtime.wire.keys import STATE
 from runtime.wire.protocol import EStop, ObservationRequest, OperatorInstruction, encode
 
 H, A = 8, 2
-BIG = 1e6
 
 
 class RampPolicy:
@@ -51,40 +50,6 @@ class RampPolicy:
         return chunks
 
 
-class RecordingDriver(DriverContext):
-    """A robot whose joints jump to each command; runs hooks[t] after the t-th command."""
-
-    def __init__(self, dim: int = A, hooks: dict[int, Callable[[], None]] | None = None) -> None:
-        self.position = np.zeros(dim, np.float32)
-        self.commands: list[np.ndarray] = []
-        self.hooks = hooks or {}
-        self.names = tuple(f"j{i}" for i in range(dim))
-
-    def connect(self) -> None:
-        pass
-
-    def observe(self) -> dict[str, np.ndarray]:
-        return {STATE: self.position.copy()}
-
-    def act(self, action: np.ndarray) -> None:
-        self.commands.append(np.array(action))
-        self.position = np.array(action, np.float32)
-        hook = self.hooks.get(len(self.commands) - 1)
-        if hook is not None:
-            hook()
-
-    def close(self) -> None:
-        pass
-
-    def feature_spec(self) -> dict[str, dict]:
-        spec = {"dtype": "float32", "shape": (len(self.names),), "names": list(self.names)}
-        return {STATE: spec, "action": spec}
-
-    def limits(self) -> ActionLimits:
-        n = len(self.names)
-        return ActionLimits(low=[-BIG] * n, high=[BIG] * n, max_delta=[BIG] * n, names=self.names)
-
-
 def executor(name: str, s: int = 3, d0: int = 1):
     params = {} if name == "ensemble" else {"execution_horizon": s}
     return make_executor(name, H, initial_delay=d0, **params)
@@ -93,7 +58,7 @@ def executor(name: str, s: int = 3, d0: int = 1):
 def controller(policy, name="naive", k=2, driver=None, s=3, **options):
     client = LocalPolicyClient(policy, timeout_s=10.0)
     ctl = Controller(
-        driver or RecordingDriver(),
+        driver or JumpDriver(),
         client,
         executor(name, s),
         SimClock(30),
@@ -117,7 +82,7 @@ def hold_runs(log: RunLog) -> list[int]:
 
 @pytest.mark.parametrize("name", EXECUTORS)
 def test_exactly_one_action_per_tick(name):
-    driver = RecordingDriver()
+    driver = JumpDriver()
     ctl, client = controller(RampPolicy(), name, k=2, driver=driver)
     log = ctl.run(30)
     client.close()
@@ -185,7 +150,7 @@ def test_rtc_smooths_the_seams_naive_jumps():
         model = GaussianChunkModel(chunk_length=16, action_dim=A, num_basis=3, sigma=1.0)
         client = LocalPolicyClient(FlowChunkPolicy(model, num_steps=8), timeout_s=30.0)
         ctl = Controller(
-            RecordingDriver(),
+            JumpDriver(),
             client,
             make_executor(name, 16, execution_horizon=5, initial_delay=3),
             SimClock(30),
@@ -263,7 +228,7 @@ def test_controller_holds_while_the_server_is_gone_and_resumes_when_it_returns()
         servers.append(PolicyServer(policy, address, log_every_s=None))
         servers[-1].start_in_thread()
 
-    driver = RecordingDriver(hooks={10: kill, 30: restart})
+    driver = JumpDriver(hooks={10: kill, 30: restart})
     client = ZmqPolicyClient(address, timeout_s=0.3)
     assert client.metadata(2.0).chunk_length == H
     ctl = Controller(
@@ -308,7 +273,7 @@ def test_estop_message_holds_until_released():
 
         return hook
 
-    driver = RecordingDriver(hooks={9: send(True), 19: send(False)})
+    driver = JumpDriver(hooks={9: send(True), 19: send(False)})
     ctl, client = controller(
         RampPolicy(), "rtc", k=2, driver=driver, operator_address="tcp://127.0.0.1:*"
     )
@@ -328,7 +293,7 @@ def test_estop_message_holds_until_released():
 
 
 def test_estop_call_holds_and_stop_ends_the_run_holding():
-    driver = RecordingDriver()
+    driver = JumpDriver()
     ctl, client = controller(RampPolicy(), "naive", k=1, driver=driver)
     driver.hooks = {5: lambda: ctl.estop("button"), 8: ctl.release_estop, 15: ctl.stop}
     log = ctl.run(100)
@@ -341,7 +306,7 @@ def test_estop_call_holds_and_stop_ends_the_run_holding():
 
 def test_operator_instruction_overrides_the_next_requests_until_it_expires():
     policy = RampPolicy()
-    driver = RecordingDriver()
+    driver = JumpDriver()
     ctl, client = controller(policy, "naive", k=1, driver=driver, instruction="pick the cube")
     override = OperatorInstruction(
         robot_id="robot", instruction="move left", timeout_s=0.5, release=False
@@ -394,7 +359,7 @@ def test_run_log_writes_plain_arrays_and_a_summary(tmp_path):
     assert both["ticks"] == 40 and both["chunks_received"] == 2 * summary["chunks_received"]
 
 
-class EpisodicDriver(RecordingDriver):
+class EpisodicDriver(JumpDriver):
     """A 'task' that succeeds once the first joint passes 10."""
 
     max_steps = 40
@@ -479,9 +444,7 @@ def test_the_controller_process_does_not_need_torch():
 
 def test_a_simulated_clock_needs_an_inference_delay():
     with pytest.raises(ValueError, match="inference_delay_ticks"):
-        Controller(
-            RecordingDriver(), LocalPolicyClient(RampPolicy()), executor("rtc"), SimClock(30)
-        )
+        Controller(JumpDriver(), LocalPolicyClient(RampPolicy()), executor("rtc"), SimClock(30))
 
 
 # ---- MuJoCo end to end and the command --------------------------------------------------------

@@ -223,17 +223,7 @@ def test_controller_sends_the_high_level_choice_unless_an_operator_overrides_it(
     from runtime.robot.controller import Controller
     from runtime.robot.executors import make_executor
     from runtime.robot.operator import scripted_operator
-    from runtime.wire.info import PolicyInfo
-
-    class Policy:
-        info = PolicyInfo("zeros", 8, 2, 30.0)
-
-        def __init__(self):
-            self.requests = []
-
-        def infer(self, requests):
-            self.requests += requests
-            return [np.zeros((8, 2), np.float32) for _ in requests]
+    from runtime.robot.testing import ConstantPolicy, RecordingPolicy
 
     class HighLevel:  # chooses nothing before tick 10, then "b"
         instruction = None
@@ -245,7 +235,7 @@ def test_controller_sends_the_high_level_choice_unless_an_operator_overrides_it(
             if tick == 10:
                 self.instruction = "b"
 
-    policy = Policy()
+    policy = RecordingPolicy(ConstantPolicy(8, 2, model_id="zeros"))
     client = LocalPolicyClient(policy)
     ctl = Controller(
         jump_driver, client, make_executor("naive", 8, execution_horizon=2, initial_delay=1),

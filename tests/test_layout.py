@@ -83,7 +83,8 @@ def test_the_checker_sees_a_forbidden_import():
 @pytest.mark.parametrize(
     "module",
     ["runtime.robot.controller", "runtime.robot.client", "runtime.robot.executors",
-     "runtime.robot.safety", "runtime.wire.protocol", "runtime.wire.info"],
+     "runtime.robot.safety", "runtime.robot.testing", "runtime.wire.protocol",
+     "runtime.wire.info"],
 )  # fmt: skip
 def test_robot_side_modules_load_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"

@@ -5,43 +5,29 @@ import logging
 import numpy as np
 import pytest
 
-from runtime.robot.drivers.base import ActionLimits, Driver, DriverContext
+from runtime.robot.drivers.base import ActionLimits, Driver
 from runtime.robot.safety import SafeDriver, Watchdog
+from runtime.robot.testing import JumpDriver
 from runtime.wire.keys import STATE
 
 NAMES = ("a", "b", "gripper")
 LIMITS = ActionLimits(low=[-1, -1, 0], high=[1, 1, 0.5], max_delta=[0.1, 0.1, 0.2], names=NAMES)
 
 
-class RecordingDriver(DriverContext):
-    """A robot whose joints jump to each command; records every command it gets."""
+class RecordingDriver(JumpDriver):
+    """A JumpDriver whose state also holds a non-joint reading, a temperature of 7.0."""
 
     def __init__(self, start=(0.0, 0.0, 0.0)) -> None:
-        self.position = np.array(start, dtype=np.float32)
-        self.commands: list[np.ndarray] = []
-        self.connected = False
-
-    def connect(self) -> None:
-        self.connected = True
+        super().__init__(NAMES, start=start, limits=LIMITS)
 
     def observe(self) -> dict[str, np.ndarray]:
-        return {STATE: np.r_[self.position, 7.0].astype(np.float32)}  # plus a non-joint reading
-
-    def act(self, action: np.ndarray) -> None:
-        self.commands.append(np.array(action))
-        self.position = np.array(action, dtype=np.float32)
-
-    def close(self) -> None:
-        self.connected = False
+        return {STATE: np.r_[self.position, 7.0].astype(np.float32)}
 
     def feature_spec(self) -> dict[str, dict]:
         return {
             STATE: {"dtype": "float32", "shape": (4,), "names": [*NAMES, "temperature"]},
             "action": {"dtype": "float32", "shape": (3,), "names": list(NAMES)},
         }
-
-    def limits(self) -> ActionLimits:
-        return LIMITS
 
 
 def test_safe_driver_is_a_driver_and_a_context_manager():

@@ -16,10 +16,11 @@ from omegaconf import OmegaConf
 
 from runtime.commands import serve
 from runtime.commands.cli import CONFIG_DIR
+from runtime.robot.testing import ConstantPolicy, RecordingPolicy
 from runtime.serving.sampling import FlowChunkPolicy
 from runtime.serving.server import CurveKeys, PolicyServer, generate_keypair
 from runtime.serving.synthetic import GaussianChunkModel
-from runtime.wire.info import LatencyHistogram, PolicyInfo
+from runtime.wire.info import LatencyHistogram
 from runtime.wire.protocol import (
     STATE,
     ChunkReply,
@@ -40,25 +41,21 @@ TIMEOUT_MS = 5000  # for replies that must come
 SILENCE_MS = 400  # for replies that must not
 
 
-class ConstantPolicy:
-    """Chunks filled with the request's tick; robot "faulty" raises, robot "picky" refuses.
-    Records the size of every infer call."""
-
-    info = PolicyInfo(model_id="constant", chunk_length=H, action_dim=A, fps=30.0)
+class TickPolicy(RecordingPolicy):
+    """Chunks filled with the request's tick (or ``fill``); robot "faulty" raises, robot "picky"
+    refuses. Records every request and the size of every infer call."""
 
     def __init__(self, fill: float | None = None) -> None:
-        self.fill = fill
-        self.batch_sizes: list[int] = []
+        super().__init__(ConstantPolicy(H, A, fill=fill))
 
     def infer(self, requests: list[ObservationRequest]) -> list[np.ndarray]:
-        self.batch_sizes.append(len(requests))
+        chunks = super().infer(requests)
         robots = {r.robot_id for r in requests}
         if "faulty" in robots:
             raise RuntimeError("the actuator model blew up")
         if "picky" in robots:
             raise ValueError("instruction not understood: rephrase it")
-        fill = [r.tick if self.fill is None else self.fill for r in requests]
-        return [np.full((H, A), f, np.float32) for f in fill]
+        return chunks
 
 
 def observation(
@@ -126,7 +123,7 @@ def test_round_trip_with_the_synthetic_model(server):
 
 
 def test_requests_from_several_robots_share_one_infer_call():
-    policy = ConstantPolicy()
+    policy = TickPolicy()
     with serving(policy, batch_window_ms=300, max_batch=8) as server:
         clients = [dealer(server.address) for _ in range(4)]
         socks = [c.__enter__() for c in clients]
@@ -179,7 +176,7 @@ def test_a_bad_message_gets_an_error_reply_and_serving_goes_on(server, name):
 
 def test_an_oversized_message_is_dropped_and_serving_goes_on():
     limits = Limits(max_message_bytes=32 * 1024)
-    with serving(ConstantPolicy(), limits=limits) as server, dealer(server.address) as client:
+    with serving(TickPolicy(), limits=limits) as server, dealer(server.address) as client:
         assert ask(client, b"\x00" * 64 * 1024, SILENCE_MS) is None  # and we were disconnected
         deadline = time.monotonic() + TIMEOUT_MS / 1000
         reply = None
@@ -189,7 +186,7 @@ def test_an_oversized_message_is_dropped_and_serving_goes_on():
 
 
 def test_a_failing_request_does_not_fail_its_batch():
-    policy = ConstantPolicy()
+    policy = TickPolicy()
     robots = ["arm", "faulty", "picky"]
     with serving(policy, batch_window_ms=300) as server:
         clients = [dealer(server.address) for _ in robots]
@@ -212,13 +209,13 @@ def test_a_failing_request_does_not_fail_its_batch():
 
 
 def test_a_chunk_that_does_not_encode_is_an_internal_error():
-    with serving(ConstantPolicy(fill=np.nan)) as server, dealer(server.address) as client:
+    with serving(TickPolicy(fill=np.nan)) as server, dealer(server.address) as client:
         error = ask(client, encode(observation(rid=4)))
     assert isinstance(error, ErrorReply) and error.code == "internal" and error.request_id == 4
 
 
 def test_metadata_reports_the_model_and_a_latency_histogram():
-    with serving(ConstantPolicy(), batch_window_ms=0) as server, dealer(server.address) as client:
+    with serving(TickPolicy(), batch_window_ms=0) as server, dealer(server.address) as client:
         for rid in range(5):
             assert isinstance(ask(client, encode(observation(rid=rid))), ChunkReply)
         meta = ask(client, encode(MetadataRequest(request_id=99)))
@@ -267,7 +264,7 @@ def test_curve_admits_only_the_allowed_client_keys(tmp_path):
 
     allowed = client_keys(tmp_path / "clients" / "robot.key_secret")
     stranger = client_keys(tmp_path / "strangers" / "stranger.key_secret")
-    with serving(ConstantPolicy(), curve=keys) as server:
+    with serving(TickPolicy(), curve=keys) as server:
         with dealer(server.address, allowed) as client:
             assert isinstance(ask(client, encode(observation(rid=1))), ChunkReply)
         with dealer(server.address, stranger) as client:
@@ -282,19 +279,19 @@ def test_missing_curve_keys_say_how_to_make_them(tmp_path):
 
 
 def test_stop_returns_from_serve_forever_and_close_frees_the_address():
-    server = PolicyServer(ConstantPolicy(), LOOPBACK)
+    server = PolicyServer(TickPolicy(), LOOPBACK)
     thread = server.start_in_thread()
     server.stop()
     thread.join(2.0)
     assert not thread.is_alive()
     server.close()
-    with PolicyServer(ConstantPolicy(), server.address):  # the port is free again
+    with PolicyServer(TickPolicy(), server.address):  # the port is free again
         pass
 
 
 def test_binding_a_busy_address_is_a_clear_error(server):
     with pytest.raises(ValueError, match="another server"):
-        PolicyServer(ConstantPolicy(), server.address)
+        PolicyServer(TickPolicy(), server.address)
 
 
 def test_the_serve_command_stops_cleanly_on_sigterm():
@@ -321,16 +318,9 @@ def test_warm_up_answers_one_zero_observation_per_sampling_method():
     from runtime.serving.server import warm_up
 
     policy = FlowChunkPolicy(GaussianChunkModel(), num_steps=2)
-    seen = []
-
-    class Recording:
-        info = policy.info
-
-        def infer(self, requests):
-            seen.extend(requests)
-            return policy.infer(requests)
-
-    assert warm_up(Recording()) >= 0.0
+    recording = RecordingPolicy(policy)
+    assert warm_up(recording) >= 0.0
+    seen = recording.requests
     assert [r.sampling for r in seen] == ["plain", "guided:exp"]
     assert seen[0].prev_actions is None and seen[1].prev_actions.shape[1] == policy.info.action_dim
     assert all(v.dtype == np.dtype(policy.info.features[k]["dtype"])
