@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.transformer import Block, init_weights
+from policies.vision import make_stem, random_shift
 
 if TYPE_CHECKING:
     from policies.vla import VLAConfig
@@ -71,30 +72,6 @@ class Backbone(nn.Module, ABC):
         logits[:, i] predicts fast_tokens[:, i]; None when fast_tokens is None."""
 
 
-class PatchStem(nn.Module):
-    """One camera's images (B, 3, h, w) in [0, 1] -> patch tokens (B, h * w / p^2, C).
-
-    Two stride-2 3x3 convolutions, then a (p / 4)-strided convolution that patchifies (a
-    small convolutional stem helps a ViT trained from scratch: Xiao et al. 2021, "Early
-    Convolutions Help Transformers See Better"), plus a learned position embedding.
-    """
-
-    def __init__(self, width: int, patch_size: int, num_patches: int) -> None:
-        super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(64, width, kernel_size=patch_size // 4, stride=patch_size // 4),
-        )
-        self.pos = nn.Parameter(0.02 * torch.randn(num_patches, width))
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = self.convs(2.0 * images - 1.0)  # (B, C, h / p, w / p)
-        return x.flatten(2).transpose(1, 2) + self.pos  # (B, h * w / p^2, C)
-
-
 class SmallBackbone(Backbone):
     """The default backbone: a small transformer trained from scratch, CPU-friendly.
 
@@ -108,12 +85,9 @@ class SmallBackbone(Backbone):
         self.num_layers, self.num_heads = config.depth, config.num_heads
         self.head_dim = config.width // config.num_heads
         C = config.width
-        h, w = config.image_size
-        num_patches = (h // config.patch_size) * (w // config.patch_size)
         self.stems = nn.ModuleDict(
-            {_module_name(key): PatchStem(C, config.patch_size, num_patches)
-             for key in config.image_keys}
-        )  # fmt: skip
+            {_module_name(key): make_stem(config) for key in config.image_keys}
+        )
         self.lang_embed = nn.Embedding(BYTE_VOCAB, C)
         self.lang_pos = nn.Parameter(0.02 * torch.randn(config.max_lang_tokens, C))
         self.state_proj = nn.Linear(config.state_dim, C)
@@ -141,6 +115,8 @@ class SmallBackbone(Backbone):
 
     def embed_prefix(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         images, lang_tokens, lang_mask, state = read_prefix_inputs(batch, self.config)
+        if self.training and self.config.augment_shift > 0:
+            images = [random_shift(x, self.config.augment_shift) for x in images]
         parts = [
             self.stems[_module_name(k)](x)
             for k, x in zip(self.config.image_keys, images, strict=True)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from policies.backbone import get_feature
 from policies.checkpoint import resolve_checkpoint, write_checkpoint
 from policies.normalize import Normalizer
+from policies.vision import random_shift
 
 KIND = "high_level"  # config.json "kind" of a high-level checkpoint
 MAX_WORDS = 16  # task instruction words the policy reads; later ones are dropped
@@ -224,16 +225,6 @@ class HighLevelModel(nn.Module):
         loss = step_ce + corrective_ce + flag
         return loss, {"loss": loss, "step_ce": step_ce, "corrective_ce": corrective_ce,
                       "correction_bce": flag}  # fmt: skip
-
-
-def random_shift(frames: Tensor, pad: int) -> Tensor:
-    """DrQ's augmentation (Kostrikov et al. 2021): each sample's frames (B, T, 3, h, w) shift
-    by the same random offset of up to ``pad`` pixels, edges repeated."""
-    B, T, C, h, w = frames.shape
-    padded = F.pad(frames.flatten(1, 2).float(), (pad,) * 4, mode="replicate")
-    dx, dy = torch.randint(0, 2 * pad + 1, (2, B)).tolist()
-    out = torch.stack([padded[b, :, dy[b] : dy[b] + h, dx[b] : dx[b] + w] for b in range(B)])
-    return out.view(B, T, C, h, w)
 
 
 def _name(key: str) -> str:

@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
 from policies.action_expert import ActionExpert
+from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
 from policies.flow import VelocityFn, euler_sample, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import prefix_flow_time
+from policies.vision import VISION
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ class VLAConfig:
 
     image_keys: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")  # order
     image_size: tuple[int, int] = (96, 96)  # (height, width) of every camera image
-    patch_size: int = 16  # small backbone: image token side in pixels, 4k dividing image_size
+    vision: str = "patch"  # image encoder: "patch" (patch tokens) or "keypoints" (spatial softmax)
+    patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
+    num_keypoints: int = 16  # vision=keypoints: tokens per camera
+    augment_shift: int = 0  # training only: random image shifts of up to this many pixels
     state_dim: int = 6  # size of observation.state
     action_dim: int = 6  # size of one action
     chunk_length: int = 50  # H, actions per predicted chunk
@@ -71,8 +75,12 @@ class VLAConfig:
             raise ValueError(f"backbone={self.backbone!r} is unknown: choose one of {BACKBONES}")
         if self.backbone == "small" and self.width % self.num_heads:
             raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
-        if self.backbone == "small" and (
-            self.patch_size % 4 or any(s % self.patch_size for s in self.image_size)
+        if self.vision not in VISION:
+            raise ValueError(f"vision={self.vision!r} is unknown: choose one of {VISION}")
+        if (
+            self.backbone == "small"
+            and self.vision == "patch"
+            and (self.patch_size % 4 or any(s % self.patch_size for s in self.image_size))
         ):
             raise ValueError(
                 f"patch_size={self.patch_size} must be a multiple of 4 dividing "

@@ -1,0 +1,114 @@
+"""Image encoders of the VLA backbone, and the training-time image augmentation.
+
+``vision="patch"``: ``PatchStem``, a small convolutional stem that patchifies each camera into
+(h / p) * (w / p) tokens. ``vision="keypoints"``: ``KeypointStem``, a ResNet-style stem with
+GroupNorm ending in a spatial softmax (Levine et al. 2016; the encoder of robomimic and
+diffusion policy), one token per keypoint: where in the image each learned feature is, and
+how strongly. Keypoints are few (K per camera), so the transformer runs on far fewer tokens.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from policies.vla import VLAConfig
+
+VISION = ("patch", "keypoints")
+
+
+def random_shift(frames: Tensor, pad: int) -> Tensor:
+    """DrQ's augmentation (Kostrikov et al. 2021): each sample's frames (B, ..., 3, h, w) shift
+    by one random offset of up to ``pad`` pixels, edges repeated."""
+    shape = frames.shape
+    B, h, w = shape[0], shape[-2], shape[-1]
+    flat = frames.reshape(B, -1, h, w).float()
+    padded = F.pad(flat, (pad,) * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, B)).tolist()
+    out = torch.stack([padded[b, :, dy[b] : dy[b] + h, dx[b] : dx[b] + w] for b in range(B)])
+    return out.view(shape)
+
+
+class PatchStem(nn.Module):
+    """One camera's images (B, 3, h, w) in [0, 1] -> patch tokens (B, h * w / p^2, C).
+
+    Two stride-2 3x3 convolutions, then a (p / 4)-strided convolution that patchifies (a
+    small convolutional stem helps a ViT trained from scratch: Xiao et al. 2021, "Early
+    Convolutions Help Transformers See Better"), plus a learned position embedding.
+    """
+
+    def __init__(self, width: int, patch_size: int, num_patches: int) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(64, width, kernel_size=patch_size // 4, stride=patch_size // 4),
+        )
+        self.pos = nn.Parameter(0.02 * torch.randn(num_patches, width))
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.convs(2.0 * images - 1.0)  # (B, C, h / p, w / p)
+        return x.flatten(2).transpose(1, 2) + self.pos  # (B, h * w / p^2, C)
+
+
+def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    """3x3 conv, GroupNorm, GELU (GroupNorm: batch statistics would differ at inference)."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+        nn.GroupNorm(8, cout),
+        nn.GELU(),
+    )
+
+
+class KeypointStem(nn.Module):
+    """One camera's images (B, 3, h, w) in [0, 1] -> K keypoint tokens (B, K, C).
+
+    a stride-2 conv, then two stages (a stride-2 conv and a residual conv) of GroupNorm conv
+    blocks (h' = h / 8), a 1x1
+    conv to K feature maps, and a spatial softmax: keypoint k is the softmax-weighted mean
+    pixel position (x_k, y_k) of map k; its token embeds (x_k, y_k, max activation) and adds a
+    learned embedding of k.
+    """
+
+    def __init__(self, width: int, num_keypoints: int) -> None:
+        super().__init__()
+        self.stem = conv_block(3, 32, 2)  # (B, 32, h / 2, w / 2)
+        self.down = nn.ModuleList([conv_block(32, 64, 2), conv_block(64, 64, 2)])  # h / 8
+        self.residual = nn.ModuleList([conv_block(64, 64, 1), conv_block(64, 64, 1)])
+        self.keypoints = nn.Conv2d(64, num_keypoints, 1)
+        self.temperature = nn.Parameter(torch.zeros(()))  # log of the softmax sharpness
+        self.embed = nn.Linear(3, width)
+        self.identity = nn.Parameter(0.02 * torch.randn(num_keypoints, width))
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = self.stem(2.0 * images - 1.0)
+        for down, residual in zip(self.down, self.residual, strict=True):
+            x = down(x)
+            x = x + residual(x)  # (B, 64, h', w')
+        maps = self.keypoints(x)  # (B, K, h', w')
+        hh, ww = maps.shape[-2:]
+        logits = maps.flatten(2) * self.temperature.exp()  # (B, K, h' w')
+        attention = logits.softmax(dim=-1)
+        ys = torch.linspace(-1.0, 1.0, hh, device=images.device)
+        xs = torch.linspace(-1.0, 1.0, ww, device=images.device)
+        grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+        px = (attention * grid_x.flatten()).sum(-1)  # (B, K)
+        py = (attention * grid_y.flatten()).sum(-1)  # (B, K)
+        strength = maps.flatten(2).amax(dim=-1)  # (B, K)
+        features = torch.stack([px, py, strength], dim=-1)  # (B, K, 3)
+        return self.embed(features) + self.identity  # (B, K, C)
+
+
+def make_stem(config: VLAConfig) -> nn.Module:
+    """The image encoder ``config.vision`` names, for one camera."""
+    if config.vision == "keypoints":
+        return KeypointStem(config.width, config.num_keypoints)
+    h, w = config.image_size
+    num_patches = (h // config.patch_size) * (w // config.patch_size)
+    return PatchStem(config.width, config.patch_size, num_patches)

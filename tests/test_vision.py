@@ -1,0 +1,54 @@
+"""Image encoders of the VLA (patch tokens, spatial-softmax keypoints) and DrQ's shift."""
+
+import pytest
+import torch
+
+from policies.vision import KeypointStem, random_shift
+from policies.vla import VLA, VLAConfig
+
+
+def test_keypoint_stem_gives_one_token_per_keypoint_that_follows_the_image():
+    torch.manual_seed(0)
+    stem = KeypointStem(width=32, num_keypoints=8)
+    image = torch.zeros(1, 3, 96, 96)
+    image[..., 10:20, 10:20] = 1.0
+    moved = torch.zeros(1, 3, 96, 96)
+    moved[..., 70:80, 60:70] = 1.0
+    tokens = stem(torch.cat([image, moved]))
+    assert tokens.shape == (2, 8, 32) and torch.isfinite(tokens).all()
+    assert not torch.allclose(tokens[0], tokens[1])
+
+
+def test_random_shift_keeps_shape_and_moves_content():
+    torch.manual_seed(1)
+    frames = torch.rand(4, 2, 3, 16, 16)
+    shifted = random_shift(frames, 3)
+    assert shifted.shape == frames.shape
+    assert not torch.equal(shifted, frames)
+    assert torch.equal(random_shift(frames, 0), frames)
+
+
+@pytest.mark.parametrize("vision", ["patch", "keypoints"])
+def test_vla_trains_with_either_encoder_and_augments_only_in_training(vision):
+    torch.manual_seed(0)
+    config = VLAConfig(vision=vision, width=32, depth=2, num_heads=2, expert_width=32,
+                       chunk_length=8, fast_loss=False, insulation=False, augment_shift=4,
+                       num_keypoints=4)  # fmt: skip
+    model = VLA(config)
+    B = 2
+    batch = {k: torch.rand(B, 3, 96, 96) for k in config.image_keys}
+    batch["observation.state"] = torch.zeros(B, 6)
+    batch["action"] = torch.zeros(B, 8, 6)
+    batch["lang_tokens"], batch["lang_mask"] = model.tokenize_instructions(["reach red"] * B)
+    loss, _ = model(batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    model.eval()  # no augmentation at inference: the same input encodes the same way
+    a = model.encode_prefix(batch).keys[0]
+    b = model.encode_prefix(batch).keys[0]
+    assert torch.equal(a, b)
+
+
+def test_unknown_vision_is_refused():
+    with pytest.raises(ValueError, match="vision='resnet' is unknown"):
+        VLAConfig(vision="resnet")
