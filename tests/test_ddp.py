@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -15,6 +16,7 @@ TINY = ("policy.width=32", "policy.depth=2", "policy.num_heads=2", "policy.exper
         "policy.max_fast_tokens=48", "policy.num_steps=4")  # fmt: skip
 
 
+@pytest.mark.slow  # a minute or more of torchrun on 2 CPU cores: run with -m slow
 def test_torchrun_two_gloo_processes_train_one_model(reach_dataset, tmp_path):
     root, _ = reach_dataset
     out = tmp_path / "run"
