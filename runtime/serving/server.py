@@ -13,7 +13,9 @@ arriving within ``batch_window_ms``, up to ``max_batch``, and answers all their 
 requests with one ``ChunkPolicy.infer`` call, so robots that ask together share a forward
 pass. If that call fails, each request is retried alone: one bad request fails only itself.
 
-The server is stateless per request (DESIGN.md, Runtime): it can restart at any time.
+The server keeps no state between requests: each one carries what sampling needs (observation,
+instruction, previous chunk, delay), so the server can restart at any time and a controller
+holds the robot until it answers again.
 """
 
 from __future__ import annotations
