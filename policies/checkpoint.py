@@ -64,6 +64,26 @@ def checkpoint_model_id(folder: Path) -> str:
     return path.name
 
 
+def vla_checkpoint_parts(
+    model: VLA,
+    normalizer: Normalizer,
+    fast_tokenizer: FastTokenizer | None,
+    features: dict[str, dict],
+    fps: float,
+) -> tuple[dict, Callable[[Path], None]]:
+    """A VLA checkpoint's config.json entries and the writer of its extra files."""
+
+    def write_extra(tmp: Path) -> None:
+        save_file(normalizer.state_dict(), tmp / "normalizer.safetensors")
+        if fast_tokenizer is not None:
+            fast_tokenizer.save(tmp / "fast_tokenizer.json")
+        if model.config.backbone == "hf":
+            model.backbone.save_files(tmp / HF_BACKBONE)
+
+    meta = {"fps": fps, "vla_config": dataclasses.asdict(model.config), "features": features}
+    return meta, write_extra
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -77,24 +97,11 @@ def save_checkpoint(
     train_config: dict,
     fps: float,
 ) -> Path:
-    """Write checkpoint ``step`` of a VLA run atomically; returns its folder."""
-
-    def write_extra(tmp: Path) -> None:
-        save_file(normalizer.state_dict(), tmp / "normalizer.safetensors")
-        if fast_tokenizer is not None:
-            fast_tokenizer.save(tmp / "fast_tokenizer.json")
-        if model.config.backbone == "hf":
-            model.backbone.save_files(tmp / HF_BACKBONE)
-
-    meta = {
-        "fps": fps,
-        "vla_config": dataclasses.asdict(model.config),
-        "train_config": train_config,
-        "features": features,
-    }
+    """Write checkpoint ``step`` of a VLA run atomically (outside the trainer); its folder."""
+    meta, write_extra = vla_checkpoint_parts(model, normalizer, fast_tokenizer, features, fps)
     return write_checkpoint(
-        run_dir, step, model=model, ema=ema, optimizer=optimizer, meta=meta,
-        write_extra=write_extra,
+        run_dir, step, model=model, ema=ema, optimizer=optimizer,
+        meta={**meta, "train_config": train_config}, write_extra=write_extra,
     )  # fmt: skip
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from policies.backbone import get_feature
-from policies.checkpoint import resolve_checkpoint, write_checkpoint
+from policies.checkpoint import resolve_checkpoint
 from policies.normalize import Normalizer
 from policies.vision import random_shift
 
@@ -283,37 +283,27 @@ class HighLevelPolicy:
         )
 
 
-def save_high_level(
-    run_dir: str | Path,
-    step: int,
-    *,
-    model: HighLevelModel,
-    ema: dict[str, Tensor],
-    optimizer: torch.optim.Optimizer,
+def high_level_parts(
+    config: HighLevelConfig,
     normalizer: Normalizer,
     vocab: Vocabulary,
     features: dict[str, dict],
-    train_config: dict,
     fps: float,
-) -> Path:
-    """Checkpoint ``step`` of a high-level run (``policies.checkpoint.write_checkpoint``); the
-    vocabularies are JSON in config.json."""
+) -> tuple[dict, Callable[[Path], None]]:
+    """A high-level checkpoint's config.json entries (the vocabularies are JSON there) and
+    the writer of its extra files (the normalizer)."""
     meta = {
         "kind": KIND,
         "fps": fps,
-        "high_level_config": dataclasses.asdict(model.config),
+        "high_level_config": dataclasses.asdict(config),
         "vocabularies": vocab.as_dict(),
-        "train_config": train_config,
         "features": features,
     }
 
     def write_extra(tmp: Path) -> None:
         save_file(normalizer.state_dict(), tmp / "normalizer.safetensors")
 
-    return write_checkpoint(
-        run_dir, step, model=model, ema=ema, optimizer=optimizer, meta=meta,
-        write_extra=write_extra,
-    )  # fmt: skip
+    return meta, write_extra
 
 
 def read_meta(path: str | Path) -> tuple[Path, dict]:

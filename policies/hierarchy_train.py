@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from policies.checkpoint import check_features, load_train_state
+from policies.checkpoint import resolve_checkpoint
 from policies.data import InMemoryChunks, camera_spec, open_dataset
 from policies.hierarchy import (
     IGNORE,
@@ -26,13 +26,12 @@ from policies.hierarchy import (
     HighLevelModel,
     Vocabulary,
     encode_words,
+    high_level_parts,
     history_indices,
     label_indices,
-    read_meta,
-    save_high_level,
 )
 from policies.normalize import Normalizer
-from policies.train import EMA, make_optimizer, resolve_device, step_batches, train_loop
+from policies.trainer import Setup, fit
 
 log = logging.getLogger(__name__)
 
@@ -115,75 +114,58 @@ def split_episodes(episode: np.ndarray, fraction: float, seed: int) -> tuple[np.
 def train_high_level(cfg: Mapping) -> dict:
     """Train (or resume) a high-level run described by the resolved ``configs/train.yaml``
     with ``policy=high_level``; returns figures with the held-out accuracies."""
-    device = resolve_device(cfg["device"])
+    parts: dict = {}
+
+    def build(device: torch.device) -> Setup:
+        dataset = open_dataset(cfg["dataset"])
+        features = {k: {**v, "shape": tuple(v["shape"])} for k, v in dataset.meta.features.items()}
+        missing = [k for k in LABELS if k not in features]
+        if missing:
+            raise ValueError(
+                f"the high-level policy learns from the labels {missing}, which "
+                f"dataset={cfg['dataset']} lacks: record it with `rtvla record` "
+                "(failure_prob > 0 adds corrections)"
+            )
+        frames = InMemoryChunks(dataset, 1)
+        texts = frames.texts
+        vocab = Vocabulary.build(texts["step_instruction"], texts["corrective_instruction"],
+                                 frames.task)  # fmt: skip
+        policy_cfg = dict(cfg["policy"])
+        config = high_level_config(features, vocab, policy_cfg)
+        normalizer = Normalizer.from_stats(dataset.meta.stats)
+        items = HighLevelFrames(frames, config, vocab, normalizer, dataset.meta.fps)
+        train_idx, held_idx = split_episodes(
+            frames.episode, policy_cfg["heldout_episodes"], cfg["seed"]
+        )
+        parts.update(items=items, held_idx=held_idx, vocab=vocab)
+        meta, write_extra = high_level_parts(config, normalizer, vocab, features, dataset.meta.fps)
+        return Setup(
+            model=HighLevelModel(config),
+            items=torch.utils.data.Subset(items, train_idx.tolist()),
+            collate=None,
+            meta=meta,
+            write_extra=write_extra,
+        )
+
+    figures, setup = fit(cfg, build)
+    model = setup.model
+    model.load_state_dict(_ema_weights(cfg))
+    heldout = accuracy(model, parts["items"], parts["held_idx"], next(model.parameters()).device)
     out = Path(cfg["output"])
-    last = out / "checkpoints" / "last"
-    if last.exists() and not cfg["resume"]:
-        raise FileExistsError(
-            f"output={out} already holds a training run: pass resume=true to continue it, or "
-            "choose a new output="
-        )
-    dataset = open_dataset(cfg["dataset"])
-    features = {k: {**v, "shape": tuple(v["shape"])} for k, v in dataset.meta.features.items()}
-    missing = [k for k in LABELS if k not in features]
-    if missing:
-        raise ValueError(
-            f"the high-level policy learns from the labels {missing}, which "
-            f"dataset={cfg['dataset']} lacks: record it with `rtvla record` "
-            "(failure_prob > 0 adds corrections)"
-        )
-    frames = InMemoryChunks(dataset, 1)
-    texts = frames.texts
-    vocab = Vocabulary.build(texts["step_instruction"], texts["corrective_instruction"],
-                             frames.task)  # fmt: skip
-    policy_cfg = dict(cfg["policy"])
-    config = high_level_config(features, vocab, policy_cfg)
-    normalizer = Normalizer.from_stats(dataset.meta.stats)
-    items = HighLevelFrames(frames, config, vocab, normalizer, dataset.meta.fps)
-    train_idx, held_idx = split_episodes(
-        frames.episode, policy_cfg["heldout_episodes"], cfg["seed"]
-    )
-    torch.manual_seed(cfg["seed"])
-    model = HighLevelModel(config).to(device)
-    optimizer = make_optimizer(model, cfg)
-    ema = EMA(model, cfg["ema_decay"])
-    start = 0
-    if cfg["resume"] and last.exists():
-        folder, meta = read_meta(out)
-        check_features(meta["features"], features, "resume only on the dataset it was trained on")
-        load_train_state(folder, model, optimizer)
-        ema.weights = {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
-        start = meta["step"]
-        log.info("resuming %s from step %d", out, start)
-    batches = step_batches(
-        len(train_idx), cfg["batch_size"], cfg["seed"], start, cfg["steps"], 0, 1
-    )
-    loader = torch.utils.data.DataLoader(
-        torch.utils.data.Subset(items, train_idx.tolist()),
-        batch_sampler=list(batches),
-        num_workers=cfg["num_workers"],
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_config.json").write_text(json.dumps(dict(cfg), indent=2, default=str))
-
-    def save(step: int) -> None:
-        save_high_level(
-            out, step, model=model, ema=ema.weights, optimizer=optimizer, normalizer=normalizer,
-            vocab=vocab, features=features, train_config=dict(cfg), fps=dataset.meta.fps,
-        )  # fmt: skip
-
-    figures = train_loop(cfg, model, model, ema, optimizer, loader, start, device, 0, 1, save)
-    model.load_state_dict(ema.weights)
-    heldout = accuracy(model, items, held_idx, device)
     (out / "heldout.json").write_text(json.dumps(heldout, indent=2))
+    vocab = parts["vocab"]
     return {
         **figures,
-        "parameters": sum(p.numel() for p in model.parameters()),
         "step_instructions": len(vocab.step),
         "corrective_instructions": len(vocab.corrective),
         "heldout": heldout,
-        "output": str(out),
     }
+
+
+def _ema_weights(cfg: Mapping) -> dict[str, torch.Tensor]:
+    """The EMA weights of the run's newest checkpoint (what inference loads)."""
+    folder = resolve_checkpoint(cfg["output"])
+    return load_file(folder / "model.safetensors")
 
 
 @torch.no_grad()
