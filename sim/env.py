@@ -137,6 +137,10 @@ class SimEnv:
     def success(self) -> bool:
         return self.task.success()
 
+    def outcome(self) -> tuple[float, str | None]:
+        """(distance to the goal in m, failure class or None): ``Task.outcome``."""
+        return self.task.outcome()
+
     def feature_spec(self) -> dict[str, dict[str, Any]]:
         """LeRobot-style features of observations and actions."""
         features: dict[str, dict[str, Any]] = {

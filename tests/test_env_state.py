@@ -103,3 +103,25 @@ def test_pick_place_yaw_ignores_quarter_turns(envs: dict[str, SimEnv]) -> None:
     before = env.reset(seed=0)[ENV_STATE]
     np.testing.assert_allclose(turn_cube(env, "red", math.pi / 2), before, atol=1e-5)
     assert not np.allclose(turn_cube(env, "red", math.pi / 4), before, atol=1e-2)
+
+
+@pytest.mark.parametrize(("task", "untouched"), [("reach", None), ("pick_place", "no_grasp")])
+def test_outcome_names_the_failure_class_and_none_after_the_demonstrator(task, untouched):
+    from sim import SimEnv, make_demonstrator
+    from sim.tasks.pick_place import FAILURES as PICK_FAILURES
+    from sim.tasks.reach import FAILURES as REACH_FAILURES
+
+    env = SimEnv(task, render=False)
+    env.reset(seed=3)
+    distance, failure = env.outcome()
+    assert failure in (*REACH_FAILURES, *PICK_FAILURES)
+    assert untouched is None or failure == untouched
+    assert distance > 0.02
+    demonstrator = make_demonstrator(env, np.random.default_rng(3))
+    while not demonstrator.done and not env.success():
+        action, _ = demonstrator.act()
+        env.step(action)
+    for _ in range(15):  # let it settle
+        env.step(action)
+    assert env.success() and env.outcome()[1] is None
+    env.close()

@@ -16,7 +16,9 @@ import importlib
 import json
 import logging
 import signal
+import statistics
 import threading
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,7 +83,8 @@ def main(cfg: DictConfig) -> dict:
         **RunLog.concatenate(logs).summary(),
         "output_dir": str(out),
     }
-    (out / "summary.json").write_text(json.dumps(figures, indent=2))
+    per_episode = figures.pop("per_episode", [])  # summary.json only: the printed line stays short
+    (out / "summary.json").write_text(json.dumps({**figures, "per_episode": per_episode}, indent=2))
     return figures
 
 
@@ -124,6 +127,9 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         "success_rate": successes / max(len(results), 1),
         "success_rate_ci95": [round(x, 3) for x in wilson_interval(successes, len(results))],
         "mean_episode_ticks": sum(r.ticks for r in results) / max(len(results), 1),
+        "failures": dict(Counter(r.failure for r in results if not r.success)),
+        "goal_distance_median": _median([r.goal_distance for r in results]),
+        "per_episode": [r.as_dict() for r in results],
         "high_level": cfg.high_level,
     }
     pushes = getattr(driver, "pushes", None)
@@ -138,6 +144,11 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
             "pushed_success_rate_ci95": [round(x, 3) for x in wilson_interval(wins, len(pushed))],
         }
     return figures, [r.log for r in results]
+
+
+def _median(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(statistics.median(known), 4) if known else None
 
 
 def _run_robot(cfg, driver, client, executor_factory, options) -> tuple[dict, list[RunLog]]:

@@ -432,6 +432,13 @@ class EpisodeResult:
     success: bool
     ticks: int
     log: RunLog
+    goal_distance: float | None = None  # m, what the task moves to where it must go, at the end
+    failure: str | None = None  # the task's failure class (None: success, or not reported)
+
+    def as_dict(self) -> dict:
+        """The episode's row of a run summary (without the log)."""
+        return {"seed": self.seed, "success": self.success, "ticks": self.ticks,
+                "goal_distance": self.goal_distance, "failure": self.failure}  # fmt: skip
 
 
 def run_episodes(
@@ -464,9 +471,12 @@ def run_episodes(
             controller.seed = seed + k
             ticks = driver.max_steps if max_ticks is None else min(max_ticks, driver.max_steps)
             run_log = controller.run(ticks, done=driver.success)
+            distance, failure = driver.outcome() if hasattr(driver, "outcome") else (None, None)
             result = EpisodeResult(
-                k, seed + k, driver.success(), len(run_log.ticks["tick"]), run_log
-            )
+                k, seed + k, driver.success(), len(run_log.ticks["tick"]), run_log,
+                goal_distance=None if distance is None else round(float(distance), 4),
+                failure=failure,
+            )  # fmt: skip
             results.append(result)
             log.info(
                 "episode %d (seed %d): success=%s after %d ticks",

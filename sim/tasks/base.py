@@ -72,6 +72,12 @@ class Task(ABC):
         """Whether the current simulator state solves the episode's instruction."""
 
     @abstractmethod
+    def outcome(self) -> tuple[float, str | None]:
+        """How the episode ended, read from the simulator state: the distance (m) from what
+        the task moves to where it must go, and the failure class (None on success), one of
+        the task's ``FAILURES``, so run logs can be read for why a policy fails."""
+
+    @abstractmethod
     def environment_state(self) -> np.ndarray:
         """The scene's low-dimensional state, float32 (n,) in ``environment_names`` order.
 

@@ -39,6 +39,7 @@ BINS = {"left": (0.09, 0.17), "right": (0.09, -0.17)}  # bin centres (x, y) on t
 BIN_HALF = 0.04  # m, half the inner width of a bin
 BIN_WALL = (0.004, 0.0125)  # m, half thickness and half height of a bin wall
 BIN_RGBA = (0.35, 0.3, 0.25, 1)
+FAILURES = ("wrong_bin", "still_holding", "not_released", "wrong_object", "no_grasp", "dropped")
 
 
 def draw_cube(rng: np.random.Generator) -> np.ndarray:
@@ -94,6 +95,7 @@ class PickPlace(Task):
         self._gripper_qpos = model.joint("gripper").qposadr[0]
         self._fingers = {model.geom(f"finger_{s}").id for s in ("left", "right")}
         self.color, self.side = "red", "left"
+        self._start = {c: np.zeros(2) for c in COLORS}  # set by reset
 
     def reset(self, rng: np.random.Generator) -> str:
         self.color = str(rng.choice(list(COLORS)))
@@ -103,6 +105,7 @@ class PickPlace(Task):
             adr = self._qpos[color]
             quat = [np.cos(yaw / 2), 0, 0, np.sin(yaw / 2)]
             self.data.qpos[adr : adr + 7] = [x, y, CUBE_HALF, *quat]
+        self._start = {c: self.cube_pos(c)[:2] for c in COLORS}  # where each cube began
         return f"put the {self.color} cube in the {self.side} bin"
 
     def phases(self) -> tuple[str, ...]:
@@ -170,6 +173,27 @@ class PickPlace(Task):
         offset = self.cube_pos(self.color) - self.bin_pos()
         inside = bool(np.all(np.abs(offset[:2]) < BIN_HALF - 0.005) and offset[2] < 2 * CUBE_HALF)
         return inside and not self.touching(self.color)
+
+    def outcome(self) -> tuple[float, str | None]:
+        """Failure classes, first match: the named cube is in the other bin (wrong_bin), held
+        (still_holding), in the named bin but touched (not_released), never moved while
+        another cube did (wrong_object), never moved (no_grasp), else moved and left on the
+        table (dropped). The distance is the cube's horizontal one to the bin's centre."""
+        cube = self.cube_pos(self.color)
+        distance = float(np.linalg.norm(cube[:2] - self.bin_pos()[:2]))
+        if self.success():
+            return distance, None
+        other = next(s for s in BINS if s != self.side)
+        if np.all(np.abs(cube[:2] - self.bin_pos(other)[:2]) < BIN_HALF):
+            return distance, "wrong_bin"
+        if self.holding(self.color):
+            return distance, "still_holding"
+        if np.all(np.abs(cube[:2] - self.bin_pos()[:2]) < BIN_HALF):
+            return distance, "not_released"
+        moved = {c: np.linalg.norm(self.cube_pos(c)[:2] - self._start[c]) > 0.01 for c in COLORS}
+        if not moved[self.color]:
+            return distance, "wrong_object" if any(moved.values()) else "no_grasp"
+        return distance, "dropped"
 
     def make_demonstrator(
         self, env: SimEnv, rng: np.random.Generator, failure_prob: float

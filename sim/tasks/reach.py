@@ -34,6 +34,7 @@ ANGLE_RANGE = (-0.7, 0.7)  # rad, azimuth of a target (0 = straight ahead)
 HEIGHT_RANGE = (0.05, 0.10)  # m, height of a target's centre above the table
 MIN_SEPARATION = 0.06  # m, between target centres
 SUCCESS_RADIUS = 0.02  # m
+FAILURES = ("wrong_target", "not_settled", "imprecise", "far")  # Reach.outcome
 SETTLED_SPEED = 0.03  # m/s, the grip site must be slower than this at the target
 APPROACH_HEIGHT = 0.04  # m, the demonstrator first moves this far above the target
 
@@ -93,6 +94,23 @@ class Reach(Task):
             self.model, self.data, mujoco.mjtObj.mjOBJ_SITE, self._site, velocity, 0
         )
         return bool(np.linalg.norm(velocity[3:]) < SETTLED_SPEED)
+
+    def outcome(self) -> tuple[float, str | None]:
+        """Failure classes: the grip site ended within two radii of another target
+        (wrong_target), within
+        the success radius but still moving (not_settled), within three radii (imprecise),
+        farther (far)."""
+        site = self.data.site_xpos[self._site]
+        distance = float(np.linalg.norm(site - self.target_pos()))
+        if self.success():
+            return distance, None
+        targets = {c: self.data.mocap_pos[self._mocap[c]] for c in COLORS}
+        nearest = min(COLORS, key=lambda c: np.linalg.norm(site - targets[c]))
+        if nearest != self.color and np.linalg.norm(site - targets[nearest]) < 2 * SUCCESS_RADIUS:
+            return distance, "wrong_target"
+        if distance < SUCCESS_RADIUS:
+            return distance, "not_settled"
+        return distance, "imprecise" if distance < 3 * SUCCESS_RADIUS else "far"
 
     def make_demonstrator(
         self, env: SimEnv, rng: np.random.Generator, failure_prob: float

@@ -77,6 +77,10 @@ class MujocoDriver(DriverContext):
     def success(self) -> bool:
         return self.env.success()
 
+    def outcome(self) -> tuple[float, str | None]:
+        """(distance to the goal in m, failure class or None), read from the scene."""
+        return self.env.outcome()
+
     @property
     def instruction(self) -> str:
         return self.env.instruction
