@@ -89,3 +89,14 @@ def test_the_checker_sees_a_forbidden_import():
 def test_robot_side_modules_load_without_torch(module):
     code = f"import sys, {module}; assert 'torch' not in sys.modules, 'torch was imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT)
+
+
+def test_wire_feature_keys_are_lerobots():
+    from lerobot.utils import constants
+
+    from runtime.wire import keys
+
+    assert keys.STATE == constants.OBS_STATE
+    assert keys.ENV_STATE == constants.OBS_ENV_STATE
+    assert keys.IMAGES == constants.OBS_IMAGES + "."
+    assert keys.ACTION == constants.ACTION
