@@ -7,7 +7,8 @@
 3. Runs the asynchronous controller with real-time chunking against MuJoCo at the task's
    control rate on the wall clock, talking to that server over ZMQ.
 4. Prints success rate, inference latency, delay, tick jitter and stalled ticks, writes
-   ``figures.json``, the run logs and ``seams.png`` (actions around chunk seams).
+   ``figures.json``, the run logs, ``seams.png`` (actions around chunk seams) and a video of
+   the first episode's cameras with the instruction overlaid.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main(cfg: DictConfig) -> dict:
         "checkpoint": str(checkpoint),
         "run_logs": str(out / "run"),
         "plot": str(plot),
+        "video": figures["videos"][0] if figures.get("videos") else None,
     }
     (out / "figures.json").write_text(json.dumps(figures, indent=2))
     print_table(figures)
@@ -90,7 +92,7 @@ def _checkpoint_path(checkpoint: str) -> Path:
 
 
 def record_demonstrations(cfg: DictConfig, dataset: Path, checkpoint: Path) -> dict:
-    """Record ``cfg.record_episodes`` expert episodes, replay them, check the policy fits."""
+    """Record ``cfg.record_episodes`` demonstrations, replay them, check the policy fits."""
     from policies.checkpoint import check_features, load_checkpoint
     from policies.data import open_dataset
 
@@ -206,6 +208,7 @@ def print_table(f: dict) -> None:
         ("seam ratio (max seam step / p99 in-chunk step)",
          "-" if f["seam_ratio"] is None else f"{f['seam_ratio']:.2f}"),
         ("plot", f["plot"]),
+        ("video (episode 0, instruction overlaid)", str(f["video"])),
     ]  # fmt: skip
     table = Table(title=f"rtvla demo: {f['task']}, async controller + policy server over ZMQ")
     table.add_column("measure")

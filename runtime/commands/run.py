@@ -34,7 +34,7 @@ from runtime.robot.client import (
     ZmqPolicyClient,
 )
 from runtime.robot.clock import make_clock
-from runtime.robot.controller import Controller, run_episodes
+from runtime.robot.controller import Controller, EpisodeResult, run_episodes
 from runtime.robot.drivers import Driver, make_driver
 from runtime.robot.executors import Executor, make_executor
 from runtime.robot.operator import scripted_operator
@@ -111,6 +111,12 @@ def controller_setup(
 
 
 def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict, list[RunLog]]:
+    videos: list[str] = []
+
+    def save_video(result: EpisodeResult) -> None:
+        if result.episode < cfg.get("video_episodes", 0) and getattr(driver, "frames", None):
+            videos.append(str(episode_video(driver.frames, result, cfg)))
+
     results = run_episodes(
         driver,
         client,
@@ -118,6 +124,7 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         cfg.episodes,
         cfg.seed,
         max_ticks=cfg.max_ticks,
+        on_episode=save_video,
         **options,
     )
     successes = sum(r.success for r in results)
@@ -130,6 +137,7 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         "failures": dict(Counter(r.failure for r in results if not r.success)),
         "goal_distance_median": _median([r.goal_distance for r in results]),
         "per_episode": [r.as_dict() for r in results],
+        "videos": videos,
         "high_level": cfg.high_level,
     }
     pushes = getattr(driver, "pushes", None)
@@ -144,6 +152,23 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
             "pushed_success_rate_ci95": [round(x, 3) for x in wilson_interval(wins, len(pushed))],
         }
     return figures, [r.log for r in results]
+
+
+def episode_video(frames: list, result: EpisodeResult, cfg: DictConfig) -> Path:
+    """The episode's cameras with its instruction (and who chose it) per tick, as a video."""
+    from runtime.analysis.video import write_video
+
+    ticks = result.log.ticks
+    n = min(len(frames), len(ticks["tick"]))
+    verdict = "success" if result.success else f"failure: {result.failure}"
+    captions = [
+        [str(ticks["instruction"][i]),
+         f"tick {i}  seed {result.seed}  {cfg.executor.name}  ({ticks['instruction_source'][i]})"
+         + (f"  -> {verdict}" if i == n - 1 else "")]
+        for i in range(n)
+    ]  # fmt: skip
+    path = Path(cfg.output_dir) / f"episode_{result.episode:03d}"
+    return write_video(frames[:n], captions, path, cfg.hz)
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -192,6 +217,7 @@ def make_run_driver(cfg: DictConfig) -> Driver:
             "cameras": tuple(cfg.task.cameras),
             "seed": cfg.seed,
             "render": cfg.driver.render,
+            "keep_frames": cfg.get("video_episodes", 0) > 0 and cfg.driver.render,
         }
         if failure_prob == 0:
             return make_driver("mujoco", **options)

@@ -450,6 +450,7 @@ def run_episodes(
     *,
     clock: Clock,
     max_ticks: int | None = None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
     **controller_options: object,
 ) -> list[EpisodeResult]:
     """Run ``episodes`` episodes; episode k resets the scene with ``seed + k`` and runs, with
@@ -457,7 +458,8 @@ def run_episodes(
     ``max_ticks`` if fewer).
 
     ``controller_options`` go to ``Controller``; a set ``stop`` event ends the current
-    episode (holding the robot) and skips the rest.
+    episode (holding the robot) and skips the rest. ``on_episode(result)`` runs after each
+    episode, before the next reset (e.g. to save the driver's frames).
     """
     controller = Controller(driver, client, executor_factory(), clock, **controller_options)
     results = []
@@ -478,6 +480,8 @@ def run_episodes(
                 failure=failure,
             )  # fmt: skip
             results.append(result)
+            if on_episode is not None:
+                on_episode(result)
             log.info(
                 "episode %d (seed %d): success=%s after %d ticks",
                 k,

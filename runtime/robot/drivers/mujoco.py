@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.robot.drivers.base import ActionLimits, DriverContext, Observation
+from runtime.wire.keys import IMAGES
 from sim import JOINT_NAMES, SimEnv
 
 # Rate limits, a little above the scripted demonstrators' fastest commands (joints capped at
@@ -34,8 +35,11 @@ class MujocoDriver(DriverContext):
         cameras: tuple[str, ...] = ("front", "wrist"),
         seed: int | None = None,
         render: bool = True,
+        keep_frames: bool = False,
     ) -> None:
         self.seed = seed
+        self.keep_frames = keep_frames  # keep this episode's camera frames, one per tick
+        self.frames: list[np.ndarray] = []  # (h, n_cams * w, 3) uint8, cameras side by side
         self.env = SimEnv(
             task,
             image_size=image_size,
@@ -58,6 +62,10 @@ class MujocoDriver(DriverContext):
     def act(self, action: np.ndarray) -> None:
         """Step the simulation one control tick towards ``action`` (clipped to the ctrlrange)."""
         self._obs = self.env.step(self._limits.check(action))
+        if self.keep_frames:
+            cams = [self._obs[k] for k in sorted(self._obs) if k.startswith(IMAGES)]
+            if cams:
+                self.frames.append(np.concatenate(cams, axis=1))
 
     def close(self) -> None:
         self.env.close()
@@ -72,6 +80,7 @@ class MujocoDriver(DriverContext):
     def reset(self, seed: int | None = None) -> Observation:
         """Start a new episode (a new scene and instruction drawn from ``seed``)."""
         self._obs = self.env.reset(seed=seed)
+        self.frames = []
         return self._obs
 
     def success(self) -> bool:

@@ -1,0 +1,43 @@
+"""Episode videos: the run command writes the first episodes' cameras with the instruction."""
+
+import pytest
+
+
+def test_run_writes_a_video_of_the_first_episode(tmp_path):
+    pytest.importorskip("mujoco")
+    av = pytest.importorskip("av")
+    from hydra import compose, initialize_config_dir
+
+    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.run import main
+
+    overrides = [
+        "task=reach", "executor=naive", "executor.execution_horizon=4", "episodes=2",
+        "max_ticks=12", "synthetic.chunk_length=12", "synthetic.num_steps=2",
+        "video_episodes=1", f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        figures = main(compose(config_name="run", overrides=overrides))
+    assert len(figures["videos"]) == 1 and figures["videos"][0].endswith(("000.mp4", "000.gif"))
+    if figures["videos"][0].endswith(".mp4"):
+        with av.open(figures["videos"][0]) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+        assert len(frames) == 12
+        assert frames[0].shape[1] == 2 * frames[0].shape[0]  # two square cameras side by side
+
+
+def test_no_video_without_cameras(tmp_path):
+    pytest.importorskip("mujoco")
+    from hydra import compose, initialize_config_dir
+
+    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.run import main
+
+    overrides = [
+        "task=reach", "executor=naive", "executor.execution_horizon=4", "episodes=1",
+        "max_ticks=5", "synthetic.chunk_length=12", "synthetic.num_steps=2",
+        "video_episodes=1", "driver.render=false", f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        figures = main(compose(config_name="run", overrides=overrides))
+    assert figures["videos"] == []
