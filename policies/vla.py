@@ -41,7 +41,7 @@ class VLAConfig:
 
     image_keys: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")  # order
     image_size: tuple[int, int] = (96, 96)  # (height, width) of every camera image
-    vision: str = "patch"  # image encoder: "patch" (patch tokens) or "keypoints" (spatial softmax)
+    vision: str = "patch"  # image encoder: "patch" tokens or "keypoints" (spatial softmax)
     patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
     augment_shift: int = 0  # training only: random image shifts of up to this many pixels

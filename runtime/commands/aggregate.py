@@ -1,16 +1,16 @@
 """``rtvla aggregate``: correction data from the hierarchy's own rollouts (DAgger-style).
 
 Ross et al. 2011 ("A Reduction of Imitation Learning and Structured Prediction to No-Regret
-Online Learning"): states the learned policy visits, labelled by the expert. As in SRT-H's
-correction collection, the expert steps in only where a correction is needed:
+Online Learning"): states the learned policy visits, labelled by the demonstrator. As in SRT-H's
+correction collection, the demonstrator steps in only where a correction is needed:
 
 1. roll out the low-level checkpoint (with the ``high_level`` choosing its instructions) in
    MuJoCo with pushes (``failure_prob``, ``sim/disturb.py``), exactly as ``rtvla run`` does;
 2. ``takeover_after_s`` after a push lets go of the arm, if the grip site is farther than
-   ``takeover_tolerance`` from where the push began, the task's scripted expert takes over
+   ``takeover_tolerance`` from where the push began, the task's scripted demonstrator takes over
    (``sim.disturb.Recovery``): back to that point, labelled as a correction with direction
    words ("move left"), then its own script to the end of the task;
-3. the expert's part, from the takeover on, is recorded as a new episode (successful ones
+3. the demonstrator's part, from the takeover on, is recorded as a new episode (successful ones
    only), through ``sim/record.py``'s writer, into ``<output>_corrections``;
 4. ``output`` is that dataset merged with the original ``dataset`` by lerobot's
    ``aggregate_datasets`` (episodes, tasks and stats), ready for ``rtvla train``.
@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from policies.checkpoint import check_features
 from runtime.commands.run import controller_setup, make_client, make_run_driver
-from runtime.robot.controller import Controller
+from runtime.robot.controller import Controller, start_episode
 from sim.disturb import Disturbance, Recovery
 from sim.env import SimEnv
 from sim.record import (
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 class Takeover:
-    """``done`` callback of a rollout: True once the expert should take over (``due``)."""
+    """``done`` callback of a rollout: True once the demonstrator should take over (``due``)."""
 
     def __init__(self, env: SimEnv, push: Disturbance, tolerance: float, after: int) -> None:
         self.env, self.push, self.tolerance, self.after = env, push, tolerance, after
@@ -112,13 +112,13 @@ def main(cfg: DictConfig) -> dict:
 
 
 def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) -> dict:
-    """Roll out ``cfg.episodes`` episodes; record the expert's corrections into ``root``."""
+    """Roll out ``cfg.episodes`` episodes; record the demonstrator's corrections into ``root``."""
     env: SimEnv = driver.env
     staging = partial_path(root)
     staging.parent.mkdir(parents=True, exist_ok=True)
     dataset = create_dataset(env, staging, repo_id=f"{cfg.repo_id}_corrections", video=video)
     counts = dict.fromkeys(("rollouts", "pushed", "policy_successes", "self_corrected",
-                            "takeovers", "corrections_recorded", "expert_failures",
+                            "takeovers", "corrections_recorded", "demonstrator_failures",
                             "frames", "correction_frames"), 0)  # fmt: skip
     after = round(cfg.takeover_after_s * cfg.hz)
     try:
@@ -126,14 +126,8 @@ def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) ->
             if stop.is_set():
                 break
             seed = cfg.seed + k
-            driver.reset(seed)
-            controller.driver.resync()  # the reset moved the robot
-            controller.executor = factory()
-            controller.instruction, controller.seed = driver.instruction, seed
+            ticks = start_episode(controller, driver, seed, factory(), cfg.max_ticks)
             takeover = Takeover(env, driver.disturbance, cfg.takeover_tolerance, after)
-            ticks = (
-                driver.max_steps if cfg.max_ticks is None else min(cfg.max_ticks, driver.max_steps)
-            )
             controller.run(ticks, done=lambda t=takeover: driver.success() or t())
             push = driver.disturbance
             counts["rollouts"] += 1
@@ -151,7 +145,7 @@ def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) ->
                 counts["correction_frames"] += fixes
             else:
                 dataset.clear_episode_buffer()
-                counts["expert_failures"] += 1
+                counts["demonstrator_failures"] += 1
     except BaseException:
         dataset.clear_episode_buffer()
         finish_dataset(dataset, staging, root, counts["corrections_recorded"])
@@ -161,7 +155,8 @@ def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) ->
 
 
 def _record_recovery(env: SimEnv, dataset, origin: np.ndarray, seed: int) -> tuple[int, int]:
-    """The expert's takeover into the dataset's episode buffer: (frames, correction frames)."""
+    """The demonstrator's takeover into the dataset's episode buffer: (frames, correction
+    frames)."""
     recovery = Recovery(env, np.random.default_rng(seed), origin)
     obs, frames, fixes = env.observe(), 0, 0
     while (step := recovery.act()) is not None:

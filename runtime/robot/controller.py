@@ -441,6 +441,24 @@ class EpisodeResult:
                 "goal_distance": self.goal_distance, "failure": self.failure}  # fmt: skip
 
 
+def start_episode(
+    controller: Controller,
+    driver: SimDriver,
+    seed: int,
+    executor: Executor | None = None,
+    max_ticks: int | None = None,
+) -> int:
+    """Reset the simulated scene with ``seed`` for the controller's next episode (a fresh
+    ``executor`` if given, the episode's instruction and request seed); returns its ticks:
+    the task's ``max_steps``, or ``max_ticks`` if fewer."""
+    if executor is not None:
+        controller.executor = executor
+    driver.reset(seed)
+    controller.driver.resync()  # the reset moved the robot
+    controller.instruction, controller.seed = driver.instruction, seed
+    return driver.max_steps if max_ticks is None else min(max_ticks, driver.max_steps)
+
+
 def run_episodes(
     driver: SimDriver,
     client: PolicyClient,
@@ -465,13 +483,9 @@ def run_episodes(
     results = []
     try:
         for k in range(episodes):
-            if k > 0:
-                controller.executor = executor_factory()
-            driver.reset(seed + k)
-            controller.driver.resync()  # the reset moved the robot
-            controller.instruction = driver.instruction
-            controller.seed = seed + k
-            ticks = driver.max_steps if max_ticks is None else min(max_ticks, driver.max_steps)
+            ticks = start_episode(
+                controller, driver, seed + k, executor_factory() if k > 0 else None, max_ticks
+            )
             run_log = controller.run(ticks, done=driver.success)
             distance, failure = driver.outcome() if hasattr(driver, "outcome") else (None, None)
             result = EpisodeResult(

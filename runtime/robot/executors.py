@@ -195,10 +195,12 @@ class SyncExecutor:
     def __init__(
         self,
         chunk_length: int,
-        execution_horizon: int,
+        execution_horizon: int | None = None,
         initial_delay: int = 0,
         delay_window: int = DELAY_WINDOW,
     ) -> None:
+        if execution_horizon is None:
+            execution_horizon = max(1, chunk_length // 2)  # half the chunk, whatever H is
         if not 1 <= execution_horizon <= chunk_length:
             raise ValueError(
                 f"sync execution_horizon={execution_horizon} must lie in [1, H={chunk_length}]: "
