@@ -10,7 +10,7 @@ tokens of the instruction the policy is conditioned on, and FAST tokens of the c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,6 @@ import torch
 from torch import Tensor
 
 from policies.fast import FastTokenizer
-from policies.normalize import Normalizer
 
 log = logging.getLogger(__name__)
 
@@ -178,33 +177,33 @@ class InMemoryChunks(torch.utils.data.Dataset):
 
 
 class Collator:
-    """Dataset items -> the VLA's training batch (see ``policies.vla.VLA``)."""
+    """Dataset items -> the VLA's training batch: the serving preprocessor
+    (``policies.inference.VLAPreprocessor.batch``) on the items' images, state and
+    instructions, plus normalized actions, their padding and FAST tokens."""
 
     def __init__(
         self,
-        image_keys: Sequence[str],
-        normalizer: Normalizer,
-        tokenize_instructions: Callable[[list[str]], tuple[Tensor, Tensor]],
+        preprocessor,
         instruction: str = "task",
         fast_tokenizer: FastTokenizer | None = None,
         max_fast_tokens: int = 64,
     ) -> None:
-        self.image_keys = tuple(image_keys)
-        self.normalizer = normalizer
-        self.tokenize_instructions = tokenize_instructions
+        self.preprocessor = preprocessor
+        self.normalizer = preprocessor.normalizer
         self.instruction = instruction
         self.fast_tokenizer = fast_tokenizer
         self.max_fast_tokens = max_fast_tokens
 
     def __call__(self, items: list[dict]) -> dict[str, Tensor]:
-        batch = {key: torch.stack([it[key] for it in items]) for key in self.image_keys}
+        images = {
+            key: torch.stack([it[key] for it in items]) for key in self.preprocessor.image_keys
+        }
         state = torch.stack([it["observation.state"] for it in items])  # (B, S)
+        texts = [instruction_of(it, self.instruction) for it in items]
+        batch = self.preprocessor.batch(images, state, texts)
         actions = torch.stack([it["action"] for it in items])  # (B, H, A)
-        batch["observation.state"] = self.normalizer.normalize("observation.state", state)
         batch["action"] = self.normalizer.normalize("action", actions)
         batch["action_is_pad"] = torch.stack([it["action_is_pad"] for it in items])  # (B, H)
-        texts = [instruction_of(it, self.instruction) for it in items]
-        batch["lang_tokens"], batch["lang_mask"] = self.tokenize_instructions(texts)
         if self.fast_tokenizer is not None:
             tokens, mask = self.fast_tokenizer.encode_padded(
                 batch["action"].numpy(), self.max_fast_tokens

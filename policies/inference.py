@@ -79,30 +79,47 @@ def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> Fl
         return load_state_flow(folder, device)
     ckpt = load_checkpoint(folder, device)
     return FlowPolicy(
-        ckpt.model, VLAPreprocessor(ckpt.model, ckpt.normalizer), ckpt.normalizer,
+        ckpt.model,
+        VLAPreprocessor(ckpt.model.config.image_keys, ckpt.normalizer,
+                        ckpt.model.tokenize_instructions),
+        ckpt.normalizer,
         model_id=ckpt.model_id, fps=ckpt.fps, features=wire_features(ckpt.features),
     )  # fmt: skip
 
 
 class VLAPreprocessor:
     """Raw observations -> the VLA's batch (images float CHW in [0, 1], state normalized,
-    instruction tokens)."""
+    instruction tokens). The training collator (``policies.data.Collator``) calls ``batch``
+    with the dataset's images, so training and serving preprocess alike."""
 
-    def __init__(self, model, normalizer: Normalizer) -> None:
-        self.config, self.normalizer = model.config, normalizer
-        self.tokenize_instructions = model.tokenize_instructions
+    def __init__(
+        self,
+        image_keys: Sequence[str],
+        normalizer: Normalizer,
+        tokenize_instructions: Callable[[list[str]], tuple[Tensor, Tensor]],
+    ) -> None:
+        self.image_keys, self.normalizer = tuple(image_keys), normalizer
+        self.tokenize_instructions = tokenize_instructions
+
+    def batch(
+        self, images: Mapping[str, Tensor], state: Tensor, instructions: Sequence[str]
+    ) -> dict[str, Tensor]:
+        """images: key -> float (B, 3, h, w) in [0, 1]; state (B, S) raw."""
+        batch = {key: images[key] for key in self.image_keys}
+        batch["observation.state"] = self.normalizer.normalize("observation.state", state.float())
+        batch["lang_tokens"], batch["lang_mask"] = self.tokenize_instructions(list(instructions))
+        return batch
 
     def __call__(
         self, observations: Sequence[Mapping[str, np.ndarray]], instructions: Sequence[str]
     ) -> dict[str, Tensor]:
-        batch: dict[str, Tensor] = {}
-        for key in self.config.image_keys:
-            images = np.stack([feature(o, key) for o in observations])  # (B, h, w, 3) uint8
-            batch[key] = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+        images = {
+            key: torch.from_numpy(np.stack([feature(o, key) for o in observations]))
+            .permute(0, 3, 1, 2).float() / 255
+            for key in self.image_keys
+        }  # fmt: skip  # (B, 3, h, w) from uint8 (B, h, w, 3)
         state = torch.from_numpy(np.stack([feature(o, "observation.state") for o in observations]))
-        batch["observation.state"] = self.normalizer.normalize("observation.state", state.float())
-        batch["lang_tokens"], batch["lang_mask"] = self.tokenize_instructions(list(instructions))
-        return batch
+        return self.batch(images, state, instructions)
 
 
 def feature(observation: Mapping[str, np.ndarray], key: str) -> np.ndarray:

@@ -26,6 +26,7 @@ from policies.data import (
     open_dataset,
 )
 from policies.fast import FastTokenizer
+from policies.inference import VLAPreprocessor
 from policies.normalize import Normalizer
 from policies.trainer import Setup, fit
 from policies.vla import VLA, VLAConfig
@@ -86,8 +87,8 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
     fast = _fast_tokenizer(cfg, dataset, normalizer, config) if config.fast_loss else None
     model = VLA(config).to(device)
     meta, write_extra = vla_checkpoint_parts(model, normalizer, fast, features, fps)
-    collate = Collator(config.image_keys, normalizer, model.tokenize_instructions,
-                       cfg["instruction"], fast, config.max_fast_tokens)  # fmt: skip
+    preprocessor = VLAPreprocessor(config.image_keys, normalizer, model.tokenize_instructions)
+    collate = Collator(preprocessor, cfg["instruction"], fast, config.max_fast_tokens)
     return Setup(
         model=model,
         items=InMemoryChunks(dataset, H, config.image_keys) if cfg["data"] == "memory" else dataset,
