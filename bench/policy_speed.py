@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from policies.flow import euler_sample
 from policies.vla import VLA, VLAConfig
 
 
@@ -43,7 +44,11 @@ def chunk_latency(model: VLA, device: torch.device, repeats: int) -> dict[str, f
     times = []
     for i in range(repeats + 5):
         start = time.perf_counter()
-        model.predict_action_chunk(batch)
+        with torch.no_grad():
+            noise = torch.randn(
+                1, model.config.chunk_length, model.config.action_dim, device=device
+            )
+            euler_sample(model.velocity_fn(batch), noise, model.config.num_steps)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= 5:

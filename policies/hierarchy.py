@@ -140,6 +140,7 @@ class HighLevelConfig:
     width: int = 256  # width of the per-camera features and the MLP
     dropout: float = 0.1  # before the heads
     augment_shift: int = 4  # training only: random image shift of up to this many pixels
+    heldout_episodes: float = 0.1  # training: share of episodes held out to score each head
 
     def __post_init__(self) -> None:
         self.image_keys, self.channels = tuple(self.image_keys), tuple(self.channels)

@@ -36,7 +36,7 @@ from policies.trainer import Setup, fit
 log = logging.getLogger(__name__)
 
 LABELS = ("step_instruction", "corrective_instruction", "correction")
-TRAINING_KEYS = ("name", "heldout_episodes")  # policy config keys that are not model config
+TRAINING_KEYS = ("name",)  # policy config keys that are not model config
 
 
 class HighLevelFrames(torch.utils.data.Dataset):
@@ -134,9 +134,7 @@ def train_high_level(cfg: Mapping) -> dict:
         config = high_level_config(features, vocab, policy_cfg)
         normalizer = Normalizer.from_stats(dataset.meta.stats)
         items = HighLevelFrames(frames, config, vocab, normalizer, dataset.meta.fps)
-        train_idx, held_idx = split_episodes(
-            frames.episode, policy_cfg["heldout_episodes"], cfg["seed"]
-        )
+        train_idx, held_idx = split_episodes(frames.episode, config.heldout_episodes, cfg["seed"])
         parts.update(items=items, held_idx=held_idx, vocab=vocab)
         meta, write_extra = high_level_parts(config, normalizer, vocab, features, dataset.meta.fps)
         return Setup(

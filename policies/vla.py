@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from policies.action_expert import ActionExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
-from policies.flow import VelocityFn, euler_sample, flow_matching_loss, interpolate, sample_tau
+from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import prefix_flow_time
 from policies.vision import VISION
 
@@ -149,7 +149,7 @@ def expert_rows(mask: Tensor, num_prefix: int, num_fast: int) -> Tensor:
 
 class VLA(nn.Module):
     """Backbone + FAST head + action expert; ``forward`` is the training loss and
-    ``predict_action_chunk`` the inference.
+    ``velocity_fn`` what the serving side's samplers integrate.
 
     Batch keys: ``observation.images.<cam>`` float (B, 3, h, w) in [0, 1];
     ``observation.state`` float (B, S) normalized; ``lang_tokens`` long (B, L) and
@@ -271,26 +271,3 @@ class VLA(nn.Module):
         with torch.no_grad():
             cache = self.encode_prefix(batch)
         return partial(self.denoise_step, cache)
-
-    @torch.no_grad()
-    def predict_action_chunk(
-        self,
-        batch: dict[str, Tensor],
-        noise: Tensor | None = None,
-        num_steps: int | None = None,
-        prefix: Tensor | None = None,
-        prefix_mask: Tensor | None = None,
-    ) -> Tensor:
-        """Sample a normalized action chunk (B, H, A) by Euler integration from noise.
-
-        noise: (B, H, A), drawn when None; num_steps: defaults to config.num_steps; prefix
-        (B, H, A) with prefix_mask (B, H): actions held clean (training-time RTC inference).
-        """
-        cfg = self.config
-        velocity = self.velocity_fn(batch)
-        if noise is None:
-            B = len(get_feature(batch, "observation.state"))
-            device = next(self.parameters()).device
-            noise = torch.randn(B, cfg.chunk_length, cfg.action_dim, device=device)
-        num_steps = cfg.num_steps if num_steps is None else num_steps
-        return euler_sample(velocity, noise, num_steps, prefix, prefix_mask)

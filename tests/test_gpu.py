@@ -22,9 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_VLA = ("policy.width=32", "policy.depth=2", "policy.num_heads=2", "policy.expert_width=32",
             "policy.patch_size=24", "policy.mlp_ratio=2.0", "policy.fast_vocab_size=300",
             "policy.max_fast_tokens=48", "policy.num_steps=4")  # fmt: skip
-# configs/policy/state_flow.yaml sets only what differs from StateFlowConfig, hence the "+"
-TINY_STATE_FLOW = ("policy=state_flow", "policy.chunk_length=8", "+policy.width=32",
-                   "+policy.depth=2", "+policy.num_steps=3")  # fmt: skip
+TINY_STATE_FLOW = ("policy=state_flow", "policy.chunk_length=8", "policy.width=32",
+                   "policy.depth=2", "policy.num_steps=3")  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +33,10 @@ def train_on_cuda(dataset: Path, output: Path, *overrides: str) -> dict:
     figures."""
     from hydra import compose, initialize_config_dir
 
-    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.cli import CONFIG_DIR, register_policy_configs
     from runtime.commands.train import main
 
+    register_policy_configs()
     overrides = (
         f"dataset={dataset}", f"output={output}", "steps=3", "batch_size=4", "save_every=3",
         "log_every=1", "warmup_steps=1", "fast_fit_chunks=64", "device=cuda", *overrides,

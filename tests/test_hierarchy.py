@@ -141,7 +141,7 @@ def test_high_level_trains_two_steps_resumes_and_its_checkpoint_loads(
     from policies.checkpoint import load_checkpoint
     from policies.data import open_dataset
     from policies.hierarchy import load_high_level
-    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.cli import CONFIG_DIR, register_policy_configs
     from runtime.commands.train import main
 
     def cfg(steps: int, resume: bool = False):
@@ -151,6 +151,7 @@ def test_high_level_trains_two_steps_resumes_and_its_checkpoint_loads(
             "warmup_steps=1", "policy.channels=[8,8,8]", "policy.width=32",
             "policy.heldout_episodes=0.5", f"resume={str(resume).lower()}",
         ]  # fmt: skip
+        register_policy_configs()
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose(config_name="train", overrides=overrides)
 

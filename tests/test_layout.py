@@ -100,3 +100,20 @@ def test_wire_feature_keys_are_lerobots():
     assert keys.ENV_STATE == constants.OBS_ENV_STATE
     assert keys.IMAGES == constants.OBS_IMAGES + "."
     assert keys.ACTION == constants.ACTION
+
+
+def test_policy_defaults_are_written_once_in_the_dataclasses():
+    from hydra import compose, initialize_config_dir
+
+    from policies.state_flow import StateFlowConfig
+    from policies.vla import VLAConfig
+    from runtime.commands.cli import CONFIG_DIR, register_policy_configs
+
+    assert not (ROOT / "configs" / "policy").exists()  # no yaml restating them
+    register_policy_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        vla = compose(config_name="train", overrides=["dataset=x"]).policy
+        state = compose(config_name="train", overrides=["dataset=x", "policy=state_flow"]).policy
+    assert vla.name == "vla" and vla.chunk_length == VLAConfig.chunk_length
+    assert vla.num_steps == VLAConfig.num_steps and "image_keys" not in vla
+    assert state.width == StateFlowConfig.width and "env_state_dim" not in state

@@ -63,7 +63,7 @@ def test_shapes():
     loss, terms = model(batch)
     assert loss.ndim == 0 and torch.isfinite(loss)
     assert set(terms) == {"loss", "fm", "fast_ce"}
-    assert model.predict_action_chunk(batch).shape == (2, 6, 2)
+    assert sample_chunk(model, batch).shape == (2, 6, 2)
     flow_only = make_model(fast_loss=False, insulation=False)
     _, terms = flow_only(make_batch(flow_only))
     assert set(terms) == {"loss", "fm"}
@@ -148,12 +148,12 @@ def test_predict_is_deterministic_given_noise():
     model = make_model().eval()
     batch = make_batch(model)
     noise, _ = noisy_actions(model)
-    first = model.predict_action_chunk(batch, noise=noise)
-    assert torch.equal(model.predict_action_chunk(batch, noise=noise), first)
-    assert not torch.equal(model.predict_action_chunk(batch, noise=noise, num_steps=3), first)
+    first = sample_chunk(model, batch, noise=noise)
+    assert torch.equal(sample_chunk(model, batch, noise=noise), first)
+    assert not torch.equal(sample_chunk(model, batch, noise=noise, num_steps=3), first)
     prefix_mask = torch.zeros(2, 6, dtype=torch.bool)
     prefix_mask[:, :2] = True
-    held = model.predict_action_chunk(batch, noise, prefix=batch["action"], prefix_mask=prefix_mask)
+    held = sample_chunk(model, batch, noise, prefix=batch["action"], prefix_mask=prefix_mask)
     assert torch.equal(held[:, :2], batch["action"][:, :2])
 
 
@@ -219,10 +219,10 @@ def test_errors_say_what_to_do():
     batch = make_batch(model)
     small = dict(batch, **{CAMERAS[0]: torch.rand(2, 3, 8, 8)})
     with pytest.raises(ValueError, match="image_size"):
-        model.predict_action_chunk(small)
+        sample_chunk(model, small)
     missing = {k: v for k, v in batch.items() if k != CAMERAS[1]}
     with pytest.raises(KeyError, match="wrist"):
-        model.predict_action_chunk(missing)
+        sample_chunk(model, missing)
     with pytest.raises(ValueError, match="fast_vocab_size"):
         model(dict(batch, fast_tokens=batch["fast_tokens"] + 20))
     with pytest.raises(ValueError, match="chunk_length"):
@@ -234,3 +234,17 @@ def test_errors_say_what_to_do():
 def test_default_model_fits_a_10_mb_checkpoint():
     model = VLA(VLAConfig())
     assert sum(p.numel() for p in model.parameters()) * 4 <= 10 * 2**20
+
+
+@torch.no_grad()
+def sample_chunk(model, batch, noise=None, num_steps=None, prefix=None, prefix_mask=None):
+    """Euler-sample a normalized chunk from the model's velocity (the serving side's plain
+    and prefix sampling, without its request handling)."""
+    from policies.flow import euler_sample
+
+    cfg = model.config
+    if noise is None:
+        B = len(batch["observation.state"])
+        noise = torch.randn(B, cfg.chunk_length, cfg.action_dim)
+    steps = cfg.num_steps if num_steps is None else num_steps
+    return euler_sample(model.velocity_fn(batch), noise, steps, prefix, prefix_mask)

@@ -72,7 +72,24 @@ def _as_hydra_app(name: str) -> Callable[[], None]:
             sys.exit(130)
         print(json.dumps(figures, default=_json_default))
 
+    if name in POLICY_COMMANDS:
+        register_policy_configs()
     return hydra.main(config_path=str(CONFIG_DIR), config_name=name, version_base="1.3")(app)
+
+
+POLICY_COMMANDS = ("train",)  # commands composing the policy/ group
+
+
+def register_policy_configs() -> None:
+    """The ``policy/`` group's entries, made from the policy kinds' dataclasses
+    (``policies.kinds``): their defaults are written there and nowhere else."""
+    from hydra.core.config_store import ConfigStore
+
+    from policies.kinds import policy_defaults
+
+    store = ConfigStore.instance()
+    for kind, entry in policy_defaults().items():
+        store.store(group="policy", name=kind, node=entry)
 
 
 def _json_default(value: object) -> object:
