@@ -15,6 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import Idefics3Config, Idefics3ForConditionalGeneration, PreTrainedTokenizerFast
 
 from policies.checkpoint import export_checkpoint, load_checkpoint, save_checkpoint
+from policies.flow import euler_sample
 from policies.hf_backbone import HFBackbone
 from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
@@ -205,9 +206,9 @@ def test_sampling_a_chunk():
     model = make_model().eval()
     batch = make_batch(model)
     noise, _ = noisy_actions(model)
-    chunk = sample_chunk(model, batch, noise=noise)
+    chunk = euler_sample(model.velocity_fn(batch), noise, model.config.num_steps)
     assert chunk.shape == (2, 6, 2) and torch.isfinite(chunk).all()
-    assert torch.equal(sample_chunk(model, batch, noise=noise), chunk)
+    assert torch.equal(euler_sample(model.velocity_fn(batch), noise, model.config.num_steps), chunk)
 
 
 def test_byte_level_fallback_without_a_tokenizer(caplog):
@@ -249,13 +250,15 @@ def test_checkpoint_round_trip(model_folder, tmp_path):
     model_folder.rename(tmp_path / "moved")  # the original model folder is not needed any more
     batch = make_batch(model)
     noise, _ = noisy_actions(model)
-    expected = sample_chunk(model, batch, noise=noise)
+    expected = euler_sample(model.velocity_fn(batch), noise, model.config.num_steps)
     for path in (folder, exported):
         loaded = load_checkpoint(path).model
         assert isinstance(loaded.backbone, HFBackbone)
         assert torch.equal(loaded.tokenize_instructions(["pick the cube"])[0],
                            model.tokenize_instructions(["pick the cube"])[0])  # fmt: skip
-        torch.testing.assert_close(sample_chunk(loaded, batch, noise=noise), expected)
+        torch.testing.assert_close(
+            euler_sample(loaded.velocity_fn(batch), noise, loaded.config.num_steps), expected
+        )
 
 
 def test_errors_say_what_to_do(tmp_path):
@@ -267,17 +270,3 @@ def test_errors_say_what_to_do(tmp_path):
         vla_config(backbone="paligemma")
     with pytest.raises(ValueError, match="attn_implementation"):
         HFBackbone.from_config(vla_config(), hf_config(), attention="flex_attention")
-
-
-@torch.no_grad()
-def sample_chunk(model, batch, noise=None, num_steps=None, prefix=None, prefix_mask=None):
-    """Euler-sample a normalized chunk from the model's velocity (the serving side's plain
-    and prefix sampling, without its request handling)."""
-    from policies.flow import euler_sample
-
-    cfg = model.config
-    if noise is None:
-        B = len(batch["observation.state"])
-        noise = torch.randn(B, cfg.chunk_length, cfg.action_dim)
-    steps = cfg.num_steps if num_steps is None else num_steps
-    return euler_sample(model.velocity_fn(batch), noise, steps, prefix, prefix_mask)
