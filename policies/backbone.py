@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from policies.features import STATE
 from policies.transformer import Block, init_weights
 from policies.vision import make_stem, random_shift
 
@@ -171,7 +172,7 @@ def read_prefix_inputs(
             f"lang_tokens has {lang_tokens.shape[1]} tokens, more than max_lang_tokens="
             f"{config.max_lang_tokens}: build them with model.tokenize_instructions"
         )
-    state = get_feature(batch, "observation.state")
+    state = get_feature(batch, STATE)
     if state.shape[-1] != config.state_dim:
         raise ValueError(
             f"observation.state has shape {tuple(state.shape)}, the policy expects "

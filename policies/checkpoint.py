@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from policies.fast import FastTokenizer
+from policies.features import ACTION
 from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
 
@@ -248,7 +249,7 @@ def _wire_dtype(dtype: str) -> str:
 def check_features(trained: dict[str, dict], actual: dict[str, dict], fix: str) -> None:
     """Refuse observations/actions that differ from those the policy was trained on."""
     for key, spec in trained.items():
-        if not (key.startswith("observation.") or key == "action"):
+        if not (key.startswith("observation.") or key == ACTION):
             continue
         if key not in actual:
             raise ValueError(

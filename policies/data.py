@@ -18,10 +18,10 @@ import torch
 from torch import Tensor
 
 from policies.fast import FastTokenizer
+from policies.features import ACTION, ENV_STATE, STATE
 
 log = logging.getLogger(__name__)
 
-ENV_STATE = "observation.environment_state"  # lerobot's name for low-dimensional scene state
 
 INSTRUCTION_SOURCES = ("task", "step", "hierarchy")
 """What the low-level policy reads as its instruction: the episode's ``task``, the expert's
@@ -97,8 +97,8 @@ def action_chunks(dataset, chunk_length: int, count: int, seed: int = 0) -> np.n
 
     Chunks that run past their episode's end repeat its last action, as lerobot pads.
     """
-    table = dataset.hf_dataset.select_columns(["action", "episode_index"]).with_format("numpy")
-    actions = np.stack(table["action"]).astype(np.float32)  # (N, A)
+    table = dataset.hf_dataset.select_columns([ACTION, "episode_index"]).with_format("numpy")
+    actions = np.stack(table[ACTION]).astype(np.float32)  # (N, A)
     episode = np.asarray(table["episode_index"])  # (N,)
     last = np.zeros(len(episode), dtype=np.int64)  # index of each frame's episode's last frame
     for ep in np.unique(episode):
@@ -129,8 +129,8 @@ class InMemoryChunks(torch.utils.data.Dataset):
                           if k in features]  # fmt: skip
         table = dataset.hf_dataset.with_format("numpy")  # raw arrays, no per-item transform
         self.episode = np.asarray(table["episode_index"])  # (N,)
-        self.state = torch.from_numpy(np.stack(table["observation.state"]).astype(np.float32))
-        self.action = torch.from_numpy(np.stack(table["action"]).astype(np.float32))
+        self.state = torch.from_numpy(np.stack(table[STATE]).astype(np.float32))
+        self.action = torch.from_numpy(np.stack(table[ACTION]).astype(np.float32))
         self.env_state = (
             torch.from_numpy(np.stack(table[ENV_STATE]).astype(np.float32))
             if ENV_STATE in features
@@ -163,10 +163,10 @@ class InMemoryChunks(torch.utils.data.Dataset):
         query = i + self.offsets
         index = np.clip(query, self.ep_start[i], self.ep_end[i] - 1)
         item = {key: self.images[key][i].permute(2, 0, 1).float() / 255 for key in self.image_keys}
-        item["observation.state"] = self.state[i]
+        item[STATE] = self.state[i]
         if self.env_state is not None:
             item[ENV_STATE] = self.env_state[i]
-        item["action"] = self.action[index]  # (H, A)
+        item[ACTION] = self.action[index]  # (H, A)
         item["action_is_pad"] = torch.from_numpy(query >= self.ep_end[i])  # (H,)
         item["task"] = self.task[i]
         for key in self.text_keys:
@@ -198,15 +198,15 @@ class Collator:
         images = {
             key: torch.stack([it[key] for it in items]) for key in self.preprocessor.image_keys
         }
-        state = torch.stack([it["observation.state"] for it in items])  # (B, S)
+        state = torch.stack([it[STATE] for it in items])  # (B, S)
         texts = [instruction_of(it, self.instruction) for it in items]
         batch = self.preprocessor.batch(images, state, texts)
-        actions = torch.stack([it["action"] for it in items])  # (B, H, A)
-        batch["action"] = self.normalizer.normalize("action", actions)
+        actions = torch.stack([it[ACTION] for it in items])  # (B, H, A)
+        batch[ACTION] = self.normalizer.normalize(ACTION, actions)
         batch["action_is_pad"] = torch.stack([it["action_is_pad"] for it in items])  # (B, H)
         if self.fast_tokenizer is not None:
             tokens, mask = self.fast_tokenizer.encode_padded(
-                batch["action"].numpy(), self.max_fast_tokens
+                batch[ACTION].numpy(), self.max_fast_tokens
             )
             batch["fast_tokens"], batch["fast_mask"] = (
                 torch.from_numpy(tokens),

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from policies.backbone import get_feature
 from policies.checkpoint import resolve_checkpoint
+from policies.features import IMAGES, STATE
 from policies.normalize import Normalizer
 from policies.vision import random_shift
 
@@ -127,7 +128,7 @@ def encode_words(vocab: Vocabulary, texts: Sequence[str]) -> Tensor:
 class HighLevelConfig:
     """Every hyperparameter of the high-level policy, one line each."""
 
-    image_keys: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")
+    image_keys: tuple[str, ...] = (IMAGES + "front", IMAGES + "wrist")
     image_size: tuple[int, int] = (96, 96)  # (height, width) of every camera image
     state_dim: int = 6  # size of observation.state
     step_classes: int = 1  # step instructions in the vocabulary
@@ -197,7 +198,7 @@ class HighLevelModel(nn.Module):
             if self.training and self.config.augment_shift > 0:
                 frames = random_shift(frames, self.config.augment_shift)
             feats.append(self.stems[_name(key)](frames))
-        feats.append(self.state(get_feature(batch, "observation.state")))
+        feats.append(self.state(get_feature(batch, STATE)))
         ids = get_feature(batch, "task_words")  # (B, MAX_WORDS)
         count = (ids > 0).sum(1, keepdim=True).clamp(min=1)
         feats.append(self.words(ids).sum(1) / count)  # (B, W) mean of the known words
@@ -269,8 +270,8 @@ class HighLevelPolicy:
                 )
             stack = np.stack([f[key] for f in frames])  # (T, h, w, 3)
             batch[key] = torch.from_numpy(stack).permute(0, 3, 1, 2)[None]  # (1, T, 3, h, w)
-        state = torch.from_numpy(np.asarray(frames[-1]["observation.state"], np.float32))
-        batch["observation.state"] = self.normalizer.normalize("observation.state", state)[None]
+        state = torch.from_numpy(np.asarray(frames[-1][STATE], np.float32))
+        batch[STATE] = self.normalizer.normalize(STATE, state)[None]
         batch["task_words"] = encode_words(self.vocab, [task])
         return {k: v.to(self.device) for k, v in batch.items()}
 

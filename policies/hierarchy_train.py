@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from policies.checkpoint import resolve_checkpoint
 from policies.data import InMemoryChunks, camera_spec, open_dataset
+from policies.features import STATE
 from policies.hierarchy import (
     IGNORE,
     HighLevelConfig,
@@ -60,7 +61,7 @@ class HighLevelFrames(torch.utils.data.Dataset):
             [vocab.index("corrective", correctives[j]) if frames.correction[j] and correctives[j]
              else IGNORE for j in label]
         )  # fmt: skip
-        self.state = normalizer.normalize("observation.state", frames.state)
+        self.state = normalizer.normalize(STATE, frames.state)
         self.words = encode_words(vocab, frames.task)  # (N, MAX_WORDS)
 
     def __len__(self) -> int:
@@ -71,7 +72,7 @@ class HighLevelFrames(torch.utils.data.Dataset):
             key: self.frames.images[key][self.history[i]].permute(0, 3, 1, 2)  # (T, 3, h, w)
             for key in self.image_keys
         }
-        item["observation.state"] = self.state[i]
+        item[STATE] = self.state[i]
         item["task_words"] = self.words[i]
         item["step"], item["corrective"] = self.step[i], self.corrective[i]
         item["correction"] = self.correction[i]
@@ -94,7 +95,7 @@ def high_level_config(features: dict[str, dict], vocab: Vocabulary, policy: Mapp
         **{k: v for k, v in policy.items() if k in known},
         image_keys=cams,
         image_size=size,
-        state_dim=features["observation.state"]["shape"][0],
+        state_dim=features[STATE]["shape"][0],
         step_classes=len(vocab.step),
         corrective_classes=len(vocab.corrective),
         word_count=len(vocab.words),

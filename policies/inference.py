@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from policies.features import ACTION, STATE
 from policies.flow import VelocityFn
 from policies.normalize import Normalizer
 
@@ -60,10 +61,10 @@ class FlowPolicy:
 
     def normalize_actions(self, actions: np.ndarray) -> Tensor:
         tensor = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)
-        return self.normalizer.normalize("action", tensor)
+        return self.normalizer.normalize(ACTION, tensor)
 
     def unnormalize_actions(self, actions: Tensor) -> np.ndarray:
-        raw = self.normalizer.unnormalize("action", actions.float())
+        raw = self.normalizer.unnormalize(ACTION, actions.float())
         return raw.detach().cpu().numpy().astype(np.float32)
 
 
@@ -106,7 +107,7 @@ class VLAPreprocessor:
     ) -> dict[str, Tensor]:
         """images: key -> float (B, 3, h, w) in [0, 1]; state (B, S) raw."""
         batch = {key: images[key] for key in self.image_keys}
-        batch["observation.state"] = self.normalizer.normalize("observation.state", state.float())
+        batch[STATE] = self.normalizer.normalize(STATE, state.float())
         batch["lang_tokens"], batch["lang_mask"] = self.tokenize_instructions(list(instructions))
         return batch
 
@@ -118,7 +119,7 @@ class VLAPreprocessor:
             .permute(0, 3, 1, 2).float() / 255
             for key in self.image_keys
         }  # fmt: skip  # (B, 3, h, w) from uint8 (B, h, w, 3)
-        state = torch.from_numpy(np.stack([feature(o, "observation.state") for o in observations]))
+        state = torch.from_numpy(np.stack([feature(o, STATE) for o in observations]))
         return self.batch(images, state, instructions)
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-NORMALIZED_KEYS = ("observation.state", "action")
+from policies.features import ACTION, STATE
+
+NORMALIZED_KEYS = (STATE, ACTION)
 MIN_STD = 1e-2  # floor on a dimension's std, so a (nearly) constant joint does not blow up
 
 

@@ -29,12 +29,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from policies.features import ACTION, ENV_STATE, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.normalize import Normalizer
 from policies.rtc import prefix_flow_time
 
-STATE = "observation.state"
-ENV_STATE = "observation.environment_state"
 HASH_BUCKETS = 4096  # word-hash vocabulary of the instruction embedding
 MAX_WORDS = 16  # words of an instruction the policy reads
 
@@ -200,7 +199,7 @@ class StateFlow(nn.Module):
         """Training loss: (loss, {"loss", "fm"}). With rtc_training_max_delay = K > 0 each
         example's first d ~ U{0..K} actions are clean (tau = 1) and out of the loss."""
         cfg = self.config
-        actions = batch["action"]  # (B, H, A), normalized
+        actions = batch[ACTION]  # (B, H, A), normalized
         B, H = actions.shape[:2]
         if actions.shape[1:] != (cfg.chunk_length, cfg.action_dim):
             raise ValueError(
@@ -229,7 +228,7 @@ class StateFlow(nn.Module):
 # ---- checkpoint extras ----------------------------------------------------------------------
 
 KIND = "state_flow"  # config.json "kind" of its checkpoints
-NORMALIZED = (STATE, ENV_STATE, "action")
+NORMALIZED = (STATE, ENV_STATE, ACTION)
 CONFIG_KEYS = {f.name for f in dataclasses.fields(StateFlowConfig)}
 
 
@@ -248,7 +247,7 @@ def state_flow_config(features: dict[str, dict], policy: Mapping) -> StateFlowCo
         **{k: v for k, v in policy.items() if k in CONFIG_KEYS},
         state_dim=features[STATE]["shape"][0],
         env_state_dim=features[ENV_STATE]["shape"][0],
-        action_dim=features["action"]["shape"][0],
+        action_dim=features[ACTION]["shape"][0],
     )
 
 
@@ -266,8 +265,8 @@ class StateCollator:
             torch.stack([it[ENV_STATE] for it in items]),  # (B, E)
             [instruction_of(it, self.instruction) for it in items],
         )
-        actions = torch.stack([it["action"] for it in items])  # (B, H, A)
-        batch["action"] = self.preprocessor.normalizer.normalize("action", actions)
+        actions = torch.stack([it[ACTION] for it in items])  # (B, H, A)
+        batch[ACTION] = self.preprocessor.normalizer.normalize(ACTION, actions)
         batch["action_is_pad"] = torch.stack([it["action_is_pad"] for it in items])  # (B, H)
         return batch
 

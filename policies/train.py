@@ -26,6 +26,7 @@ from policies.data import (
     open_dataset,
 )
 from policies.fast import FastTokenizer
+from policies.features import ACTION, STATE
 from policies.inference import VLAPreprocessor
 from policies.normalize import Normalizer
 from policies.trainer import Setup, fit
@@ -47,8 +48,8 @@ def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
         **{k: v for k, v in policy.items() if k in POLICY_KEYS},
         image_keys=cams,
         image_size=size,
-        state_dim=features["observation.state"]["shape"][0],
-        action_dim=features["action"]["shape"][0],
+        state_dim=features[STATE]["shape"][0],
+        action_dim=features[ACTION]["shape"][0],
     )
 
 
@@ -112,7 +113,7 @@ def _fast_tokenizer(
         tok = FastTokenizer.load(cfg["fast_tokenizer"])
     else:
         chunks = action_chunks(dataset, config.chunk_length, cfg["fast_fit_chunks"], cfg["seed"])
-        normed = normalizer.normalize("action", torch.from_numpy(chunks)).numpy()
+        normed = normalizer.normalize(ACTION, torch.from_numpy(chunks)).numpy()
         tok = FastTokenizer(vocab_size=config.fast_vocab_size).fit(normed)
     if (tok.horizon, tok.action_dim) != (config.chunk_length, config.action_dim):
         raise ValueError(

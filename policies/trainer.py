@@ -33,6 +33,7 @@ from policies.checkpoint import (
     resolve_checkpoint,
     write_checkpoint,
 )
+from policies.features import STATE
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def train_loop(
         grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
         optimizer.step()
         ema.update(model, step)
-        samples += len(batch["observation.state"]) * world
+        samples += len(batch[STATE]) * world
         row = {"step": step + 1, **{k: v.item() for k, v in terms.items()},
                "grad_norm": float(grad_norm), "lr": optimizer.param_groups[0]["lr"]}  # fmt: skip
         metrics.append(row)

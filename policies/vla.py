@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from policies.action_expert import ActionExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
+from policies.features import ACTION, IMAGES
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import prefix_flow_time
 from policies.vision import VISION
@@ -39,7 +40,7 @@ BACKBONES = ("small", "hf")
 class VLAConfig:
     """Every hyperparameter of the VLA, one line each."""
 
-    image_keys: tuple[str, ...] = ("observation.images.front", "observation.images.wrist")  # order
+    image_keys: tuple[str, ...] = (IMAGES + "front", IMAGES + "wrist")  # order
     image_size: tuple[int, int] = (96, 96)  # (height, width) of every camera image
     vision: str = "patch"  # image encoder: "patch" tokens or "keypoints" (spatial softmax)
     patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
@@ -209,7 +210,7 @@ class VLA(nn.Module):
         are out of the FM loss.
         """
         cfg = self.config
-        actions = get_feature(batch, "action")  # (B, H, A)
+        actions = get_feature(batch, ACTION)  # (B, H, A)
         B, H = actions.shape[:2]
         if actions.shape[1:] != (cfg.chunk_length, cfg.action_dim):
             raise ValueError(

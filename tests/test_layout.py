@@ -91,11 +91,13 @@ def test_robot_side_modules_load_without_torch(module):
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=ROOT)
 
 
-def test_wire_feature_keys_are_lerobots():
+@pytest.mark.parametrize("module", ["runtime.wire.keys", "policies.features"])
+def test_feature_keys_are_lerobots(module):
+    import importlib
+
     from lerobot.utils import constants
 
-    from runtime.wire import keys
-
+    keys = importlib.import_module(module)
     assert keys.STATE == constants.OBS_STATE
     assert keys.ENV_STATE == constants.OBS_ENV_STATE
     assert keys.IMAGES == constants.OBS_IMAGES + "."
