@@ -5,6 +5,7 @@ computer installs the robot side and the wire format without torch, so no path m
 """
 
 import ast
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,31 @@ def test_policy_defaults_are_written_once_in_the_dataclasses():
     assert vla.name == "vla" and vla.chunk_length == VLAConfig.chunk_length
     assert vla.num_steps == VLAConfig.num_steps and "image_keys" not in vla
     assert state.width == StateFlowConfig.width and "env_state_dim" not in state
+
+
+def test_executor_and_server_defaults_are_written_once_in_their_constructors():
+    from hydra import compose, initialize_config_dir
+
+    from runtime.commands.cli import CONFIG_DIR
+    from runtime.robot.executors import EXECUTORS, make_executor
+    from runtime.serving.server import PolicyServer
+
+    assert not (ROOT / "configs" / "executor").exists()  # no yaml restating them
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        sweep = compose(config_name="sweep", overrides=["checkpoint=x"])
+        serve = compose(config_name="serve", overrides=["checkpoint=synthetic"])
+        rtc = compose(config_name="run", overrides=["executor=rtc", "executor.delay_window=3"])
+    assert set(sweep.executor_params) == set(EXECUTORS)
+    for name, params in sweep.executor_params.items():  # the constructors' own defaults
+        executor = make_executor(name, 50)
+        cls_defaults = {
+            p.name: p.default
+            for p in inspect.signature(type(executor).__init__).parameters.values()
+            if p.default is not inspect.Parameter.empty and p.name != "name"
+        }
+        assert {k: v for k, v in params.items() if k != "name"} == cls_defaults
+    assert sweep.executor_params.rtc.initial_delay == 4
+    assert rtc.executor.delay_window == 3 and rtc.executor.execution_horizon == 10
+    defaults = inspect.signature(PolicyServer.__init__).parameters
+    assert serve.max_batch == defaults["max_batch"].default
+    assert serve.batch_window_ms == defaults["batch_window_ms"].default

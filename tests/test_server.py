@@ -12,7 +12,6 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from omegaconf import OmegaConf
 
 from runtime.commands import serve
 from runtime.commands.cli import CONFIG_DIR
@@ -296,9 +295,12 @@ def test_binding_a_busy_address_is_a_clear_error(server):
 
 def test_the_serve_command_stops_cleanly_on_sigterm():
     """`rtvla serve` installs its handlers, serves, and returns its figures on SIGTERM."""
-    cfg = OmegaConf.load(CONFIG_DIR / "serve.yaml")
-    del cfg["defaults"]
-    cfg.checkpoint, cfg.address = "synthetic", LOOPBACK
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="serve", overrides=["checkpoint=synthetic", f"address='{LOOPBACK}'"]
+        )
     original = signal.getsignal(signal.SIGTERM)
 
     def terminate_when_serving() -> None:

@@ -80,6 +80,21 @@ def _as_hydra_app(name: str) -> Callable[[], None]:
 POLICY_COMMANDS = ("train",)  # commands composing the policy/ group
 
 
+def register_configs() -> None:
+    """The config nodes made from code, so that no yaml restates a default: the ``executor/``
+    group (each executor's constructor settings) and ``serve_settings`` (``PolicyServer``'s).
+    Cheap (numpy and pyzmq only); done when this module is imported."""
+    from hydra.core.config_store import ConfigStore
+
+    from runtime.robot.executors import EXECUTORS, executor_settings
+    from runtime.serving.server import server_settings
+
+    store = ConfigStore.instance()
+    for name in EXECUTORS:
+        store.store(group="executor", name=name, node={"name": name, **executor_settings(name)})
+    store.store(name="serve_settings", node=server_settings())
+
+
 def register_policy_configs() -> None:
     """The ``policy/`` group's entries, made from the policy kinds' dataclasses
     (``policies.kinds``): their defaults are written there and nowhere else."""
@@ -116,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.argv = [f"rtvla {name}", f"hydra.job.name={name}", *overrides]
     _as_hydra_app(name)()
 
+
+register_configs()
 
 if __name__ == "__main__":
     main()

@@ -12,7 +12,7 @@ import signal
 from omegaconf import DictConfig
 
 from runtime.serving.loader import load_policy
-from runtime.serving.server import CurveKeys, PolicyServer, warm_up
+from runtime.serving.server import SERVER_SETTINGS, CurveKeys, PolicyServer, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -21,14 +21,8 @@ def main(cfg: DictConfig) -> dict:
     policy = load_policy(cfg.checkpoint, cfg.device, num_steps=cfg.num_steps, beta=cfg.beta)
     log.info("warmed up in %.2f s", warm_up(policy))
     curve = None if cfg.curve_keys_dir is None else CurveKeys.from_dir(cfg.curve_keys_dir)
-    with PolicyServer(
-        policy,
-        cfg.address,
-        max_batch=cfg.max_batch,
-        batch_window_ms=cfg.batch_window_ms,
-        curve=curve,
-        log_every_s=cfg.log_every_s,
-    ) as server:
+    settings = {name: cfg[name] for name in SERVER_SETTINGS}
+    with PolicyServer(policy, curve=curve, **settings) as server:
         signals = (signal.SIGINT, signal.SIGTERM)
         previous = {sig: signal.signal(sig, lambda *_: server.stop()) for sig in signals}
         try:

@@ -41,6 +41,7 @@ before the first measurement, ``initial_delay``.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -244,8 +245,8 @@ class ChunkSwitchExecutor:
         self,
         name: str,
         chunk_length: int,
-        execution_horizon: int,
-        initial_delay: int,
+        execution_horizon: int = 10,  # s_min: request after this many actions (s = max(d, s_min))
+        initial_delay: int = 4,  # d, in ticks, before the first measurement
         delay_window: int = DELAY_WINDOW,
     ) -> None:
         if name not in ("naive", "rtc", "rtc_hard", "rtc_trained"):
@@ -361,22 +362,38 @@ class TemporalEnsembleExecutor:
         self._chunks = []
 
 
-def make_executor(name: str, chunk_length: int, **params: float) -> Executor:
-    """The executor ``name`` (one of EXECUTORS) for chunks of ``chunk_length`` actions.
-
-    params are the executor's own settings (configs/executor/<name>.yaml): sync takes
-    execution_horizon, initial_delay, delay_window; naive and rtc* the same, with
-    execution_horizon the minimum s; ensemble takes initial_delay, delay_window, coeff.
-    """
+def _executor_class(name: str) -> tuple[type, tuple[str, ...]]:
+    """The class building executor ``name`` and its constructor's non-setting arguments."""
     if name not in EXECUTORS:
         raise ValueError(f"unknown executor {name!r}; choose one of {list(EXECUTORS)}")
     if name == "sync":
-        build, args = SyncExecutor, (chunk_length,)
-    elif name == "ensemble":
-        build, args = TemporalEnsembleExecutor, (chunk_length,)
-    else:
-        build, args = ChunkSwitchExecutor, (name, chunk_length)
+        return SyncExecutor, ("chunk_length",)
+    if name == "ensemble":
+        return TemporalEnsembleExecutor, ("chunk_length",)
+    return ChunkSwitchExecutor, ("name", "chunk_length")
+
+
+def executor_settings(name: str) -> dict[str, object]:
+    """Executor ``name``'s settings and their defaults, read from its constructor: the
+    ``executor/`` config group is made from these, so a default is written only here."""
+    cls, positional = _executor_class(name)
+    return {
+        p.name: p.default
+        for p in inspect.signature(cls.__init__).parameters.values()
+        if p.name != "self" and p.name not in positional
+    }
+
+
+def make_executor(name: str, chunk_length: int, **params: float) -> Executor:
+    """The executor ``name`` (one of EXECUTORS) for chunks of ``chunk_length`` actions.
+
+    params are the executor's own settings (``executor_settings(name)``): sync takes
+    execution_horizon (s; None: H // 2), initial_delay, delay_window; naive and rtc* the same,
+    with execution_horizon the minimum s; ensemble takes initial_delay, delay_window, coeff.
+    """
+    cls, positional = _executor_class(name)
+    args = (name, chunk_length) if "name" in positional else (chunk_length,)
     try:
-        return build(*args, **params)
+        return cls(*args, **params)
     except TypeError as err:
         raise ValueError(f"bad settings for executor {name!r} {params}: {err}") from None

@@ -20,6 +20,7 @@ holds the robot until it answers again.
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import math
@@ -437,3 +438,13 @@ def warm_up(policy: ChunkPolicy, methods: Sequence[str] = ("plain", "guided:exp"
         except UnsupportedRequest:
             continue
     return time.perf_counter() - start
+
+
+SERVER_SETTINGS = ("address", "max_batch", "batch_window_ms", "log_every_s")
+
+
+def server_settings() -> dict[str, object]:
+    """``PolicyServer``'s plain settings and their defaults, read from its signature: ``rtvla
+    serve``'s config takes them from here (``serve_settings``), so they are written once."""
+    params = inspect.signature(PolicyServer.__init__).parameters
+    return {name: params[name].default for name in SERVER_SETTINGS}
