@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.features import STATE
+from policies.language import HASH_BUCKETS, words
 from policies.transformer import Block, init_weights
 from policies.vision import make_stem, random_shift
 
@@ -76,8 +77,10 @@ class Backbone(nn.Module, ABC):
 class SmallBackbone(Backbone):
     """The default backbone: a small transformer trained from scratch, CPU-friendly.
 
-    Language is tokenized as UTF-8 bytes (id = byte + 1, 0 = padding), so any instruction,
-    seen or not, has a tokenization and nothing needs fitting or saving.
+    Language is tokenized as hashed words (``language="words"``, policies/language.py: one
+    token per word, so a colour is one token the expert can attend to) or as UTF-8 bytes
+    (``"bytes"``: id = byte + 1); 0 pads. Either way any instruction, seen or not, has a
+    tokenization and nothing needs fitting or saving.
     """
 
     def __init__(self, config: VLAConfig) -> None:
@@ -89,7 +92,8 @@ class SmallBackbone(Backbone):
         self.stems = nn.ModuleDict(
             {_module_name(key): make_stem(config) for key in config.image_keys}
         )
-        self.lang_embed = nn.Embedding(BYTE_VOCAB, C)
+        vocab = HASH_BUCKETS if config.language == "words" else BYTE_VOCAB
+        self.lang_embed = nn.Embedding(vocab, C)
         self.lang_pos = nn.Parameter(0.02 * torch.randn(config.max_lang_tokens, C))
         self.state_proj = nn.Linear(config.state_dim, C)
         self.fast_embed = nn.Embedding(config.fast_vocab_size + 1, C)  # last id = BOS
@@ -104,14 +108,16 @@ class SmallBackbone(Backbone):
         L = self.config.max_lang_tokens
         tokens = torch.zeros(len(instructions), L, dtype=torch.long)
         for i, text in enumerate(instructions):
-            data = text.encode("utf-8")
+            if self.config.language == "words":
+                data = words(text, len(text))
+            else:
+                data = [b + 1 for b in text.encode("utf-8")]
             if len(data) > L:
                 logger.warning(
-                    "instruction %r is %d bytes, truncated to max_lang_tokens=%d",
-                    text, len(data), L,
+                    "instruction %r is %d %s, truncated to max_lang_tokens=%d",
+                    text, len(data), self.config.language, L,
                 )  # fmt: skip
-            ids = torch.tensor(list(data[:L]), dtype=torch.long) + 1
-            tokens[i, : len(ids)] = ids
+            tokens[i, : min(L, len(data))] = torch.tensor(data[:L], dtype=torch.long)
         return tokens, tokens != 0
 
     def embed_prefix(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +29,10 @@ from torch import Tensor, nn
 
 from policies.features import ACTION, ENV_STATE, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
+from policies.language import HASH_BUCKETS, words
 from policies.normalize import Normalizer
 from policies.rtc import prefix_flow_time
 
-HASH_BUCKETS = 4096  # word-hash vocabulary of the instruction embedding
 MAX_WORDS = 16  # words of an instruction the policy reads
 
 
@@ -67,12 +65,6 @@ class StateFlowConfig:
             )
 
 
-def words(text: str) -> list[int]:
-    """An instruction as hashed word ids in [1, HASH_BUCKETS) (0 pads), at most MAX_WORDS."""
-    tokens = re.findall(r"[a-z0-9]+", text.lower())[:MAX_WORDS]
-    return [1 + zlib.crc32(t.encode()) % (HASH_BUCKETS - 1) for t in tokens]
-
-
 class StatePreprocessor:
     """Raw observations and instructions -> the model's inputs; training's collator and the
     server both call it, so a policy sees exactly what it was trained on."""
@@ -86,7 +78,7 @@ class StatePreprocessor:
         """state (B, S) and env_state (B, E) raw float; returns normalized tensors + word ids."""
         ids = torch.zeros(len(instructions), MAX_WORDS, dtype=torch.long)  # (B, W)
         for row, text in zip(ids, instructions, strict=True):
-            w = words(text)
+            w = words(text, MAX_WORDS)
             row[: len(w)] = torch.tensor(w, dtype=torch.long)
         return {
             STATE: self.normalizer.normalize(STATE, state.float()),

@@ -31,6 +31,8 @@ from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_ta
 from policies.rtc import prefix_flow_time
 from policies.vision import VISION
 
+LANGUAGE = ("words", "bytes")  # the small backbone's instruction tokens (SmallBackbone)
+
 logger = logging.getLogger(__name__)
 
 BACKBONES = ("small", "hf")
@@ -56,7 +58,10 @@ class VLAConfig:
     num_heads: int = 4  # small backbone attention heads (head_dim = width // num_heads)
     expert_width: int = 96  # action expert width (even)
     mlp_ratio: float = 4.0  # MLP hidden width as a multiple of the block width
-    max_lang_tokens: int = 48  # instruction length in tokens (UTF-8 bytes for the small backbone)
+    language: str = "words"  # small backbone: "words" (hashed, policies/language.py) or "bytes"
+    max_lang_tokens: int = (
+        16  # instruction length in tokens (words or bytes; the hf backbone's own)
+    )
     fast_vocab_size: int = 1024  # FAST ids the head predicts; at least FastTokenizer.vocab_size
     max_fast_tokens: int = 64  # FAST tokens per chunk (FastTokenizer.encode_padded max_len)
     num_steps: int = 10  # Euler steps at inference
@@ -78,6 +83,8 @@ class VLAConfig:
             raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
         if self.vision not in VISION:
             raise ValueError(f"vision={self.vision!r} is unknown: choose one of {VISION}")
+        if self.language not in LANGUAGE:
+            raise ValueError(f"language={self.language!r} is unknown: choose one of {LANGUAGE}")
         if (
             self.backbone == "small"
             and self.vision == "patch"

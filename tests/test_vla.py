@@ -205,13 +205,27 @@ def test_padded_steps_are_out_of_the_flow_loss():
 
 
 def test_instruction_tokenizer_handles_any_text(caplog):
-    model = make_model()
+    model = make_model(language="bytes")
     with caplog.at_level(logging.WARNING):
         tokens, mask = model.tokenize_instructions(["", "grüß", "a very long instruction"])
     assert tokens.shape == mask.shape == (3, 8)
     assert mask.sum(dim=1).tolist() == [0, 6, 8]  # "grüß" is 6 UTF-8 bytes
     assert "truncated" in caplog.text
     assert torch.all(tokens[~mask] == 0)
+
+
+def test_word_tokens_give_each_word_one_token(caplog):
+    model = make_model(language="words", max_lang_tokens=4)
+    texts = ["", "reach the RED target", "reach the blue target", "one two three four five"]
+    with caplog.at_level(logging.WARNING):
+        tokens, mask = model.tokenize_instructions(texts)
+    assert tokens.shape == (4, 4) and mask.sum(dim=1).tolist() == [0, 4, 4, 4]
+    assert "truncated" in caplog.text and torch.all(tokens[~mask] == 0)
+    # case-insensitive, one id per word: only the colour differs between the two instructions
+    assert (tokens[1] != tokens[2]).tolist() == [False, False, True, False]
+    assert model.tokenize_instructions(["reach the red target"])[0].equal(tokens[1:2])
+    with pytest.raises(ValueError, match="language"):
+        make_model(language="phonemes")
 
 
 def test_errors_say_what_to_do():
