@@ -49,7 +49,11 @@ class SimEnv:
         control_hz: float = 30.0,
         cameras: tuple[str, ...] = CAMERAS,
         render: bool = True,
+        action_noise: float = 0.0,
     ) -> None:
+        """action_noise: std (rad, and m for the gripper) of Gaussian noise added to every
+        executed action, drawn from the episode's seed, so that closed-loop correction
+        matters (as the RTC paper's Kinetix tasks add)."""
         if isinstance(task, str):
             if task not in TASKS:
                 raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
@@ -65,7 +69,11 @@ class SimEnv:
             raise ValueError(
                 f"cameras={cameras!r} must be distinct names from {CAMERAS}, at least one"
             )
+        if not 0.0 <= action_noise < 1.0:
+            raise ValueError(f"action_noise={action_noise} must be in [0, 1) (a std in rad)")
         self.task = task
+        self.action_noise = float(action_noise)
+        self._noise = np.random.default_rng(0)
         self.image_size = int(image_size)
         self.control_hz = float(control_hz)
         self.cameras = tuple(cameras)
@@ -104,6 +112,7 @@ class SimEnv:
         self.data.qpos[self._mirror_qpos] = home[5]
         self.data.ctrl[self.robot.actuators] = home
         self.instruction = self.task.reset(rng)
+        self._noise = np.random.default_rng(rng.integers(2**63))
         mujoco.mj_forward(self.model, self.data)
         self.tick = 0
         return self.observe()
@@ -118,8 +127,12 @@ class SimEnv:
             )
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action {action} has non-finite values")
+        if self.action_noise > 0:
+            action = action + self._noise.normal(0.0, self.action_noise, size=action.shape)
         self.data.ctrl[self.robot.actuators] = np.clip(action, self.action_low, self.action_high)
+        self.task.advance(1.0 / self.control_hz)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self.task.after_step()
         self.tick += 1
         return self.observe()
 
@@ -170,14 +183,14 @@ def make_env(task: str, **kwargs: Any) -> SimEnv:
 
 
 def evaluate_demonstrator(
-    task: str, episodes: int, failure_prob: float = 0.0, seed: int = 0
+    task: str, episodes: int, failure_prob: float = 0.0, seed: int = 0, action_noise: float = 0.0
 ) -> dict[str, float | int]:
     """Run the scripted demonstrator for ``episodes`` seeded episodes without rendering.
 
     Episode ``i`` resets with seed ``seed + i``. Returns the success rate, how many episodes
     had a failure injected, how many of those still succeeded, and the mean episode length.
     """
-    env = SimEnv(task, render=False)
+    env = SimEnv(task, render=False, action_noise=action_noise)
     successes = injected = recovered = total_ticks = 0
     for i in range(episodes):
         env.reset(seed=seed + i)

@@ -105,23 +105,42 @@ def test_pick_place_yaw_ignores_quarter_turns(envs: dict[str, SimEnv]) -> None:
     assert not np.allclose(turn_cube(env, "red", math.pi / 4), before, atol=1e-2)
 
 
-@pytest.mark.parametrize(("task", "untouched"), [("reach", None), ("pick_place", "no_grasp")])
+@pytest.mark.parametrize(
+    ("task", "untouched"), [("reach", None), ("pick_place", "no_grasp"), ("track", None)]
+)
 def test_outcome_names_the_failure_class_and_none_after_the_demonstrator(task, untouched):
     from sim import SimEnv, make_demonstrator
     from sim.tasks.pick_place import FAILURES as PICK_FAILURES
     from sim.tasks.reach import FAILURES as REACH_FAILURES
+    from sim.tasks.track import FAILURES as TRACK_FAILURES
 
     env = SimEnv(task, render=False)
     env.reset(seed=3)
     distance, failure = env.outcome()
-    assert failure in (*REACH_FAILURES, *PICK_FAILURES)
+    assert failure in (*REACH_FAILURES, *PICK_FAILURES, *TRACK_FAILURES)
     assert untouched is None or failure == untouched
     assert distance > 0.02
     demonstrator = make_demonstrator(env, np.random.default_rng(3))
     while not demonstrator.done and not env.success():
         action, _ = demonstrator.act()
         env.step(action)
-    for _ in range(15):  # let it settle
+    for _ in range(15 if task != "track" else 0):  # let it settle
         env.step(action)
     assert env.success() and env.outcome()[1] is None
     env.close()
+
+
+def test_track_state_holds_positions_and_their_velocities(envs: dict[str, SimEnv]) -> None:
+    env = envs["track"]
+    env.reset(seed=2)
+    before = named(env)
+    env.step(env.observe()["observation.state"])
+    after = named(env)
+    dt = 1.0 / env.control_hz
+    for color in ("red", "green", "blue"):
+        for axis in "xyz":
+            moved = (after[f"target_{color}.{axis}"] - before[f"target_{color}.{axis}"]) / dt
+            mean_v = (after[f"target_{color}.v{axis}"] + before[f"target_{color}.v{axis}"]) / 2
+            assert moved == pytest.approx(mean_v, abs=2e-3)
+    target = env.task.target_pos()
+    assert [after[f"target_{env.task.color}.{a}"] for a in "xyz"] == pytest.approx(target, abs=1e-6)

@@ -19,6 +19,7 @@ from sim.ik import DiffIK, closing_yaw, down_rotation
 from sim.tasks.base import direction_words
 from sim.tasks.pick_place import PickPlaceDemonstrator
 from sim.tasks.reach import ReachDemonstrator
+from sim.tasks.track import TrackDemonstrator
 
 
 def run_episode(env: SimEnv, seed: int, failure: str | None = None) -> list[Labels]:
@@ -58,7 +59,7 @@ def test_public_api() -> None:
         "wrist_roll",
         "gripper",
     )
-    assert set(TASKS) == {"reach", "pick_place"}
+    assert set(TASKS) == {"reach", "pick_place", "track"}
     assert callable(sim.evaluate_demonstrator)
 
 
@@ -170,7 +171,7 @@ def test_demonstrator_succeeds(envs: dict[str, SimEnv], task: str, seed: int) ->
     env = envs[task]
     labels = run_episode(env, seed)
     assert env.success(), f"{task} seed {seed}: demonstrator failed after {env.tick} ticks"
-    assert env.tick < env.max_steps
+    assert env.tick <= env.max_steps  # track is judged at its end, the others finish early
     assert not any(label.correction for label in labels)
     assert all(label.corrective_instruction == "" for label in labels)
     steps = [label.step_instruction for label in labels]
@@ -181,7 +182,8 @@ def test_demonstrator_succeeds(envs: dict[str, SimEnv], task: str, seed: int) ->
 @pytest.mark.parametrize(
     ("task", "failure"),
     [("reach", kind) for kind in ReachDemonstrator.FAILURES]
-    + [("pick_place", kind) for kind in PickPlaceDemonstrator.FAILURES],
+    + [("pick_place", kind) for kind in PickPlaceDemonstrator.FAILURES]
+    + [("track", kind) for kind in TrackDemonstrator.FAILURES],
 )
 def test_demonstrator_recovers_from_failure(
     envs: dict[str, SimEnv], task: str, failure: str
@@ -227,3 +229,38 @@ def test_ik_points_the_gripper_down(envs: dict[str, SimEnv]) -> None:
 def test_demonstrator_success_rate(task: str, failure_prob: float) -> None:
     result = evaluate_demonstrator(task, episodes=100, failure_prob=failure_prob)
     assert result["success_rate"] >= 0.95, result
+
+
+def test_track_is_judged_over_a_window_and_its_targets_move(envs: dict[str, SimEnv]) -> None:
+    from sim.tasks.track import GRACE_S, MIN_ON_TARGET
+
+    env = envs["track"]
+    env.reset(seed=4)
+    first = env.task.target_pos()
+    home = env.observe()["observation.state"]
+    for _ in range(env.max_steps - 1):  # the arm holds still: never on the target
+        env.step(home)
+        assert not env.success()  # success is only decided at the end of the episode
+    assert np.linalg.norm(env.task.target_pos() - first) > 0.01
+    env.step(home)
+    assert env.task.time > GRACE_S and env.task.on_target_fraction() < MIN_ON_TARGET
+    assert not env.success() and env.outcome()[1] in ("lagging", "far", "off_target")
+
+
+def test_action_noise_is_seeded_and_moves_the_arm() -> None:
+    def rollout(noise: float, seed: int) -> np.ndarray:
+        env = SimEnv("reach", render=False, action_noise=noise)
+        env.reset(seed=seed)
+        hold = env.observe()["observation.state"]
+        for _ in range(10):
+            env.step(hold)
+        state = env.observe()["observation.state"]
+        env.close()
+        return state
+
+    quiet, noisy = rollout(0.0, 1), rollout(0.05, 1)
+    assert np.abs(noisy - quiet).max() > 1e-3
+    np.testing.assert_array_equal(rollout(0.05, 1), noisy)  # the episode's seed fixes it
+    assert not np.array_equal(rollout(0.05, 2), rollout(0.0, 2) + (noisy - quiet))
+    with pytest.raises(ValueError, match="action_noise"):
+        SimEnv("reach", render=False, action_noise=-0.1)

@@ -15,4 +15,5 @@ def make_sim_env(task: DictConfig, render: bool = True) -> SimEnv:
         control_hz=task.control_hz,
         cameras=tuple(task.cameras),
         render=render,
+        action_noise=task.action_noise,
     )

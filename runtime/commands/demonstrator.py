@@ -14,5 +14,6 @@ def main(cfg: DictConfig) -> dict:
         episodes=cfg.episodes,
         failure_prob=cfg.failure_prob,
         seed=cfg.seed,
+        action_noise=cfg.task.action_noise,
     )
     return {"task": cfg.task.name, "failure_prob": cfg.failure_prob, **figures}

@@ -217,6 +217,7 @@ def make_run_driver(cfg: DictConfig) -> Driver:
             "cameras": tuple(cfg.task.cameras),
             "seed": cfg.seed,
             "render": cfg.driver.render,
+            "action_noise": cfg.task.action_noise,
             "keep_frames": cfg.get("video_episodes", 0) > 0 and cfg.driver.render,
         }
         if failure_prob == 0:

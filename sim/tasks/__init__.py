@@ -9,11 +9,12 @@ import numpy as np
 from sim.tasks.base import Demonstrator, Labels, Task
 from sim.tasks.pick_place import PickPlace
 from sim.tasks.reach import Reach
+from sim.tasks.track import Track
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Reach, PickPlace)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Reach, PickPlace, Track)}
 
 
 def make_demonstrator(

@@ -63,6 +63,13 @@ class Task(ABC):
     def reset(self, rng: np.random.Generator) -> str:
         """Randomize the objects (the robot is already at home); return the instruction."""
 
+    def advance(self, dt: float) -> None:
+        """Move the scene's scripted objects ``dt`` seconds on, before each control tick's
+        physics (a dynamic task's moving targets); static tasks do nothing."""
+
+    def after_step(self) -> None:
+        """Called after each control tick's physics (e.g. to score a time window)."""
+
     @abstractmethod
     def phases(self) -> tuple[str, ...]:
         """The episode's step instructions, in the order a demonstrator goes through them."""

@@ -36,6 +36,7 @@ class MujocoDriver(DriverContext):
         seed: int | None = None,
         render: bool = True,
         keep_frames: bool = False,
+        action_noise: float = 0.0,
     ) -> None:
         self.seed = seed
         self.keep_frames = keep_frames  # keep this episode's camera frames, one per tick
@@ -46,6 +47,7 @@ class MujocoDriver(DriverContext):
             control_hz=control_hz,
             cameras=tuple(cameras),
             render=render,
+            action_noise=action_noise,
         )
         self._limits = _limits(self.env)
         self._obs: Observation | None = None  # observation after the last reset or step
