@@ -212,3 +212,20 @@ def test_rtc_trained_runs_on_its_own_checkpoint_up_to_its_trained_delay(tmp_path
     assert note.startswith("rtc_trained (d=3):") and "at most 2 actions" in note
     with pytest.raises(ValueError, match="trained without training-time RTC"):
         vla_sweep(tmp_path, vla_runs[0], f"rtc_trained_checkpoint={vla_runs[0]}", "delays=[1]")
+
+
+def test_workers_give_the_outcomes_of_one_process(tmp_path):
+    """jobs=2 shares the episodes out between two worker processes: the same per-episode
+    outcomes, ticks and seam figures as running them all here."""
+    common = (*SYNTHETIC, "executors=[naive,rtc]", "delays=[0,3]", "episodes=2", "horizons=[]",
+              "seam_delay=3")  # fmt: skip
+    one = sweep(*common, "jobs=1", f"output_dir={tmp_path / 'one'}")
+    two = sweep(*common, "jobs=2", f"output_dir={tmp_path / 'two'}")
+    saved = [json.loads((tmp_path / n / "sweep.json").read_text()) for n in ("one", "two")]
+    for name in ("naive", "rtc"):
+        for d in ("0", "3"):
+            a, b = (s["success_vs_delay"][name][d] for s in saved)
+            assert a["episode_success"] == b["episode_success"] and len(a["episode_ticks"]) == 2
+            assert a["episode_ticks"] == b["episode_ticks"]
+    assert one["seam_ratio"] == pytest.approx(two["seam_ratio"])
+    assert len(list((tmp_path / "two" / "workers").glob("p*_e*.json"))) == 2 * 2 * 2

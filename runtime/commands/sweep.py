@@ -32,6 +32,7 @@ import os
 import platform
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Mapping
@@ -343,46 +344,150 @@ def _check(name: str, H: int, d: int, params: dict) -> None:
 
 
 def _run(cfg, grid: Grid, plan: Plan, clients, driver, stop: threading.Event) -> dict:
-    """Run every point's episodes (one progress bar over all of them); Point -> Outcome."""
+    """Run every point's episodes (one progress bar over all of them); Point -> Outcome.
+
+    With ``jobs`` > 1 the episodes are shared out among that many worker processes, each with
+    its own simulator and in-process policy (``_work``); every episode depends only on its
+    point and seed, so the outcomes are those of ``jobs=1``."""
     points = plan.points()
     seam_points = set(plan.seams.values())
     outcomes: dict[Point, Outcome] = {}
     bar = tqdm(total=len(points) * grid.episodes, desc="sweep", unit="ep")
     with logging_redirect_tqdm(), bar:  # log lines above the bar, not through it
-        for point in points:
-            client = clients[point.executor]
-            H = _chunk_length(client)
-            factory = functools.partial(make_executor, point.executor, H, **dict(point.params))
-            s = dict(point.params).get("execution_horizon")
-            bar.set_postfix_str(f"{point.executor} d={point.delay}" + (f" s={s}" if s else ""))
-            outcome = outcomes[point] = Outcome()
-            logs = []
-            for k in range(grid.episodes):
-                (result,) = run_episodes(
-                    driver, client, factory, 1, cfg.seed + k,
-                    clock=make_clock("sim", cfg.hz), max_ticks=cfg.max_ticks,
-                    inference_delay_ticks=point.delay, watchdog_ticks=cfg.watchdog_ticks or H,
-                    stop=stop,
-                )  # fmt: skip
-                if stop.is_set():  # interrupted mid-episode: not a fair trial
+        if cfg.jobs > 1:
+            results = _run_in_workers(cfg, points, grid.episodes, bar, stop)
+        else:
+            results = {}
+            for i, point in enumerate(points):
+                s = dict(point.params).get("execution_horizon")
+                bar.set_postfix_str(f"{point.executor} d={point.delay}" + (f" s={s}" if s else ""))
+                for k in range(grid.episodes):
+                    result = _episode(cfg, point, clients[point.executor], driver, k, stop)
+                    if stop.is_set():  # interrupted mid-episode: not a fair trial
+                        break
+                    results[i, k] = result
+                    bar.update()
+                if stop.is_set():
                     break
-                outcome.successes.append(result.success)
-                outcome.ticks.append(result.ticks)
-                logs.append(result.log)
-                bar.update()
-            if logs:
-                outcome.summary = RunLog.concatenate(logs).summary()
-                if outcome.summary["request_errors"]:
-                    log.warning(
-                        "%s at d=%d: %d requests got an error reply (the robot held meanwhile)",
-                        point.executor, point.delay, outcome.summary["request_errors"],
-                    )  # fmt: skip
-            if point in seam_points:
-                outcome.logs = logs
-            if stop.is_set():
-                log.warning("interrupted: writing the points that ran")
-                break
+    for i, point in enumerate(points):
+        runs = [results[i, k] for k in range(grid.episodes) if (i, k) in results]
+        if not runs:
+            continue
+        outcome = outcomes[point] = Outcome()
+        outcome.successes = [success for success, _, _ in runs]
+        outcome.ticks = [ticks for _, ticks, _ in runs]
+        logs = [run_log for _, _, run_log in runs]
+        outcome.summary = RunLog.concatenate(logs).summary()
+        if outcome.summary["request_errors"]:
+            log.warning(
+                "%s at d=%d: %d requests got an error reply (the robot held meanwhile)",
+                point.executor, point.delay, outcome.summary["request_errors"],
+            )  # fmt: skip
+        if point in seam_points:
+            outcome.logs = logs
+    if stop.is_set():
+        log.warning("interrupted: writing the points that ran")
     return outcomes
+
+
+def _episode(
+    cfg, point: Point, client, driver, k: int, stop: threading.Event
+) -> tuple[bool, int, RunLog]:
+    """Episode k (seed cfg.seed + k) of ``point``: (success, ticks, run log)."""
+    H = _chunk_length(client)
+    factory = functools.partial(make_executor, point.executor, H, **dict(point.params))
+    (result,) = run_episodes(
+        driver, client, factory, 1, cfg.seed + k,
+        clock=make_clock("sim", cfg.hz), max_ticks=cfg.max_ticks,
+        inference_delay_ticks=point.delay, watchdog_ticks=cfg.watchdog_ticks or H, stop=stop,
+    )  # fmt: skip
+    return bool(result.success), int(result.ticks), result.log
+
+
+def _share(points: list[Point], episodes: int, worker: int, jobs: int) -> list[tuple[int, int]]:
+    """Worker ``worker``'s (point index, episode) pairs: every jobs-th, so each worker gets
+    a mix of points."""
+    pairs = [(i, k) for i in range(len(points)) for k in range(episodes)]
+    return pairs[worker::jobs]
+
+
+def _run_in_workers(cfg, points, episodes: int, bar, stop: threading.Event) -> dict:
+    """Run the episodes in ``cfg.jobs`` worker processes (``python -m runtime.commands.sweep
+    FOLDER WORKER JOBS``). They read the resolved config from FOLDER and write one
+    ``p<i>_e<k>.json`` and ``.npz`` (the run log) per episode there: plain files, no pickles."""
+    folder = Path(cfg.output_dir) / "workers"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml", resolve=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one core per worker
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "runtime.commands.sweep", str(folder), str(w), str(cfg.jobs)],
+            cwd=REPO,
+            env=env,
+        )
+        for w in range(cfg.jobs)
+    ]
+    results: dict[tuple[int, int], tuple[bool, int, RunLog]] = {}
+
+    def collect() -> None:
+        for path in sorted(folder.glob("p*_e*.json")):
+            i, k = (int(x[1:]) for x in path.stem.split("_"))
+            if (i, k) not in results:
+                record = json.loads(path.read_text())
+                run_log = RunLog.from_npz(path.with_suffix(".npz"))
+                results[i, k] = (record["success"], record["ticks"], run_log)
+                bar.update()
+
+    try:
+        while not stop.is_set():
+            finished = all(p.poll() is not None for p in procs)
+            collect()  # after the poll: a worker that has exited has written all its files
+            if finished:
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
+    failed = [w for w, p in enumerate(procs) if p.returncode not in (0, -signal.SIGTERM)]
+    if failed and not stop.is_set():
+        raise RuntimeError(
+            f"sweep workers {failed} failed (their errors are above); rerun with jobs=1 to "
+            "see the failing episode in this process"
+        )
+    return results
+
+
+def _work(folder: Path, worker: int, jobs: int) -> None:
+    """A worker process: its share of the episodes, each written to ``folder`` atomically."""
+    import torch
+
+    torch.set_num_threads(1)
+    cfg = OmegaConf.load(folder / "config.yaml")
+    grid = _grid(cfg)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    with contextlib.ExitStack() as closing:
+        driver = make_run_driver(cfg)
+        closing.callback(driver.close)
+        driver.connect()
+        plan = Plan()
+        clients = _clients(cfg, grid, len(driver.limits().names), plan, closing)
+        _fill(plan, cfg, grid, clients)
+        points = plan.points()
+        for i, k in _share(points, grid.episodes, worker, jobs):
+            point = points[i]
+            success, ticks, run_log = _episode(cfg, point, clients[point.executor], driver, k, stop)
+            if stop.is_set():
+                return
+            name = f"p{i}_e{k}"
+            os.replace(run_log.to_npz(folder / f"tmp_{name}.npz"), folder / f"{name}.npz")
+            partial = folder / f"tmp_{name}.json"
+            partial.write_text(json.dumps({"success": success, "ticks": ticks}))
+            os.replace(partial, folder / f"{name}.json")  # last: it marks the episode done
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -402,6 +507,8 @@ def _table(cells: Mapping[tuple[str, int], Point], outcomes: Mapping) -> dict:
             "episodes": n,
             "successes": k,
             "mean_episode_ticks": sum(outcome.ticks) / n,
+            "episode_success": [int(x) for x in outcome.successes],  # episode k: seed + k
+            "episode_ticks": outcome.ticks,
             "stalled_ticks": outcome.summary["stalled_ticks"],
             "request_errors": outcome.summary["request_errors"],
             "delay_ticks_mean": outcome.summary["delay_ticks_mean"],
@@ -507,3 +614,7 @@ def _environment() -> dict:
         "versions": versions,
         "git_commit": commit,
     }
+
+
+if __name__ == "__main__":  # a worker of a sweep with jobs > 1 (see _run_in_workers)
+    _work(Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -63,11 +63,11 @@ class Task(ABC):
     def reset(self, rng: np.random.Generator) -> str:
         """Randomize the objects (the robot is already at home); return the instruction."""
 
-    def advance(self, dt: float) -> None:
+    def advance(self, dt: float) -> None:  # noqa: B027 (optional hook, a no-op by default)
         """Move the scene's scripted objects ``dt`` seconds on, before each control tick's
         physics (a dynamic task's moving targets); static tasks do nothing."""
 
-    def after_step(self) -> None:
+    def after_step(self) -> None:  # noqa: B027 (optional hook, a no-op by default)
         """Called after each control tick's physics (e.g. to score a time window)."""
 
     @abstractmethod
