@@ -134,3 +134,16 @@ def test_ensemble_averages_all_chunks_covering_the_tick_oldest_weighted_most():
     assert ex.wants_request(H + 2)
     ex.reset()
     assert ex.action(3) is None
+
+
+def test_bid_sends_the_previous_chunk_and_names_its_sample_count():
+    ex = make_executor("bid", H, execution_horizon=3, initial_delay=2, samples=8)
+    assert (ex.name, ex.sampling, ex.blocking) == ("bid", "bid:8", False)
+    assert make_executor("bid", 32).sampling == EXECUTORS["bid"]
+    chunk = ramp(0)
+    ex.on_chunk(chunk, obs_tick=0, arrival_tick=2)
+    for t in range(2, 4):
+        ex.action(t)
+    np.testing.assert_array_equal(ex.request_fields(3).prev_actions, chunk[3:])
+    with pytest.raises(ValueError, match="samples"):
+        make_executor("bid", H, samples=0)

@@ -56,7 +56,13 @@ from runtime.robot.runlog import RunLog
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-ASYNC = ("naive", "rtc", "rtc_hard", "rtc_trained")  # request every s ticks, switch at index d
+ASYNC = (
+    "naive",
+    "rtc",
+    "rtc_hard",
+    "rtc_trained",
+    "bid",
+)  # request every s ticks, switch at index d
 VERSIONS = ("rtvla", "torch", "numpy", "mujoco", "lerobot", "pyzmq")
 
 
@@ -242,6 +248,9 @@ def _clients(
     main_client = make_client(cfg, action_dim)
     closing.callback(main_client.close)
     clients = dict.fromkeys(grid.executors, main_client)
+    if "bid" in clients and cfg.bid_weak_checkpoint is not None:
+        clients["bid"] = _bid_client(cfg, main_client, action_dim)
+        closing.callback(clients["bid"].close)
     if "rtc_trained" not in clients:
         return clients
     if cfg.rtc_trained_checkpoint is not None:
@@ -265,6 +274,21 @@ def _clients(
         )
         plan.skipped.append({"executor": "rtc_trained", "reason": reason})
     return clients
+
+
+def _bid_client(cfg: DictConfig, main: LocalPolicyClient, action_dim: int) -> LocalPolicyClient:
+    """The main policy with ``bid_weak_checkpoint`` as BID's weak policy."""
+    from runtime.serving.sampling import FlowChunkPolicy
+
+    weak = make_client(
+        OmegaConf.merge(cfg, {"server": LOCAL_PREFIX + str(cfg.bid_weak_checkpoint)}), action_dim
+    )
+    weak.close()  # only its model is used, by the bid client's policy
+    policy = main.policy
+    bid = FlowChunkPolicy(
+        policy.model, policy.num_steps, policy.beta, policy.info, weak=weak.policy.model
+    )
+    return LocalPolicyClient(bid, timeout_s=cfg.timeout_s)
 
 
 def _fill(plan: Plan, cfg: DictConfig, grid: Grid, clients: Mapping) -> None:

@@ -49,6 +49,8 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
+from runtime.wire.protocol import MAX_BID_SAMPLES
+
 log = logging.getLogger(__name__)
 
 EXECUTORS = {  # name -> the sampling method its requests ask the server for
@@ -58,6 +60,7 @@ EXECUTORS = {  # name -> the sampling method its requests ask the server for
     "rtc": "guided:exp",  # the soft mask (Black, Galliker, Levine 2025, eq. 5)
     "rtc_hard": "guided:zeros",  # only the d frozen actions are guided
     "rtc_trained": "prefix",  # training-time RTC (Black, Ren, Equi, Levine 2025)
+    "bid": "bid:16",  # Bidirectional Decoding (Liu et al. 2024) over ``samples`` = 16 chunks
 }
 DELAY_WINDOW = 10  # b, measured delays the estimate is the maximum of
 
@@ -249,8 +252,8 @@ class ChunkSwitchExecutor:
         initial_delay: int = 4,  # d, in ticks, before the first measurement
         delay_window: int = DELAY_WINDOW,
     ) -> None:
-        if name not in ("naive", "rtc", "rtc_hard", "rtc_trained"):
-            raise ValueError(f"ChunkSwitchExecutor serves naive and rtc*, not {name!r}")
+        if name not in ("naive", "rtc", "rtc_hard", "rtc_trained", "bid"):
+            raise ValueError(f"ChunkSwitchExecutor serves naive, rtc* and bid, not {name!r}")
         choose_execution_horizon(initial_delay, execution_horizon, chunk_length)
         self.name = name
         self.sampling = EXECUTORS[name]
@@ -312,6 +315,24 @@ class ChunkSwitchExecutor:
         self._chunk = None
 
 
+class BidExecutor(ChunkSwitchExecutor):
+    """Bidirectional Decoding: switches like naive; the server draws ``samples`` chunks and
+    sends the one most coherent with the previous chunk (``runtime.serving.sampling``)."""
+
+    def __init__(
+        self,
+        chunk_length: int,
+        execution_horizon: int = 10,  # s_min: request after this many actions (s = max(d, s_min))
+        initial_delay: int = 4,  # d, in ticks, before the first measurement
+        delay_window: int = DELAY_WINDOW,
+        samples: int = 16,  # N, chunks sampled per request (one batch on the server)
+    ) -> None:
+        if not 1 <= samples <= MAX_BID_SAMPLES:
+            raise ValueError(f"bid samples={samples} must be in [1, {MAX_BID_SAMPLES}]")
+        super().__init__("bid", chunk_length, execution_horizon, initial_delay, delay_window)
+        self.sampling = f"bid:{samples}"
+
+
 class TemporalEnsembleExecutor:
     """ACT's temporal ensembling: every tick, the weighted mean over all chunks covering it."""
 
@@ -370,6 +391,8 @@ def _executor_class(name: str) -> tuple[type, tuple[str, ...]]:
         return SyncExecutor, ("chunk_length",)
     if name == "ensemble":
         return TemporalEnsembleExecutor, ("chunk_length",)
+    if name == "bid":
+        return BidExecutor, ("chunk_length",)
     return ChunkSwitchExecutor, ("name", "chunk_length")
 
 
@@ -389,7 +412,8 @@ def make_executor(name: str, chunk_length: int, **params: float) -> Executor:
 
     params are the executor's own settings (``executor_settings(name)``): sync takes
     execution_horizon (s; None: H // 2), initial_delay, delay_window; naive and rtc* the same,
-    with execution_horizon the minimum s; ensemble takes initial_delay, delay_window, coeff.
+    with execution_horizon the minimum s; bid those and samples; ensemble takes initial_delay,
+    delay_window, coeff.
     """
     cls, positional = _executor_class(name)
     args = (name, chunk_length) if "name" in positional else (chunk_length,)

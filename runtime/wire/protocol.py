@@ -34,7 +34,10 @@ SUPPORTED_VERSIONS = (2,)
 
 ALLOWED_DTYPES = ("uint8", "bool", "int32", "int64", "float16", "float32", "float64")
 SAMPLING_METHODS = ("plain", "guided:exp", "guided:linear", "guided:ones", "guided:zeros", "prefix")
-"""plain Euler; RTC-guided (ΠGDM) under prefix_weights(schedule); training-time RTC prefix."""
+"""plain Euler; RTC-guided (ΠGDM) under prefix_weights(schedule); training-time RTC prefix.
+Besides these, ``bid:<N>``: Bidirectional Decoding over N samples (``sampling_is_known``)."""
+MAX_BID_SAMPLES = 64  # N of "bid:<N>": samples drawn per request, at most
+_BID_RE = re.compile(r"bid:([1-9][0-9]*)")
 ERROR_CODES = ("bad_request", "version", "unsupported", "internal")
 ARRAY_TAG = "__ndarray__"
 
@@ -52,6 +55,21 @@ MAX_INT = 2**63 - 1
 
 # Names (robot, model ids, sampling methods, feature keys): ASCII letters, digits and _ . : / @ + -
 _NAME_RE = re.compile(r"[A-Za-z0-9_.:/@+\-]+")
+
+
+def sampling_is_known(name: str) -> bool:
+    """Whether ``name`` is a sampling method of this protocol version: one of
+    ``SAMPLING_METHODS`` or ``bid:<N>`` with 1 <= N <= MAX_BID_SAMPLES."""
+    if name in SAMPLING_METHODS:
+        return True
+    match = _BID_RE.fullmatch(name)
+    return match is not None and int(match.group(1)) <= MAX_BID_SAMPLES
+
+
+def bid_samples(name: str) -> int | None:
+    """N of a ``bid:<N>`` sampling method, None for the others."""
+    match = _BID_RE.fullmatch(name)
+    return None if match is None else int(match.group(1))
 
 
 class ProtocolError(ValueError):
@@ -107,7 +125,7 @@ class ObservationRequest:
     instruction: str
     delay: int
     execution_horizon: int
-    sampling: str  # how to draw the chunk: "plain", "guided:<schedule>" (RTC) or "prefix"
+    sampling: str  # how to draw the chunk: "plain", "guided:<schedule>" (RTC), "prefix", "bid:<N>"
     prev_actions: np.ndarray | None = None
     seed: int | None = None
 
