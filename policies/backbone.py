@@ -124,11 +124,16 @@ class SmallBackbone(Backbone):
         images, lang_tokens, lang_mask, state = read_prefix_inputs(batch, self.config)
         if self.training and self.config.augment_shift > 0:
             images = [random_shift(x, self.config.augment_shift) for x in images]
+        words = self.lang_embed(lang_tokens)  # (B, L, C)
+        cond = None
+        if self.config.film:  # the instruction, mean-pooled, conditions the image stems
+            weights = lang_mask[..., None].to(words.dtype)
+            cond = (words * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, C)
         parts = [
-            self.stems[_module_name(k)](x)
+            self.stems[_module_name(k)](x, cond)
             for k, x in zip(self.config.image_keys, images, strict=True)
         ]
-        parts.append(self.lang_embed(lang_tokens) + self.lang_pos[: lang_tokens.shape[1]])
+        parts.append(words + self.lang_pos[: lang_tokens.shape[1]])
         parts.append(self.state_proj(state)[:, None])  # (B, 1, C)
         prefix = torch.cat(parts, dim=1)  # (B, P, C)
         return prefix, valid_prefix_tokens(prefix, lang_mask)

@@ -199,9 +199,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"{folder} has checkpoint format {meta.get('format_version')}, this version reads "
             f"{FORMAT_VERSION}: retrain, or load it with the version that wrote it"
         )
-    # Checkpoints written before these fields existed used patch tokens, no augmentation and
-    # byte tokens.
-    old = {"vision": "patch", "augment_shift": 0, "language": "bytes"}
+    # Checkpoints written before these fields existed used patch tokens, no augmentation,
+    # byte tokens and no FiLM.
+    old = {"vision": "patch", "augment_shift": 0, "language": "bytes", "film": False}
     config = VLAConfig(**{**old, **meta["vla_config"]})
     backbone = None
     if config.backbone == "hf":

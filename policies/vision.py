@@ -33,6 +33,33 @@ def random_shift(frames: Tensor, pad: int) -> Tensor:
     return out.view(shape)
 
 
+class FiLM(nn.Module):
+    """x (B, ch, h, w) -> x * (1 + gamma(cond)) + beta(cond), cond (B, C); identity at init."""
+
+    def __init__(self, cond_dim: int, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        gamma, beta = self.proj(cond)[:, :, None, None].chunk(2, dim=1)
+        return x * (1.0 + gamma) + beta
+
+
+def _films(cond_dim: int | None, channels: tuple[int, ...]) -> nn.ModuleList | None:
+    return None if cond_dim is None else nn.ModuleList(FiLM(cond_dim, c) for c in channels)
+
+
+def _check_cond(films: nn.ModuleList | None, cond: Tensor | None) -> None:
+    if (films is None) != (cond is None):
+        raise ValueError(
+            "this stem was built with film="
+            f"{films is not None} but called {'without' if cond is None else 'with'} an "
+            "instruction embedding"
+        )
+
+
 class PatchStem(nn.Module):
     """One camera's images (B, 3, h, w) in [0, 1] -> patch tokens (B, h * w / p^2, C).
 
@@ -41,19 +68,29 @@ class PatchStem(nn.Module):
     Convolutions Help Transformers See Better"), plus a learned position embedding.
     """
 
-    def __init__(self, width: int, patch_size: int, num_patches: int) -> None:
+    def __init__(
+        self, width: int, patch_size: int, num_patches: int, cond_dim: int | None = None
+    ) -> None:
         super().__init__()
-        self.convs = nn.Sequential(
-            nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
-            nn.GELU(),
-            nn.Conv2d(64, width, kernel_size=patch_size // 4, stride=patch_size // 4),
+        self.convs = nn.ModuleList(
+            [
+                nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1),
+                nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
+            ]
         )
+        self.films = _films(cond_dim, (32, 64))
+        self.patchify = nn.Conv2d(64, width, kernel_size=patch_size // 4, stride=patch_size // 4)
         self.pos = nn.Parameter(0.02 * torch.randn(num_patches, width))
 
-    def forward(self, images: Tensor) -> Tensor:
-        x = self.convs(2.0 * images - 1.0)  # (B, C, h / p, w / p)
+    def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
+        _check_cond(self.films, cond)
+        x = 2.0 * images - 1.0
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.films is not None:
+                x = self.films[i](x, cond)
+            x = F.gelu(x)
+        x = self.patchify(x)  # (B, C, h / p, w / p)
         return x.flatten(2).transpose(1, 2) + self.pos  # (B, h * w / p^2, C)
 
 
@@ -76,8 +113,9 @@ class KeypointStem(nn.Module):
     learned embedding of k.
     """
 
-    def __init__(self, width: int, num_keypoints: int) -> None:
+    def __init__(self, width: int, num_keypoints: int, cond_dim: int | None = None) -> None:
         super().__init__()
+        self.films = _films(cond_dim, (32, 64, 64))
         self.stem = conv_block(3, 32, 2)  # (B, 32, h / 2, w / 2)
         self.down = nn.ModuleList([conv_block(32, 64, 2), conv_block(64, 64, 2)])  # h / 8
         self.residual = nn.ModuleList([conv_block(64, 64, 1), conv_block(64, 64, 1)])
@@ -86,11 +124,16 @@ class KeypointStem(nn.Module):
         self.embed = nn.Linear(3, width)
         self.identity = nn.Parameter(0.02 * torch.randn(num_keypoints, width))
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
+        _check_cond(self.films, cond)
         x = self.stem(2.0 * images - 1.0)
-        for down, residual in zip(self.down, self.residual, strict=True):
+        if self.films is not None:
+            x = self.films[0](x, cond)
+        for i, (down, residual) in enumerate(zip(self.down, self.residual, strict=True)):
             x = down(x)
             x = x + residual(x)  # (B, 64, h', w')
+            if self.films is not None:
+                x = self.films[i + 1](x, cond)
         maps = self.keypoints(x)  # (B, K, h', w')
         hh, ww = maps.shape[-2:]
         logits = maps.flatten(2) * self.temperature.exp()  # (B, K, h' w')
@@ -107,8 +150,9 @@ class KeypointStem(nn.Module):
 
 def make_stem(config: VLAConfig) -> nn.Module:
     """The image encoder ``config.vision`` names, for one camera."""
+    cond_dim = config.width if config.film else None
     if config.vision == "keypoints":
-        return KeypointStem(config.width, config.num_keypoints)
+        return KeypointStem(config.width, config.num_keypoints, cond_dim)
     h, w = config.image_size
     num_patches = (h // config.patch_size) * (w // config.patch_size)
-    return PatchStem(config.width, config.patch_size, num_patches)
+    return PatchStem(config.width, config.patch_size, num_patches, cond_dim)

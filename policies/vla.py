@@ -47,6 +47,7 @@ class VLAConfig:
     vision: str = "patch"  # image encoder: "patch" tokens or "keypoints" (spatial softmax)
     patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
+    film: bool = True  # small backbone: the instruction FiLM-conditions the image stems (RT-1)
     augment_shift: int = 0  # training only: random image shifts of up to this many pixels
     state_dim: int = 6  # size of observation.state
     action_dim: int = 6  # size of one action

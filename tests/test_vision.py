@@ -52,3 +52,25 @@ def test_vla_trains_with_either_encoder_and_augments_only_in_training(vision):
 def test_unknown_vision_is_refused():
     with pytest.raises(ValueError, match="vision='resnet' is unknown"):
         VLAConfig(vision="resnet")
+
+
+@pytest.mark.parametrize("vision", ["patch", "keypoints"])
+def test_film_lets_the_instruction_change_the_image_tokens(vision):
+    from policies.vision import make_stem
+
+    torch.manual_seed(0)
+    config = VLAConfig(image_size=(32, 32), patch_size=8, width=32, num_heads=2, vision=vision)
+    stem = make_stem(config)
+    images = torch.rand(2, 3, 32, 32)
+    red, blue = torch.randn(1, 32).expand(2, 32), torch.randn(1, 32).expand(2, 32)
+    torch.testing.assert_close(stem(images, red), stem(images, blue))  # identity at init
+    (stem(images, red) - stem(images, blue).detach()).square().sum().backward()
+    assert all(f.proj.weight.grad is not None for f in stem.films)  # FiLM is trained
+    for film in stem.films:
+        torch.nn.init.normal_(film.proj.weight, std=0.1)
+    assert not torch.allclose(stem(images, red), stem(images, blue))
+    with pytest.raises(ValueError, match="instruction embedding"):
+        stem(images)
+    plain = make_stem(VLAConfig(image_size=(32, 32), patch_size=8, width=32, num_heads=2,
+                                vision=vision, film=False))  # fmt: skip
+    assert plain.films is None and plain(images).shape == stem(images, red).shape
