@@ -7,6 +7,11 @@ actions and the recorded ones (within the episode). Run it on the training datas
 recorded with held-out seeds (``rtvla record seed=1000``) to tell underfitting (both high)
 from overfitting (held-out much higher).
 
+It also predicts each frame's chunk under every other instruction of the dataset (same noise)
+and reports the error against the recorded actions then: a policy that reads its instruction
+errs far more under a wrong one ("rmse_wrong_instruction_median"); one that ignores it errs
+the same (the colour of a reach target is not grounded).
+
     uv run python bench/open_loop.py CHECKPOINT DATASET [--frames 200] [--horizon 8]
 """
 
@@ -30,7 +35,8 @@ def open_loop_error(checkpoint: str, dataset: str, frames: int, horizon: int, se
     items = InMemoryChunks(data, H, [k for k in camera_keys(data.meta.features) if k in needed])
     rng = np.random.default_rng(seed)
     index = rng.choice(len(items), size=min(frames, len(items)), replace=False)
-    errors, first = [], []
+    tasks = list(data.meta.tasks.index)
+    errors, wrong, first = [], [], []
     for k, i in enumerate(index):
         item = items[int(i)]
         observation = {
@@ -38,21 +44,33 @@ def open_loop_error(checkpoint: str, dataset: str, frames: int, horizon: int, se
             if key.startswith("observation.images.") else item[key].numpy()
             for key in policy.info.features
         }  # fmt: skip
-        request = ObservationRequest(
-            request_id=k, robot_id="bench", tick=0, observation=observation,
-            instruction=item["task"], delay=0, execution_horizon=horizon, sampling="plain",
-            seed=int(seed * 100_000 + k),
-        )  # fmt: skip
-        chunk = policy.infer([request])[0][:horizon]  # (s, A)
+        instructions = [item["task"], *(t for t in tasks if t != item["task"])]
+        requests = [
+            ObservationRequest(
+                request_id=k, robot_id="bench", tick=0, observation=observation,
+                instruction=text, delay=0, execution_horizon=horizon, sampling="plain",
+                seed=int(seed * 100_000 + k),
+            )  # fmt: skip
+            for text in instructions
+        ]
+        chunks = [c[:horizon] for c in policy.infer(requests)]  # (s, A) each
+        chunk = chunks[0]
         valid = ~item["action_is_pad"].numpy()[:horizon]
         target = item["action"].numpy()[:horizon]
-        errors.append(np.sqrt(np.mean((chunk[valid] - target[valid]) ** 2)))
+
+        def rmse(c: np.ndarray, valid=valid, target=target) -> float:
+            return float(np.sqrt(np.mean((c[valid] - target[valid]) ** 2)))
+
+        errors.append(rmse(chunk))
+        if len(chunks) > 1:
+            wrong.append(np.mean([rmse(c) for c in chunks[1:]]))
         first.append(np.abs(chunk[0] - target[0]))
     first = np.stack(first)  # (N, A)
     return {
         "checkpoint": checkpoint, "dataset": dataset, "frames": len(index), "horizon": horizon,
         "rmse_median": round(float(np.median(errors)), 5),
         "rmse_p90": round(float(np.percentile(errors, 90)), 5),
+        "rmse_wrong_instruction_median": round(float(np.median(wrong)), 5) if wrong else None,
         "first_action_abs_error_mean_per_joint": [round(float(v), 5) for v in first.mean(0)],
     }  # fmt: skip
 
