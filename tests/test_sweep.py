@@ -229,3 +229,20 @@ def test_workers_give_the_outcomes_of_one_process(tmp_path):
             assert a["episode_ticks"] == b["episode_ticks"]
     assert one["seam_ratio"] == pytest.approx(two["seam_ratio"])
     assert len(list((tmp_path / "two" / "workers").glob("p*_e*.json"))) == 2 * 2 * 2
+
+
+def test_a_quick_sweep_on_the_dynamic_task(tmp_path):
+    overrides = [o for o in SYNTHETIC if o != "task=reach"]
+    figures = sweep(
+        *overrides, "task=track", "quick=true", "executors=[naive,rtc]",
+        "quick_grid.delays=[0,4]", "quick_grid.episodes=1", "quick_grid.horizons=[]",
+        f"output_dir={tmp_path}",
+    )  # fmt: skip
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["task"] == "track" and saved["quick"]
+    for name in ("naive", "rtc"):
+        for d in ("0", "4"):
+            cell = saved["success_vs_delay"][name][d]
+            assert cell["episodes"] == 1 and len(cell["ci95"]) == 2
+            assert cell["episode_success"] == [int(cell["success"])]
+    assert figures["success_vs_delay"]["rtc"]["4"]["episodes"] == 1
