@@ -47,10 +47,16 @@ def open_loop_error(checkpoint: str, dataset: str, frames: int, horizon: int, se
         instructions = [item["task"], *(t for t in tasks if t != item["task"])]
         requests = [
             ObservationRequest(
-                request_id=k, robot_id="bench", tick=0, observation=observation,
-                instruction=text, delay=0, execution_horizon=horizon, sampling="plain",
+                request_id=k,
+                robot_id="bench",
+                tick=0,
+                observation=observation,
+                instruction=text,
+                delay=0,
+                execution_horizon=horizon,
+                sampling="plain",
                 seed=int(seed * 100_000 + k),
-            )  # fmt: skip
+            )
             for text in instructions
         ]
         chunks = [c[:horizon] for c in policy.infer(requests)]  # (s, A) each
