@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from policies.backbone import PrefixCache
+from policies.backbone import BYTE_VOCAB, PrefixCache
 from policies.transformer import Block, init_weights
 
 if TYPE_CHECKING:
@@ -42,6 +42,15 @@ class ActionExpert(nn.Module):
         self.action_in = nn.Linear(config.action_dim, E)
         self.time_mlp = nn.Sequential(nn.Linear(2 * E, E), nn.SiLU(), nn.Linear(E, E))
         self.pos = nn.Parameter(0.02 * torch.randn(config.chunk_length, E))
+        # The instruction as a bag of its tokens, added to every action token: the expert's
+        # queries can then depend on what was asked (which target) directly, instead of only
+        # through attention to the language tokens. Its own embedding, so it takes nothing
+        # from the (insulated) backbone.
+        self.reads_instruction = config.expert_instruction and config.backbone == "small"
+        self.instruction = None
+        if self.reads_instruction:
+            vocab = config.word_buckets if config.language == "words" else BYTE_VOCAB
+            self.instruction = nn.EmbeddingBag(vocab, E, mode="mean", padding_idx=0)
         self.blocks = nn.ModuleList(
             Block(E, num_heads, head_dim, config.mlp_ratio) for _ in range(num_layers)
         )
@@ -58,6 +67,10 @@ class ActionExpert(nn.Module):
         a = self.action_in(x_t)  # (B, H, E)
         t = sincos_embedding(tau.to(a.dtype), a.shape[-1])  # (B, H, E)
         x = self.time_mlp(torch.cat([a, t], dim=-1)) + self.pos[:H]  # (B, H, E)
+        if self.instruction is not None:
+            if cache.instruction is None:
+                raise ValueError("this expert reads the instruction: the cache carries none")
+            x = x + self.instruction(cache.instruction)[:, None]  # (B, 1, E)
         for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
             x, _, _ = block(x, mask, context=(k, v))
         return self.action_out(self.norm(x))  # (B, H, A)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.features import STATE
-from policies.language import HASH_BUCKETS, words
+from policies.language import words
 from policies.transformer import Block, init_weights
 from policies.vision import make_stem, random_shift
 
@@ -38,11 +38,15 @@ class PrefixCache:
     keys: list[Tensor]  # one (B, nh, P, hd) per layer
     values: list[Tensor]  # one (B, nh, P, hd) per layer
     valid: Tensor  # (B, P) bool, False at padding
+    instruction: Tensor | None = None  # (B, L) long, the instruction's token ids (0 pads)
 
     def detach(self) -> PrefixCache:
         """The same cache cut from the autograd graph: stop_grad(K, V) of knowledge insulation."""
         return PrefixCache(
-            [k.detach() for k in self.keys], [v.detach() for v in self.values], self.valid
+            [k.detach() for k in self.keys],
+            [v.detach() for v in self.values],
+            self.valid,
+            self.instruction,
         )
 
 
@@ -92,7 +96,7 @@ class SmallBackbone(Backbone):
         self.stems = nn.ModuleDict(
             {_module_name(key): make_stem(config) for key in config.image_keys}
         )
-        vocab = HASH_BUCKETS if config.language == "words" else BYTE_VOCAB
+        vocab = config.word_buckets if config.language == "words" else BYTE_VOCAB
         self.lang_embed = nn.Embedding(vocab, C)
         self.lang_pos = nn.Parameter(0.02 * torch.randn(config.max_lang_tokens, C))
         self.state_proj = nn.Linear(config.state_dim, C)
@@ -109,7 +113,7 @@ class SmallBackbone(Backbone):
         tokens = torch.zeros(len(instructions), L, dtype=torch.long)
         for i, text in enumerate(instructions):
             if self.config.language == "words":
-                data = words(text, len(text))
+                data = words(text, len(text), self.config.word_buckets)
             else:
                 data = [b + 1 for b in text.encode("utf-8")]
             if len(data) > L:

@@ -200,8 +200,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"{FORMAT_VERSION}: retrain, or load it with the version that wrote it"
         )
     # Checkpoints written before these fields existed used patch tokens, no augmentation,
-    # byte tokens and no FiLM.
-    old = {"vision": "patch", "augment_shift": 0, "language": "bytes", "film": False}
+    # byte tokens, no FiLM and an expert that does not read the instruction itself.
+    old = {
+        "vision": "patch", "augment_shift": 0, "language": "bytes", "film": False,
+        "expert_instruction": False, "word_buckets": 4096,
+    }  # fmt: skip
     config = VLAConfig(**{**old, **meta["vla_config"]})
     backbone = None
     if config.backbone == "hf":

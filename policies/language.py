@@ -10,7 +10,7 @@ import zlib
 HASH_BUCKETS = 4096  # word-hash vocabulary: ids 1 .. HASH_BUCKETS - 1, 0 pads
 
 
-def words(text: str, max_words: int) -> list[int]:
-    """``text``'s first ``max_words`` lower-cased alphanumeric words as ids in [1, HASH_BUCKETS)."""
+def words(text: str, max_words: int, buckets: int = HASH_BUCKETS) -> list[int]:
+    """``text``'s first ``max_words`` lower-cased alphanumeric words as ids in [1, buckets)."""
     tokens = re.findall(r"[a-z0-9]+", text.lower())[:max_words]
-    return [1 + zlib.crc32(t.encode()) % (HASH_BUCKETS - 1) for t in tokens]
+    return [1 + zlib.crc32(t.encode()) % (buckets - 1) for t in tokens]

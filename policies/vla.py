@@ -17,7 +17,7 @@ not decoded: the prefix is encoded once and the expert alone runs the Euler step
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -48,6 +48,7 @@ class VLAConfig:
     patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
     film: bool = True  # small backbone: the instruction FiLM-conditions the image stems (RT-1)
+    expert_instruction: bool = True  # small backbone: the expert also reads a bag of its tokens
     augment_shift: int = 0  # training only: random image shifts of up to this many pixels
     state_dim: int = 6  # size of observation.state
     action_dim: int = 6  # size of one action
@@ -60,9 +61,8 @@ class VLAConfig:
     expert_width: int = 96  # action expert width (even)
     mlp_ratio: float = 4.0  # MLP hidden width as a multiple of the block width
     language: str = "words"  # small backbone: "words" (hashed, policies/language.py) or "bytes"
-    max_lang_tokens: int = (
-        16  # instruction length in tokens (words or bytes; the hf backbone's own)
-    )
+    word_buckets: int = 1024  # language=words: hash vocabulary (the tasks' words never collide)
+    max_lang_tokens: int = 16  # instruction length in tokens (words, bytes or the hf model's)
     fast_vocab_size: int = 1024  # FAST ids the head predicts; at least FastTokenizer.vocab_size
     max_fast_tokens: int = 64  # FAST tokens per chunk (FastTokenizer.encode_padded max_len)
     num_steps: int = 10  # Euler steps at inference
@@ -202,6 +202,7 @@ class VLA(nn.Module):
         cache, fast_logits = self.backbone(
             prefix, prefix_valid, fast_tokens, mask[:, :num_backbone, :num_backbone]
         )
+        cache = self._with_instruction(cache, batch)
         if self.config.insulation:
             cache = cache.detach()
         velocity = self.expert(cache, x_t, tau, expert_rows(mask, P, fast_valid.shape[1]))
@@ -266,7 +267,13 @@ class VLA(nn.Module):
         prefix, prefix_valid = self.backbone.embed_prefix(batch)  # (B, P, C), (B, P)
         mask = make_attention_mask(prefix_valid, prefix_valid.new_zeros(len(prefix), 0), 0)
         cache, _ = self.backbone(prefix, prefix_valid, None, mask)
-        return cache
+        return self._with_instruction(cache, batch)
+
+    def _with_instruction(self, cache: PrefixCache, batch: dict[str, Tensor]) -> PrefixCache:
+        """The cache carrying the instruction's token ids, for an expert that reads them."""
+        if not self.expert.reads_instruction:
+            return cache
+        return replace(cache, instruction=get_feature(batch, "lang_tokens"))
 
     def denoise_step(self, cache: PrefixCache, x_t: Tensor, tau: Tensor) -> Tensor:
         """Velocity v (B, H, A) at noisy actions x_t (B, H, A) and flow time tau (B,) or (B, H),

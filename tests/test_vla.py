@@ -262,3 +262,26 @@ def sample_chunk(model, batch, noise=None, num_steps=None, prefix=None, prefix_m
         noise = torch.randn(B, cfg.chunk_length, cfg.action_dim)
     steps = cfg.num_steps if num_steps is None else num_steps
     return euler_sample(model.velocity_fn(batch), noise, steps, prefix, prefix_mask)
+
+
+def test_the_tasks_words_get_distinct_ids():
+    """Hashed word ids may collide; none of the words the tasks' instructions use do."""
+    import re
+
+    from policies.language import words
+    from sim import TASKS, SimEnv
+    from sim.tasks.base import direction_words
+
+    vocabulary = {"move", "forward", "back", "left", "right", "up", "down", "and"}
+    for name in TASKS:
+        env = SimEnv(name, render=False)
+        for seed in range(6):
+            env.reset(seed=seed)
+            for text in (env.instruction, *env.task.phases()):
+                vocabulary |= set(re.findall(r"[a-z0-9]+", text.lower()))
+        env.close()
+    vocabulary |= set(direction_words(np.array([0.02, -0.02, 0.03])).split())
+    buckets = VLAConfig().word_buckets
+    ids = {w: words(w, 1, buckets)[0] for w in vocabulary}
+    assert len(set(ids.values())) == len(vocabulary), ids
+    assert {"red", "green", "blue", "cube", "target", "bin", "follow"} <= vocabulary
