@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from policies.features import STATE
 from policies.language import words
 from policies.transformer import Block, init_weights
-from policies.vision import make_stem, random_shift
+from policies.vision import FiLM, make_stem, random_shift
 
 if TYPE_CHECKING:
     from policies.vla import VLAConfig
@@ -107,6 +107,9 @@ class SmallBackbone(Backbone):
         )
         self.fast_norm = nn.RMSNorm(C)
         self.apply(init_weights)
+        for module in self.modules():  # FiLM starts as the identity
+            if isinstance(module, FiLM):
+                module.reset_parameters()
 
     def tokenize_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
         L = self.config.max_lang_tokens

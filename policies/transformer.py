@@ -51,7 +51,7 @@ class Block(nn.Module):
 
 def init_weights(module: nn.Module) -> None:
     """GPT-2 initialisation: N(0, 0.02) weights for linear and embedding layers, zero biases."""
-    if isinstance(module, nn.Linear | nn.Embedding):
+    if isinstance(module, nn.Linear | nn.Embedding | nn.EmbeddingBag):
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)

@@ -39,6 +39,10 @@ class FiLM(nn.Module):
     def __init__(self, cond_dim: int, channels: int) -> None:
         super().__init__()
         self.proj = nn.Linear(cond_dim, 2 * channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The identity: call again after a model-wide re-initialisation."""
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 

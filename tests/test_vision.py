@@ -74,3 +74,10 @@ def test_film_lets_the_instruction_change_the_image_tokens(vision):
     plain = make_stem(VLAConfig(image_size=(32, 32), patch_size=8, width=32, num_heads=2,
                                 vision=vision, film=False))  # fmt: skip
     assert plain.films is None and plain(images).shape == stem(images, red).shape
+
+
+def test_film_is_the_identity_in_a_fresh_model_and_the_expert_embedding_is_small():
+    model = VLA(VLAConfig(image_size=(32, 32), patch_size=8, width=32, num_heads=2))
+    films = [m for m in model.modules() if type(m).__name__ == "FiLM"]
+    assert films and all(not f.proj.weight.any() and not f.proj.bias.any() for f in films)
+    assert model.expert.instruction.weight.std() < 0.05  # GPT-2 init, like the other tables
