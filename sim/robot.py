@@ -179,9 +179,9 @@ def build_scene(timestep: float) -> mujoco.MjSpec:
         contype=SCENE_CONTYPE, conaffinity=SCENE_CONTYPE,
     )  # fmt: skip
     world.add_light(pos=[0.2, 0, 1.0], dir=[0, 0, -1], diffuse=[0.5, 0.5, 0.5], castshadow=False)
-    eye, target = np.array([0.34, 0.0, 0.44]), np.array([0.11, 0.0, 0.0])
+    eye, target = np.array([0.45, 0.0, 0.45]), np.array([0.09, 0.0, 0.03])
     world.add_camera(
-        name="front", pos=eye, quat=look_at_quat(eye, target, np.array([0, 0, 1.0])), fovy=45
+        name="front", pos=eye, quat=look_at_quat(eye, target, np.array([0, 0, 1.0])), fovy=50
     )
     _add_arm(world)
 
