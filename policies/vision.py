@@ -76,25 +76,25 @@ class PatchStem(nn.Module):
         self, width: int, patch_size: int, num_patches: int, cond_dim: int | None = None
     ) -> None:
         super().__init__()
-        self.convs = nn.ModuleList(
-            [
-                nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1),
-                nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
-            ]
+        self.convs = nn.Sequential(  # one Sequential: its parameter names are the checkpoints'
+            nn.Conv2d(3, 32, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(32, 64, kernel_size=3, stride=2, padding=1),
+            nn.GELU(),
+            nn.Conv2d(64, width, kernel_size=patch_size // 4, stride=patch_size // 4),
         )
         self.films = _films(cond_dim, (32, 64))
-        self.patchify = nn.Conv2d(64, width, kernel_size=patch_size // 4, stride=patch_size // 4)
         self.pos = nn.Parameter(0.02 * torch.randn(num_patches, width))
 
     def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
         _check_cond(self.films, cond)
         x = 2.0 * images - 1.0
-        for i, conv in enumerate(self.convs):
-            x = conv(x)
+        for i in range(2):  # conv, FiLM, GELU
+            x = self.convs[2 * i](x)
             if self.films is not None:
                 x = self.films[i](x, cond)
-            x = F.gelu(x)
-        x = self.patchify(x)  # (B, C, h / p, w / p)
+            x = self.convs[2 * i + 1](x)
+        x = self.convs[4](x)  # (B, C, h / p, w / p): the patches
         return x.flatten(2).transpose(1, 2) + self.pos  # (B, h * w / p^2, C)
 
 

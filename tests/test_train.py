@@ -130,3 +130,26 @@ def test_camera_spec_needs_cameras_of_one_size():
     small = {"dtype": "image", "shape": (64, 64, 3)}
     with pytest.raises(ValueError, match="different sizes"):
         camera_spec({"observation.images.front": cam, "observation.images.wrist": small})
+
+
+def test_the_shipped_checkpoint_loads_and_serves_a_chunk():
+    """checkpoints/demo, written by an earlier version of the model code, still loads (every
+    weight where the current code expects it) and samples a finite chunk."""
+    from pathlib import Path
+
+    from runtime.serving.loader import load_policy
+    from runtime.wire.protocol import ObservationRequest
+
+    folder = Path(__file__).resolve().parents[1] / "checkpoints" / "demo"
+    policy = load_policy(folder)
+    info = policy.info
+    observation = {
+        key: np.zeros(spec["shape"], dtype=spec["dtype"]) for key, spec in info.features.items()
+    }
+    request = ObservationRequest(
+        request_id=0, robot_id="test", tick=0, observation=observation,
+        instruction="move the gripper to the red target", delay=0, execution_horizon=25,
+        sampling="plain", seed=0,
+    )  # fmt: skip
+    (chunk,) = policy.infer([request])
+    assert chunk.shape == (info.chunk_length, info.action_dim) and np.isfinite(chunk).all()
