@@ -21,7 +21,7 @@ import mujoco
 import numpy as np
 
 from sim.ik import DiffIK, down_rotation, min_jerk
-from sim.robot import GRIPPER_OPEN
+from sim.robot import GRIPPER_OPEN, NO_CONTACT
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
@@ -103,6 +103,21 @@ class Task(ABC):
         self, env: SimEnv, rng: np.random.Generator, failure_prob: float
     ) -> Demonstrator:
         """A scripted demonstrator for the current episode (call after ``env.reset``)."""
+
+
+def add_target_spheres(spec: mujoco.MjSpec, radius: float) -> None:
+    """One contact-free mocap sphere per colour, bodies ``target_<colour>``."""
+    for color, rgba in COLORS.items():
+        body = spec.worldbody.add_body(name=f"target_{color}", mocap=True)
+        body.add_geom(
+            type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[radius, 0, 0], rgba=rgba,
+            contype=NO_CONTACT, conaffinity=NO_CONTACT,
+        )  # fmt: skip
+
+
+def target_mocap_ids(model: mujoco.MjModel) -> dict[str, int]:
+    """Colour -> mocap index of the spheres ``add_target_spheres`` made."""
+    return {c: model.body(f"target_{c}").mocapid[0] for c in COLORS}
 
 
 def sample_apart(

@@ -14,16 +14,17 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from sim.robot import NO_CONTACT
 from sim.tasks.base import (
     COLORS,
     Demonstrator,
     Labels,
     Step,
     Task,
+    add_target_spheres,
     arm_yaw,
     direction_words,
     sample_apart,
+    target_mocap_ids,
 )
 
 if TYPE_CHECKING:
@@ -50,16 +51,11 @@ class Reach(Task):
     max_steps = 180
 
     def build(self, spec: mujoco.MjSpec) -> None:
-        for color, rgba in COLORS.items():
-            body = spec.worldbody.add_body(name=f"target_{color}", mocap=True)
-            body.add_geom(
-                type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.018, 0, 0], rgba=rgba,
-                contype=NO_CONTACT, conaffinity=NO_CONTACT,
-            )  # fmt: skip
+        add_target_spheres(spec, radius=0.018)
 
     def bind(self, model: mujoco.MjModel, data: mujoco.MjData) -> None:
         super().bind(model, data)
-        self._mocap = {c: model.body(f"target_{c}").mocapid[0] for c in COLORS}
+        self._mocap = target_mocap_ids(model)
         self._site = model.site("grip").id
         self.color = "red"
 

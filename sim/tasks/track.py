@@ -21,8 +21,17 @@ from typing import TYPE_CHECKING
 import mujoco
 import numpy as np
 
-from sim.robot import NO_CONTACT
-from sim.tasks.base import COLORS, Demonstrator, Labels, Step, Task, arm_yaw, direction_words
+from sim.tasks.base import (
+    COLORS,
+    Demonstrator,
+    Labels,
+    Step,
+    Task,
+    add_target_spheres,
+    arm_yaw,
+    direction_words,
+    target_mocap_ids,
+)
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
@@ -80,16 +89,11 @@ class Track(Task):
     max_steps = round(DURATION_S * 30)
 
     def build(self, spec: mujoco.MjSpec) -> None:
-        for color, rgba in COLORS.items():
-            body = spec.worldbody.add_body(name=f"target_{color}", mocap=True)
-            body.add_geom(
-                type=mujoco.mjtGeom.mjGEOM_SPHERE, size=[0.015, 0, 0], rgba=rgba,
-                contype=NO_CONTACT, conaffinity=NO_CONTACT,
-            )  # fmt: skip
+        add_target_spheres(spec, radius=0.015)
 
     def bind(self, model: mujoco.MjModel, data: mujoco.MjData) -> None:
         super().bind(model, data)
-        self._mocap = {c: model.body(f"target_{c}").mocapid[0] for c in COLORS}
+        self._mocap = target_mocap_ids(model)
         self._site = model.site("grip").id
         self.color = "red"
         self.paths: dict[str, Path] = {}
