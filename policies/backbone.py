@@ -39,6 +39,7 @@ class PrefixCache:
     values: list[Tensor]  # one (B, nh, P, hd) per layer
     valid: Tensor  # (B, P) bool, False at padding
     instruction: Tensor | None = None  # (B, L) long, the instruction's token ids (0 pads)
+    readout: Tensor | None = None  # (B, C): the state token entering the last layer
 
     def detach(self) -> PrefixCache:
         """The same cache cut from the autograd graph: stop_grad(K, V) of knowledge insulation."""
@@ -47,6 +48,7 @@ class PrefixCache:
             [v.detach() for v in self.values],
             self.valid,
             self.instruction,
+            None if self.readout is None else self.readout.detach(),
         )
 
 
@@ -153,11 +155,13 @@ class SmallBackbone(Backbone):
         if fast_tokens is not None:
             x = torch.cat([prefix, self._embed_fast(fast_tokens)], dim=1)  # (B, P + F, C)
         keys, values = [], []
-        for block in self.blocks:
+        for i, block in enumerate(self.blocks):
+            if i == len(self.blocks) - 1:  # what the expert's last layer reads: its K, V
+                readout = x[:, P - 1]  # (B, C), the state token (the prefix's last)
             x, k, v = block(x, mask)
             keys.append(k[:, :, :P])  # (B, nh, P, hd)
             values.append(v[:, :, :P])
-        cache = PrefixCache(keys, values, prefix_valid)
+        cache = PrefixCache(keys, values, prefix_valid, readout=readout)
         if fast_tokens is None:
             return cache, None
         head = self.fast_embed.weight[: self.config.fast_vocab_size]  # (V, C), tied embedding

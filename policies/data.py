@@ -204,6 +204,9 @@ class Collator:
         actions = torch.stack([it[ACTION] for it in items])  # (B, H, A)
         batch[ACTION] = self.normalizer.normalize(ACTION, actions)
         batch["action_is_pad"] = torch.stack([it["action_is_pad"] for it in items])  # (B, H)
+        if ENV_STATE in self.normalizer.mean:  # an auxiliary target (VLAConfig.aux_env_state)
+            env = torch.stack([it[ENV_STATE] for it in items])  # (B, E)
+            batch[ENV_STATE] = self.normalizer.normalize(ENV_STATE, env)
         if self.fast_tokenizer is not None:
             tokens, mask = self.fast_tokenizer.encode_padded(
                 batch[ACTION].numpy(), self.max_fast_tokens

@@ -26,7 +26,7 @@ from policies.data import (
     open_dataset,
 )
 from policies.fast import FastTokenizer
-from policies.features import ACTION, STATE
+from policies.features import ACTION, ENV_STATE, STATE
 from policies.inference import VLAPreprocessor
 from policies.normalize import Normalizer
 from policies.trainer import Setup, fit
@@ -50,6 +50,7 @@ def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
         image_size=size,
         state_dim=features[STATE]["shape"][0],
         action_dim=features[ACTION]["shape"][0],
+        env_state_dim=features[ENV_STATE]["shape"][0] if ENV_STATE in features else 0,
     )
 
 
@@ -84,7 +85,8 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
             write_extra=state_flow.write_extra(normalizer),
         )
     config = vla_config(features, policy_cfg)
-    normalizer = Normalizer.from_stats(dataset.meta.stats)
+    keys = (STATE, ACTION, ENV_STATE) if config.aux_env_state > 0 else (STATE, ACTION)
+    normalizer = Normalizer.from_stats(dataset.meta.stats, keys)
     fast = _fast_tokenizer(cfg, dataset, normalizer, config) if config.fast_loss else None
     model = VLA(config).to(device)
     meta, write_extra = vla_checkpoint_parts(model, normalizer, fast, features, fps)

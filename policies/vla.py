@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from policies.action_expert import ActionExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
-from policies.features import ACTION, IMAGES
+from policies.features import ACTION, ENV_STATE, IMAGES
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import prefix_flow_time
 from policies.vision import VISION
@@ -75,6 +75,8 @@ class VLAConfig:
     fast_loss: bool = True  # FAST tokens and their CE in the backbone; False: flow only (pi0)
     alpha: float = 1.0  # weight of the flow-matching loss: loss = CE(FAST) + alpha * FM
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K} steps; 0: off
+    aux_env_state: float = 0.0  # weight of an auxiliary loss: the backbone predicts the scene state
+    env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
@@ -101,6 +103,11 @@ class VLAConfig:
             raise ValueError(
                 f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
                 f"[0, chunk_length={self.chunk_length})"
+            )
+        if self.aux_env_state > 0 and (self.env_state_dim == 0 or self.backbone != "small"):
+            raise ValueError(
+                f"aux_env_state={self.aux_env_state} needs backbone=small and a dataset with "
+                "observation.environment_state (rtvla record writes it): set aux_env_state=0"
             )
         if self.insulation and not self.fast_loss:
             logger.warning(
@@ -175,6 +182,10 @@ class VLA(nn.Module):
         self.expert = ActionExpert(
             config, self.backbone.num_layers, self.backbone.num_heads, self.backbone.head_dim
         )
+        if config.aux_env_state > 0:  # training only: the scene state read from the backbone
+            self.aux_head = nn.Sequential(
+                nn.RMSNorm(config.width), nn.Linear(config.width, config.env_state_dim)
+            )
 
     def tokenize_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
         """Instructions -> (lang_tokens long (B, L), lang_mask bool (B, L)), on CPU."""
@@ -190,6 +201,13 @@ class VLA(nn.Module):
         x_t: noisy actions (B, H, A); tau: flow time (B,) or (B, H). Returns the velocity
         (B, H, A) and the FAST logits (B, F, V) (None without ``fast_loss``).
         """
+        velocity, fast_logits, _ = self._joint_forward(batch, x_t, tau)
+        return velocity, fast_logits
+
+    def _joint_forward(
+        self, batch: dict[str, Tensor], x_t: Tensor, tau: Tensor
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """joint_forward, plus the backbone's readout (B, C) (None where it has none)."""
         prefix, prefix_valid = self.backbone.embed_prefix(batch)  # (B, P, C), (B, P)
         B, P = prefix_valid.shape
         fast_tokens = None
@@ -202,21 +220,24 @@ class VLA(nn.Module):
         cache, fast_logits = self.backbone(
             prefix, prefix_valid, fast_tokens, mask[:, :num_backbone, :num_backbone]
         )
+        readout = cache.readout
         cache = self._with_instruction(cache, batch)
         if self.config.insulation:
             cache = cache.detach()
         velocity = self.expert(cache, x_t, tau, expert_rows(mask, P, fast_valid.shape[1]))
-        return velocity, fast_logits
+        return velocity, fast_logits, readout
 
     def forward(
         self, batch: dict[str, Tensor], noise: Tensor | None = None, tau: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training loss: (loss, {"loss", "fm", "fast_ce"}), the terms still in the graph.
+        """Training loss: (loss, {"loss", "fm", "fast_ce", "aux_env"}), the terms in the graph.
 
         noise (B, H, A) and tau (B,) are drawn when not given. With rtc_training_max_delay = K
         > 0, each example gets a delay d ~ U{0..K}: its first d actions are clean (tau = 1) and
         the FM loss covers the rest only (training-time RTC). Padded actions (action_is_pad)
-        are out of the FM loss.
+        are out of the FM loss. With aux_env_state > 0 the backbone's readout also regresses
+        the normalized observation.environment_state (training only; the expert reads the
+        backbone, so what the readout must know, where each target is, reaches the actions).
         """
         cfg = self.config
         actions = get_feature(batch, ACTION)  # (B, H, A)
@@ -239,13 +260,19 @@ class VLA(nn.Module):
             delay = torch.randint(0, cfg.rtc_training_max_delay + 1, (B,), device=actions.device)
             tau, postfix = prefix_flow_time(tau, delay, H)  # (B, H), (B, H)
             loss_mask = loss_mask & postfix
-        velocity, fast_logits = self.joint_forward(batch, interpolate(actions, noise, tau), tau)
+        velocity, fast_logits, readout = self._joint_forward(
+            batch, interpolate(actions, noise, tau), tau
+        )
         fm = flow_matching_loss(velocity, actions, noise, loss_mask)
         terms = {"fm": fm}
         loss = cfg.alpha * fm
         if fast_logits is not None:
             terms["fast_ce"] = self._fast_loss(fast_logits, batch)
             loss = loss + terms["fast_ce"]
+        if cfg.aux_env_state > 0:
+            target = get_feature(batch, ENV_STATE)  # (B, E) normalized
+            terms["aux_env"] = F.mse_loss(self.aux_head(readout), target)
+            loss = loss + cfg.aux_env_state * terms["aux_env"]
         terms["loss"] = loss
         return loss, terms
 

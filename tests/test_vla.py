@@ -285,3 +285,25 @@ def test_the_tasks_words_get_distinct_ids():
     ids = {w: words(w, 1, buckets)[0] for w in vocabulary}
     assert len(set(ids.values())) == len(vocabulary), ids
     assert {"red", "green", "blue", "cube", "target", "bin", "follow"} <= vocabulary
+
+
+def test_aux_env_state_trains_the_backbone_under_insulation_and_leaves_inference_alone():
+    model = make_model(aux_env_state=1.0, env_state_dim=4)
+    batch = make_batch(model)
+    batch["observation.environment_state"] = torch.randn(2, 4)
+    loss, terms = model(batch)
+    assert "aux_env" in terms and terms["aux_env"] > 0
+    model.zero_grad()
+    terms["aux_env"].backward()
+    stem_grad = sum(p.grad.abs().sum() for p in model.backbone.stems.parameters() if p.grad is not None)
+    assert stem_grad > 0  # the scene-state target reaches the image stems
+    assert all(p.grad is None or not p.grad.any() for p in model.expert.parameters())
+    # serving batches carry no scene state: sampling does not need it
+    del batch["observation.environment_state"]
+    v = model.velocity_fn(batch)(*noisy_actions(model))
+    assert v.shape == (2, model.config.chunk_length, model.config.action_dim)
+
+
+def test_aux_env_state_without_a_scene_state_is_refused():
+    with pytest.raises(ValueError, match="environment_state"):
+        tiny_config(aux_env_state=1.0)
