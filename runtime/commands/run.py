@@ -36,6 +36,7 @@ from runtime.robot.client import (
 from runtime.robot.clock import make_clock
 from runtime.robot.controller import Controller, EpisodeResult, run_episodes
 from runtime.robot.drivers import Driver, make_driver
+from runtime.robot.drivers.base import RenamedDriver
 from runtime.robot.executors import Executor, make_executor
 from runtime.robot.operator import scripted_operator
 from runtime.robot.runlog import RunLog
@@ -202,7 +203,14 @@ def _chunk_length(client: PolicyClient, cfg: DictConfig) -> int:
 
 
 def make_run_driver(cfg: DictConfig) -> Driver:
-    """The driver of the ``driver/`` group entry, at the run's control rate."""
+    """The driver of the ``driver/`` group entry, at the run's control rate, its observation
+    keys renamed by ``rename_map`` (robot name -> policy name) when one is given."""
+    driver = _make_driver(cfg)
+    rename_map = cfg.get("rename_map")
+    return RenamedDriver(driver, dict(rename_map)) if rename_map else driver
+
+
+def _make_driver(cfg: DictConfig) -> Driver:
     failure_prob = cfg.get("failure_prob", 0.0)  # commands without pushes leave it out
     if failure_prob > 0 and cfg.driver.name != "mujoco":
         raise ValueError(
