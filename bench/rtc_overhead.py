@@ -43,7 +43,9 @@ def random_vla() -> FlowChunkPolicy:
     features |= {k: {"dtype": "uint8", "shape": (*config.image_size, 3)} for k in config.image_keys}
     info = PolicyInfo("vla-random-init", config.chunk_length, config.action_dim, 30.0, features)
     model = VLA(config)
-    preprocess = VLAPreprocessor(config.image_keys, normalizer, model.tokenize_instructions)
+    preprocess = VLAPreprocessor(
+        config.image_keys, normalizer, model.tokenize_instructions, config.image_size
+    )
     flow = FlowPolicy(model, preprocess, normalizer,
                       model_id=info.model_id, fps=info.fps, features=features)  # fmt: skip
     return FlowChunkPolicy(flow, info=info)

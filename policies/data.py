@@ -10,15 +10,17 @@ tokens of the instruction the policy is conditioned on, and FAST tokens of the c
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from policies.fast import FastTokenizer
 from policies.features import ACTION, ENV_STATE, STATE
+from policies.vision import resize_with_pad
 
 log = logging.getLogger(__name__)
 
@@ -110,29 +112,106 @@ def action_chunks(dataset, chunk_length: int, count: int, seed: int = 0) -> np.n
     return actions[index]  # (count, H, A)
 
 
+def rename_features(features: dict[str, dict], rename_map: Mapping[str, str]) -> dict[str, dict]:
+    """A dataset's (or robot's) features under the policy's names (lerobot's ``--rename_map``:
+    ``{"observation.images.laptop": "observation.images.front"}``); unnamed keys stay."""
+    missing = sorted(set(rename_map) - set(features))
+    if missing:
+        raise ValueError(
+            f"rename_map renames {missing}, which the dataset lacks (it has {sorted(features)}): "
+            "map the dataset's own keys to the policy's"
+        )
+    renamed = {rename_map.get(k, k): v for k, v in features.items()}
+    if len(renamed) != len(features):
+        raise ValueError(f"rename_map={dict(rename_map)} maps two features to one name")
+    return renamed
+
+
+class Renamed(torch.utils.data.Dataset):
+    """A dataset whose items' keys are renamed by a rename map (``data=lerobot``)."""
+
+    def __init__(self, dataset, rename_map: Mapping[str, str]) -> None:
+        self.dataset, self.rename_map = dataset, dict(rename_map)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {self.rename_map.get(k, k): v for k, v in self.dataset[i].items()}
+
+
+def decode_camera(dataset, key: str, size: tuple[int, int] | None = None) -> Tensor:
+    """Every frame of one camera, uint8 (N, 3, h, w), through lerobot's decoding: PNG frames
+    from the parquet files, or, for a ``video`` feature, each episode's frames from its MP4
+    with ``lerobot.datasets.video_utils.decode_video_frames`` (the decoder lerobot's own
+    queries use). ``size`` (H, W): each frame goes through ``resize_with_pad`` as the policy's
+    preprocessing does (rounded back to uint8), so memory holds policy-sized images."""
+    from lerobot.datasets.video_utils import decode_video_frames
+
+    table = dataset.hf_dataset.with_format("numpy")
+    episode = np.asarray(table["episode_index"])  # (N,)
+    if dataset.meta.features[key]["dtype"] == "video":
+        timestamps = np.asarray(table["timestamp"], dtype=np.float64)  # (N,)
+        blocks = []
+        for ep in tqdm(dict.fromkeys(episode.tolist()), desc=f"decode {key}", leave=False):
+            where = np.flatnonzero(episode == ep)
+            start = dataset.meta.episodes[ep][f"videos/{key}/from_timestamp"]
+            path = dataset.root / dataset.meta.get_video_file_path(ep, key)
+            frames = decode_video_frames(
+                path, (start + timestamps[where]).tolist(), dataset.tolerance_s, "pyav",
+                return_uint8=True,
+            )  # fmt: skip  # (n, 3, h, w) uint8
+            blocks.append(_fit(frames, size))
+        return torch.cat(blocks)
+    rows = table[key]
+    blocks = [
+        _fit(torch.from_numpy(np.stack(rows[i : i + 256])).permute(0, 3, 1, 2), size)
+        for i in tqdm(range(0, len(rows), 256), desc=f"decode {key}", leave=False)
+    ]  # from (n, h, w, 3)
+    return torch.cat(blocks)
+
+
+def _fit(frames: Tensor, size: tuple[int, int] | None) -> Tensor:
+    """uint8 (n, 3, h, w) -> uint8 (n, 3, H, W) through ``resize_with_pad``."""
+    if size is None or tuple(frames.shape[-2:]) == tuple(size):
+        return frames.contiguous()
+    resized = resize_with_pad(frames.float() / 255, size)
+    return (resized * 255).round().to(torch.uint8)
+
+
 class InMemoryChunks(torch.utils.data.Dataset):
     """A LeRobotDataset decoded once into memory, serving the same items as its
     ``delta_timestamps`` chunk queries (same clamping to the episode, same ``action_is_pad``).
 
-    lerobot answers each chunk query with a table lookup and PNG decodes (tens of ms per item
-    on a small CPU); this reads every column once, so an epoch costs only array indexing.
-    Images stay uint8 in memory and become float CHW in [0, 1] per item, as lerobot returns.
+    lerobot answers each chunk query with a table lookup and an image or video decode (tens of
+    ms per item on a small CPU); this decodes every column once (``decode_camera``), so an
+    epoch costs only array indexing. Images stay uint8 in memory (resized to the policy's
+    ``image_size`` when given) and become float CHW in [0, 1] per item, as lerobot returns.
+    Keys are renamed by ``rename_map`` (dataset name -> policy name), cameras included.
     """
 
-    def __init__(self, dataset, chunk_length: int, image_keys: Sequence[str] | None = None) -> None:
-        """image_keys: the cameras to decode (None: all; () for state-based policies)."""
-        from tqdm import tqdm
-
-        features = dataset.meta.features
+    def __init__(
+        self,
+        dataset,
+        chunk_length: int,
+        image_keys: Sequence[str] | None = None,
+        image_size: tuple[int, int] | None = None,
+        rename_map: Mapping[str, str] | None = None,
+    ) -> None:
+        """image_keys: the cameras to decode, policy names (None: all; () for state-based
+        policies); image_size: (H, W) to resize them to (None: as recorded)."""
+        rename = dict(rename_map or {})
+        features = rename_features(dataset.meta.features, rename)
+        source = {rename.get(k, k): k for k in dataset.meta.features}  # policy name -> dataset's
         self.image_keys = camera_keys(features) if image_keys is None else tuple(image_keys)
         self.text_keys = [k for k in ("step_instruction", "corrective_instruction")
                           if k in features]  # fmt: skip
         table = dataset.hf_dataset.with_format("numpy")  # raw arrays, no per-item transform
         self.episode = np.asarray(table["episode_index"])  # (N,)
-        self.state = torch.from_numpy(np.stack(table[STATE]).astype(np.float32))
+        self.state = torch.from_numpy(np.stack(table[source[STATE]]).astype(np.float32))
         self.action = torch.from_numpy(np.stack(table[ACTION]).astype(np.float32))
         self.env_state = (
-            torch.from_numpy(np.stack(table[ENV_STATE]).astype(np.float32))
+            torch.from_numpy(np.stack(table[source[ENV_STATE]]).astype(np.float32))
             if ENV_STATE in features
             else None
         )
@@ -142,12 +221,8 @@ class InMemoryChunks(torch.utils.data.Dataset):
         tasks = dataset.meta.tasks  # DataFrame indexed by task string
         by_index = dict(zip(tasks["task_index"].tolist(), tasks.index.tolist(), strict=True))
         self.task = [by_index[int(i)] for i in table["task_index"]]
-        self.images = {
-            key: torch.from_numpy(
-                np.stack(list(tqdm(table[key], desc=f"decode {key}", leave=False)))
-            )
-            for key in self.image_keys
-        }  # (N, h, w, 3) uint8
+        self.images = {key: decode_camera(dataset, source[key], image_size)
+                       for key in self.image_keys}  # fmt: skip  # (N, 3, h, w) uint8
         starts, ends = {}, {}
         for ep in np.unique(self.episode):
             where = np.flatnonzero(self.episode == ep)
@@ -162,7 +237,7 @@ class InMemoryChunks(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         query = i + self.offsets
         index = np.clip(query, self.ep_start[i], self.ep_end[i] - 1)
-        item = {key: self.images[key][i].permute(2, 0, 1).float() / 255 for key in self.image_keys}
+        item = {key: self.images[key][i].float() / 255 for key in self.image_keys}
         item[STATE] = self.state[i]
         if self.env_state is not None:
             item[ENV_STATE] = self.env_state[i]

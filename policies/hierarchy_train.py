@@ -69,7 +69,7 @@ class HighLevelFrames(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         item = {
-            key: self.frames.images[key][self.history[i]].permute(0, 3, 1, 2)  # (T, 3, h, w)
+            key: self.frames.images[key][self.history[i]]  # (T, 3, h, w)
             for key in self.image_keys
         }
         item[STATE] = self.state[i]

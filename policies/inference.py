@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from policies.features import ACTION, STATE
 from policies.flow import VelocityFn
 from policies.normalize import Normalizer
+from policies.vision import resize_with_pad
 
 Preprocess = Callable[[Sequence[Mapping[str, np.ndarray]], Sequence[str]], dict[str, Tensor]]
 
@@ -82,31 +83,34 @@ def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> Fl
     return FlowPolicy(
         ckpt.model,
         VLAPreprocessor(ckpt.model.config.image_keys, ckpt.normalizer,
-                        ckpt.model.tokenize_instructions),
+                        ckpt.model.tokenize_instructions, ckpt.model.config.image_size),
         ckpt.normalizer,
         model_id=ckpt.model_id, fps=ckpt.fps, features=wire_features(ckpt.features),
     )  # fmt: skip
 
 
 class VLAPreprocessor:
-    """Raw observations -> the VLA's batch (images float CHW in [0, 1], state normalized,
-    instruction tokens). The training collator (``policies.data.Collator``) calls ``batch``
-    with the dataset's images, so training and serving preprocess alike."""
+    """Raw observations -> the VLA's batch (images float CHW in [0, 1], resized with padding
+    to the policy's ``image_size``; state normalized; instruction tokens). The training
+    collator (``policies.data.Collator``) calls ``batch`` with the dataset's images, so
+    training and serving preprocess alike."""
 
     def __init__(
         self,
         image_keys: Sequence[str],
         normalizer: Normalizer,
         tokenize_instructions: Callable[[list[str]], tuple[Tensor, Tensor]],
+        image_size: tuple[int, int],
     ) -> None:
         self.image_keys, self.normalizer = tuple(image_keys), normalizer
         self.tokenize_instructions = tokenize_instructions
+        self.image_size = tuple(image_size)  # (H, W)
 
     def batch(
         self, images: Mapping[str, Tensor], state: Tensor, instructions: Sequence[str]
     ) -> dict[str, Tensor]:
-        """images: key -> float (B, 3, h, w) in [0, 1]; state (B, S) raw."""
-        batch = {key: images[key] for key in self.image_keys}
+        """images: key -> float (B, 3, h, w) in [0, 1], any (h, w); state (B, S) raw."""
+        batch = {key: resize_with_pad(images[key], self.image_size) for key in self.image_keys}
         batch[STATE] = self.normalizer.normalize(STATE, state.float())
         batch["lang_tokens"], batch["lang_mask"] = self.tokenize_instructions(list(instructions))
         return batch

@@ -15,7 +15,7 @@ from policies.state_flow import StateFlowConfig
 from policies.vla import VLAConfig
 
 KINDS = {  # name -> (config dataclass, fields taken from the dataset)
-    "vla": (VLAConfig, ("image_keys", "image_size", "state_dim", "action_dim", "env_state_dim")),
+    "vla": (VLAConfig, ("image_keys", "state_dim", "action_dim", "env_state_dim")),
     "state_flow": (StateFlowConfig, ("state_dim", "env_state_dim", "action_dim")),
     "high_level": (
         HighLevelConfig,

@@ -20,10 +20,12 @@ from policies.checkpoint import vla_checkpoint_parts
 from policies.data import (
     Collator,
     InMemoryChunks,
+    Renamed,
     action_chunks,
-    camera_spec,
+    camera_keys,
     check_instruction_source,
     open_dataset,
+    rename_features,
 )
 from policies.fast import FastTokenizer
 from policies.features import ACTION, ENV_STATE, STATE
@@ -37,8 +39,14 @@ KINDS = ("vla", "state_flow")  # flow policy kinds built here (high_level: hiera
 
 
 def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
-    """The VLA config for a dataset's features and the ``policy/`` config group entry."""
-    cams, size = camera_spec(features)
+    """The VLA config for a dataset's features (under the policy's names) and the ``policy/``
+    config group entry; cameras of any sizes (the policy resizes them to its image_size)."""
+    cams = camera_keys(features)
+    if not cams:
+        raise ValueError(
+            "the dataset has no camera features (observation.images.*): the VLA needs one "
+            "(policy=state_flow needs none)"
+        )
     unknown = set(policy) - POLICY_KEYS - {"name"}
     if unknown:
         raise ValueError(
@@ -47,7 +55,6 @@ def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
     return VLAConfig(
         **{k: v for k, v in policy.items() if k in POLICY_KEYS},
         image_keys=cams,
-        image_size=size,
         state_dim=features[STATE]["shape"][0],
         action_dim=features[ACTION]["shape"][0],
         env_state_dim=features[ENV_STATE]["shape"][0] if ENV_STATE in features else 0,
@@ -69,12 +76,16 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
     policy_cfg = dict(cfg["policy"])
     H = policy_cfg["chunk_length"]
     dataset = open_dataset(cfg["dataset"], chunk_length=H)
-    features = {k: {**v, "shape": tuple(v["shape"])} for k, v in dataset.meta.features.items()}
+    rename = dict(cfg.get("rename_map") or {})
+    features = {k: {**v, "shape": tuple(v["shape"])}
+                for k, v in rename_features(dataset.meta.features, rename).items()}  # fmt: skip
+    stats = {rename.get(k, k): v for k, v in dataset.meta.stats.items()}
     fps = dataset.meta.fps
     if kind == "state_flow":
         config = state_flow.state_flow_config(features, policy_cfg)
-        normalizer = Normalizer.from_stats(dataset.meta.stats, state_flow.NORMALIZED)
-        items = InMemoryChunks(dataset, H, ()) if cfg["data"] == "memory" else dataset
+        normalizer = Normalizer.from_stats(stats, state_flow.NORMALIZED)
+        items = (InMemoryChunks(dataset, H, (), rename_map=rename) if cfg["data"] == "memory"
+                 else Renamed(dataset, rename))  # fmt: skip
         return Setup(
             model=state_flow.StateFlow(config),
             items=items,
@@ -86,15 +97,21 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
         )
     config = vla_config(features, policy_cfg)
     keys = (STATE, ACTION, ENV_STATE) if config.aux_env_state > 0 else (STATE, ACTION)
-    normalizer = Normalizer.from_stats(dataset.meta.stats, keys)
+    normalizer = Normalizer.from_stats(stats, keys)
     fast = _fast_tokenizer(cfg, dataset, normalizer, config) if config.fast_loss else None
     model = VLA(config).to(device)
     meta, write_extra = vla_checkpoint_parts(model, normalizer, fast, features, fps)
-    preprocessor = VLAPreprocessor(config.image_keys, normalizer, model.tokenize_instructions)
+    preprocessor = VLAPreprocessor(
+        config.image_keys, normalizer, model.tokenize_instructions, config.image_size
+    )
     collate = Collator(preprocessor, cfg["instruction"], fast, config.max_fast_tokens)
+    if cfg["data"] == "memory":
+        items = InMemoryChunks(dataset, H, config.image_keys, config.image_size, rename)
+    else:
+        items = Renamed(dataset, rename)
     return Setup(
         model=model,
-        items=InMemoryChunks(dataset, H, config.image_keys) if cfg["data"] == "memory" else dataset,
+        items=items,
         collate=collate,
         meta=meta,
         write_extra=write_extra,

@@ -21,6 +21,29 @@ if TYPE_CHECKING:
 VISION = ("patch", "keypoints")
 
 
+def resize_with_pad(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Camera images float (B, 3, h, w) in [0, 1] -> (B, 3, H, W) for ``size`` = (H, W).
+
+    The policy's one image preprocessing, in training and serving alike (pi0's and SmolVLA's
+    ``resize_with_pad``, with openpi's centred padding): the image is scaled to fit inside
+    (H, W) keeping its aspect ratio (bilinear, antialiased when shrinking), then padded with
+    black on both sides of the short dimension. Images already (H, W) are returned unchanged,
+    so a policy trained at its cameras' own size sees exactly what it saw before.
+    """
+    h, w = images.shape[-2:]
+    H, W = size
+    if (h, w) == (H, W):
+        return images
+    ratio = max(h / H, w / W)
+    rh, rw = max(1, min(H, round(h / ratio))), max(1, min(W, round(w / ratio)))
+    resized = F.interpolate(
+        images.float(), size=(rh, rw), mode="bilinear", align_corners=False,
+        antialias=ratio > 1,
+    ).clamp(0.0, 1.0)  # fmt: skip  # (B, 3, rh, rw)
+    top, left = (H - rh) // 2, (W - rw) // 2
+    return F.pad(resized, (left, W - rw - left, top, H - rh - top))  # (B, 3, H, W)
+
+
 def random_shift(frames: Tensor, pad: int) -> Tensor:
     """DrQ's augmentation (Kostrikov et al. 2021): each sample's frames (B, ..., 3, h, w) shift
     by one random offset of up to ``pad`` pixels, edges repeated."""

@@ -43,7 +43,7 @@ class VLAConfig:
     """Every hyperparameter of the VLA, one line each."""
 
     image_keys: tuple[str, ...] = (IMAGES + "front", IMAGES + "wrist")  # order
-    image_size: tuple[int, int] = (96, 96)  # (height, width) of every camera image
+    image_size: tuple[int, int] = (96, 96)  # (H, W) every camera is resized to, with padding
     vision: str = "patch"  # image encoder: "patch" tokens or "keypoints" (spatial softmax)
     patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
@@ -95,7 +95,8 @@ class VLAConfig:
         ):
             raise ValueError(
                 f"patch_size={self.patch_size} must be a multiple of 4 dividing "
-                f"image_size={self.image_size}"
+                f"image_size={list(self.image_size)}: set policy.image_size to multiples of it "
+                f"(cameras of any size are resized to it with padding)"
             )
         if self.expert_width % 2:
             raise ValueError(f"expert_width={self.expert_width} must be even")

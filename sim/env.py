@@ -147,6 +147,12 @@ class SimEnv:
                 obs[IMAGES + cam] = self._renderer.render(self.data, cam)
         return obs
 
+    def render_camera(self, camera: str) -> np.ndarray:
+        """uint8 (H, W, 3): what ``camera`` (any of ``CAMERAS``) sees now; needs render=True."""
+        if self._renderer is None:
+            raise ValueError("this SimEnv was made with render=False: it renders no camera")
+        return self._renderer.render(self.data, camera)
+
     def success(self) -> bool:
         return self.task.success()
 

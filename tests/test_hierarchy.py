@@ -40,7 +40,7 @@ class Frames:
         self.task = ["reach the red target"] * n
         self.state = torch.zeros(n, 6)
         self.images = {CAM: torch.arange(n, dtype=torch.uint8)[:, None, None, None].expand(
-            n, side, side, 3).contiguous()}  # fmt: skip  # frame t is filled with t
+            n, 3, side, side).contiguous()}  # fmt: skip  # frame t is filled with t
 
     def __len__(self) -> int:
         return len(self.state)

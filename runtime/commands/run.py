@@ -36,10 +36,12 @@ from runtime.robot.client import (
 from runtime.robot.clock import make_clock
 from runtime.robot.controller import Controller, EpisodeResult, run_episodes
 from runtime.robot.drivers import Driver, make_driver
-from runtime.robot.executors import Executor, make_executor
+from runtime.robot.drivers.base import RenamedDriver
+from runtime.robot.executors import EXECUTORS, Executor, make_executor
 from runtime.robot.operator import scripted_operator
 from runtime.robot.runlog import RunLog
 from runtime.serving.hierarchy import make_high_level
+from runtime.wire.protocol import MetadataReply
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +94,10 @@ def controller_setup(
     cfg: DictConfig, client: PolicyClient, stop: threading.Event
 ) -> tuple[Callable[[], Executor], dict]:
     """The executor factory and the ``Controller`` options of a run config."""
-    chunk_length = _chunk_length(client, cfg)
+    metadata = _metadata(client, cfg)
+    chunk_length = metadata.chunk_length
     params = {k: v for k, v in cfg.executor.items() if k != "name"}
+    check_sampling(cfg.executor.name, metadata)
     make_executor(cfg.executor.name, chunk_length, **params)  # check before running
     options = {
         "clock": make_clock(cfg.clock, cfg.hz),
@@ -191,9 +195,25 @@ def _run_robot(cfg, driver, client, executor_factory, options) -> tuple[dict, li
         controller.close()
 
 
-def _chunk_length(client: PolicyClient, cfg: DictConfig) -> int:
+def check_sampling(executor: str, metadata: MetadataReply) -> None:
+    """Refuse, before the first tick, an executor whose sampling method the policy lacks
+    (RTC and BID need a flow model; a lerobot policy serves plain sampling only)."""
+    method = EXECUTORS[executor]
+    served = metadata.sampling
+    bid = method.startswith("bid:") and any(m.startswith("bid:") for m in served or ())
+    if served is None or method in served or bid:
+        return
+    plain = [name for name, m in EXECUTORS.items() if m in served]
+    raise ValueError(
+        f"executor={executor} asks for {method} sampling, which {metadata.model_id} does not "
+        f"serve (it serves {list(served)}): it is not a flow model, so RTC and BID do not "
+        f"apply; use executor={' or '.join(plain)}"
+    )
+
+
+def _metadata(client: PolicyClient, cfg: DictConfig) -> MetadataReply:
     try:
-        return client.metadata(cfg.timeout_s).chunk_length
+        return client.metadata(cfg.timeout_s)
     except RequestTimeout:
         raise ValueError(
             f"no policy server answered at {cfg.server} within {cfg.timeout_s} s: start one "
@@ -202,7 +222,14 @@ def _chunk_length(client: PolicyClient, cfg: DictConfig) -> int:
 
 
 def make_run_driver(cfg: DictConfig) -> Driver:
-    """The driver of the ``driver/`` group entry, at the run's control rate."""
+    """The driver of the ``driver/`` group entry, at the run's control rate, its observation
+    keys renamed by ``rename_map`` (robot name -> policy name) when one is given."""
+    driver = _make_driver(cfg)
+    rename_map = cfg.get("rename_map")
+    return RenamedDriver(driver, dict(rename_map)) if rename_map else driver
+
+
+def _make_driver(cfg: DictConfig) -> Driver:
     failure_prob = cfg.get("failure_prob", 0.0)  # commands without pushes leave it out
     if failure_prob > 0 and cfg.driver.name != "mujoco":
         raise ValueError(

@@ -1,7 +1,9 @@
 """``rtvla serve``: a policy server for controllers on this machine or others.
 
-Serves a training checkpoint, or with ``checkpoint=synthetic`` the analytic Gaussian flow
-model (no weights needed), until SIGINT or SIGTERM; then prints requests served and latency.
+Serves a training checkpoint, with ``checkpoint=synthetic`` the analytic Gaussian flow
+model (no weights needed), or with ``checkpoint=lerobot:PATH`` a lerobot policy saved with
+``save_pretrained`` (``runtime/serving/lerobot_policy.py``), until SIGINT or SIGTERM; then
+prints requests served and latency.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ log = logging.getLogger(__name__)
 
 
 def main(cfg: DictConfig) -> dict:
-    policy = load_policy(cfg.checkpoint, cfg.device, num_steps=cfg.num_steps, beta=cfg.beta)
+    policy = load_policy(
+        cfg.checkpoint, cfg.device, num_steps=cfg.num_steps, beta=cfg.beta, fps=cfg.fps
+    )
     log.info("warmed up in %.2f s", warm_up(policy))
     curve = None if cfg.curve_keys_dir is None else CurveKeys.from_dir(cfg.curve_keys_dir)
     settings = {name: cfg[name] for name in SERVER_SETTINGS}

@@ -1,4 +1,5 @@
-"""The one loader: a checkpoint (or the synthetic model) becomes a served ``FlowChunkPolicy``.
+"""The one loader: a checkpoint (or the synthetic model) becomes a served ``FlowChunkPolicy``;
+a lerobot policy (``lerobot:PATH``) a ``LeRobotChunkPolicy``.
 
 ``rtvla serve``, ``server=local:...`` (run, eval, sweep, demo) all call ``load_policy``, so
 the same checkpoint samples the same way wherever it runs. The sampling settings are stored
@@ -13,11 +14,12 @@ from pathlib import Path
 
 from runtime.serving.sampling import FlowChunkPolicy
 from runtime.serving.synthetic import GaussianChunkModel
-from runtime.wire.info import PolicyInfo
+from runtime.wire.info import ChunkPolicy, PolicyInfo
 
 log = logging.getLogger(__name__)
 
 SYNTHETIC = "synthetic"  # the analytic Gaussian flow model: no weights needed
+LEROBOT = "lerobot:"  # lerobot:PATH, a lerobot PreTrainedPolicy (runtime/serving/lerobot_policy.py)
 BETA = 5.0  # RTC guidance weight clip (Black, Galliker, Levine 2025, eq. 4)
 
 
@@ -30,10 +32,19 @@ def load_policy(
     chunk_length: int = 50,
     action_dim: int = 6,
     fps: float = 30.0,
-) -> FlowChunkPolicy:
+) -> ChunkPolicy:
     """``checkpoint``: a training run, one of its ``checkpoints/step_N``, an exported folder,
-    or ``"synthetic"`` (then ``chunk_length``, ``action_dim`` and ``fps`` shape it).
+    ``"synthetic"`` (then ``chunk_length``, ``action_dim`` and ``fps`` shape it), or
+    ``"lerobot:PATH"``, a lerobot policy saved with ``save_pretrained`` (``fps`` is its
+    control rate; it is served plainly, so ``num_steps`` and ``beta`` do not apply).
     ``num_steps`` / ``beta``: None takes the checkpoint's (the synthetic model: 10 / 5)."""
+    if str(checkpoint).startswith(LEROBOT):
+        from runtime.serving.lerobot_policy import load_lerobot_policy
+
+        if num_steps is not None or beta is not None:
+            log.warning("num_steps and beta apply to flow policies only: ignored for %s",
+                        checkpoint)  # fmt: skip
+        return load_lerobot_policy(str(checkpoint).removeprefix(LEROBOT), device, fps)
     beta = BETA if beta is None else beta
     if str(checkpoint) == SYNTHETIC:
         model = GaussianChunkModel(chunk_length=chunk_length, action_dim=action_dim, fps=fps)

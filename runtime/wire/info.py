@@ -28,6 +28,7 @@ class PolicyInfo:
     action_dim: int  # A
     fps: float  # control rate the policy was trained at
     features: dict[str, dict] = field(default_factory=dict)  # key -> {"dtype", "shape"}
+    sampling: tuple[str, ...] | None = None  # methods served; None: all (a flow model)
 
 
 class UnsupportedRequest(ValueError):
@@ -101,4 +102,5 @@ def metadata_reply(
         latency_counts=histogram.counts.copy(),
         uptime_s=uptime_s,
         requests_served=requests_served,
+        sampling=info.sampling,
     )

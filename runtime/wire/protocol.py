@@ -9,8 +9,11 @@ numpy array travels as a tagged map {"__ndarray__": True, "dtype": <name>, "shap
 accepted.
 
 Field policy: every field of a message type must be present, except those with a default
-(shown in the dataclass), which may be left out. Unknown fields are rejected: adding a field
-bumps PROTOCOL_VERSION, and both ends must be upgraded together.
+(shown in the dataclass), which may be left out; `encode` leaves out those at a None default.
+Unknown fields are rejected: adding a field bumps PROTOCOL_VERSION, and both ends must be
+upgraded together, except an optional field that only new kinds of peer set (then older ends
+never see it): `MetadataReply.sampling`, sent only by servers of policies that are not flow
+models (`runtime.serving.lerobot_policy`).
 
 `encode` and `decode` validate every field (type, dtype, shape, value range, size) against a
 `Limits`; anything wrong raises `ProtocolError`, which names the field, what was expected and
@@ -223,6 +226,9 @@ class MetadataReply:
     latency_counts: np.ndarray
     uptime_s: float
     requests_served: int
+    # The sampling methods the policy serves; None (or absent, from older servers): all of
+    # this version's, as a flow model does. A policy that is not one serves ("plain",).
+    sampling: tuple[str, ...] | None = None
 
     @classmethod
     def _parse(cls, f: dict[str, Any], lim: Limits) -> Self:
@@ -247,7 +253,21 @@ class MetadataReply:
             latency_counts=counts,
             uptime_s=_float("uptime_s", f["uptime_s"], lo=0.0),
             requests_served=_int("requests_served", f["requests_served"]),
+            sampling=_sampling_list(f.get("sampling"), lim),
         )
+
+
+def _sampling_list(v: Any, lim: Limits) -> tuple[str, ...] | None:
+    """MetadataReply.sampling: None, or 1 to 16 known sampling method names."""
+    if v is None:
+        return None
+    if not isinstance(v, list | tuple) or not 1 <= len(v) <= 16:
+        raise ProtocolError(f"sampling must be a list of 1 to 16 method names, got {_describe(v)}")
+    names = tuple(_name("sampling", name, lim) for name in v)
+    unknown = [name for name in names if not sampling_is_known(name)]
+    if unknown:
+        raise ProtocolError(f"sampling lists unknown methods {unknown}")
+    return names
 
 
 @dataclass(frozen=True, kw_only=True, eq=False)
@@ -321,7 +341,10 @@ def encode(msg: Message, limits: Limits = DEFAULT_LIMITS) -> bytes:
         raise ProtocolError(f"cannot encode {cls.__name__}: not one of {list(MESSAGE_TYPES)}")
     checked = cls._parse({f.name: getattr(msg, f.name) for f in fields(cls)}, limits)
     wire = {"v": PROTOCOL_VERSION, "type": cls.TYPE}
-    wire.update({f.name: _to_wire(getattr(checked, f.name)) for f in fields(cls)})
+    wire.update({
+        f.name: _to_wire(getattr(checked, f.name)) for f in fields(cls)
+        if not (f.default is None and getattr(checked, f.name) is None)
+    })  # fmt: skip  # an optional field left at None is left out: older ends never see it
     data = msgpack.packb(wire, use_bin_type=True)
     if len(data) > limits.max_message_bytes:
         raise ProtocolError(

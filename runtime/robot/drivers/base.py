@@ -97,3 +97,47 @@ class DriverContext:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()  # type: ignore[attr-defined]
+
+
+class RenamedDriver(DriverContext):
+    """A driver whose observation keys are renamed to the policy's (lerobot's
+    ``--rename_map``): ``{"observation.images.laptop": "observation.images.front"}`` makes a
+    robot's ``laptop`` camera the ``front`` camera a policy was trained with. Everything else
+    (a simulator's ``reset``, ``success``, ...) is the wrapped driver's."""
+
+    def __init__(self, driver: Driver, rename_map: dict[str, str]) -> None:
+        spec = driver.feature_spec()
+        missing = sorted(set(rename_map) - set(spec))
+        if missing:
+            raise ValueError(
+                f"rename_map renames {missing}, which the driver does not observe (it has "
+                f"{sorted(spec)}): map the driver's own keys to the policy's"
+            )
+        self.driver, self.rename_map = driver, dict(rename_map)
+
+    def __getattr__(self, name: str) -> object:
+        attribute = getattr(self.driver, name)
+        if name == "reset":  # a simulator's reset returns the first observation
+            return lambda *args, **kwargs: self._rename(attribute(*args, **kwargs))
+        return attribute
+
+    def _rename(self, observation: dict) -> dict:
+        return {self.rename_map.get(k, k): v for k, v in observation.items()}
+
+    def connect(self) -> None:
+        self.driver.connect()
+
+    def observe(self) -> Observation:
+        return self._rename(self.driver.observe())
+
+    def act(self, action: np.ndarray) -> None:
+        self.driver.act(action)
+
+    def close(self) -> None:
+        self.driver.close()
+
+    def feature_spec(self) -> dict[str, dict]:
+        return self._rename(self.driver.feature_spec())
+
+    def limits(self) -> ActionLimits:
+        return self.driver.limits()
