@@ -52,7 +52,7 @@ from sim.tasks.pick_place import (
 if TYPE_CHECKING:
     from sim.env import SimEnv
 
-SPEED_RANGE = (0.02, 0.06)  # m/s, belt speed, drawn per episode
+SPEED_RANGE = (0.03, 0.09)  # m/s, belt speed, drawn per episode
 BELT_X = 0.165  # m, the belt's centreline (it runs along y)
 BELT_LENGTH = 0.26  # m, the loop: a cube is carried from y = -L/2 to L/2 (or back), then wraps
 BELT_HALF_WIDTH = 0.03  # m
@@ -277,7 +277,7 @@ class ConveyorDemonstrator(PickPlaceDemonstrator):
     """
 
     FAILURES = ("missed_grasp", "drop", "knock")
-    LEAD_S = 0.1  # s, the command leads the cube by the position servo's lag
+    LEAD_S = 0.02  # s, the command leads the cube by the position servo's lag (measured)
     CATCH_UP_SPEED = 0.15  # m/s, top speed of the hand relative to the cube while closing in
     GAIN = 0.25  # fraction of the remaining error removed per tick while closing in
     CLOSE = 0.003  # m, closing in ends within this distance of the aim point
@@ -288,8 +288,8 @@ class ConveyorDemonstrator(PickPlaceDemonstrator):
         color, fix = self.task.color, ""
         while True:
             labels = Labels(above, fix, correction=bool(fix))
-            behind = self._inject("missed_grasp")
-            offset = -0.035 * self.task.drift(color) / self.task.speed if behind else np.zeros(3)
+            beside = self._inject("missed_grasp")
+            offset = np.array([-0.035, 0.0, 0.0]) if beside else np.zeros(3)
             yield from self._close_in(offset, labels)
             if self._inject("knock"):
                 self.task.push(color, self._knock_velocity())
@@ -351,22 +351,23 @@ class ConveyorDemonstrator(PickPlaceDemonstrator):
         """Move above the cube and follow it there until the grip site is over it."""
         dt = 1.0 / self.env.control_hz
         speed = self.CORRECTION_SPEED if labels.correction else self.CATCH_UP_SPEED
-        target_yaw, on_cube = self._grasp_yaw(), False
-        for i in range(self.ticks(6.0)):
+        target_yaw = self._grasp_yaw()
+        while True:  # the episode's end (max_steps) stops it, should the cube never come
             point, on_cube = self._hover_point(offset)
             target = np.r_[point, ABOVE_Z]
-            step = self.GAIN * (target - self._pos)
+            error = target - self._pos
+            if on_cube and np.linalg.norm(error) < self.CLOSE and self._yaw == target_yaw:
+                break
+            step = self.GAIN * error
             step *= min(1.0, speed * dt / max(np.linalg.norm(step), 1e-9))
             self._pos = self._pos + step + dt * self.task.drift(self.task.color) * on_cube
             self._yaw += np.clip(target_yaw - self._yaw, -self.YAW_SPEED * dt, self.YAW_SPEED * dt)
             yield self._command(labels)
-            arrived = np.linalg.norm(target - self._pos) < self.CLOSE
-            if on_cube and arrived and abs(target_yaw - self._yaw) < 1e-6 and i > 0:
-                break
         for _ in range(self.ticks(0.5)):  # follow until the arm has caught up
-            if np.linalg.norm(self.site_pos()[:2] - self._aim(offset, -self.LEAD_S)) < 0.004:
+            cube = self.task.cube_pos(self.task.color) + offset
+            if np.linalg.norm(self.site_pos()[:2] - cube[:2]) < 0.004:
                 return
-            yield from self._ride(1.0 / self.env.control_hz, labels, offset)
+            yield from self._ride(dt, labels, offset)
 
     def _ride(
         self,
@@ -417,7 +418,7 @@ class ConveyorDemonstrator(PickPlaceDemonstrator):
         def score(axis: float) -> float:
             u = FINGER_REACH * np.array([np.cos(axis), np.sin(axis)])
             clear = self._clearance([cube[:2] + u, cube[:2] - u])
-            return min(clear, 0.04) + 0.01 * abs(math.cos(axis)) - 0.005 * abs(roll(axis))
+            return min(clear, 0.04) + 0.01 * abs(math.sin(axis)) - 0.005 * abs(roll(axis))
 
         return arm_yaw(cube, roll(max((face, face + np.pi / 2), key=score)))
 
