@@ -17,10 +17,12 @@ spacing, so none is ever lost and a missed cube comes round again); the jump wai
 gripper is low over the upstream end, so a cube never appears inside the fingers. The fingers
 do not collide with the belt (its own contact bit), only with the cubes on it.
 
-Inference delay matters here: in 8 control ticks at 30 Hz (0.27 s) a cube travels 0.5 cm at
-the slowest belt speed and 1.6 cm at the fastest, against a grasp tolerance along the belt of
-about 1 cm (the finger pads are 2.2 cm wide, closing across the belt): a plan that does not
-lead the cube by its own delay closes behind it at the fast end.
+Inference delay matters here. The demonstrator closes its fingers along the belt, opened 6 cm
+apart around a 3 cm cube: a grasp tolerates 1.5 cm of error along the belt (more, and the
+downstream finger comes down on the cube). In 8 control ticks at 30 Hz (0.27 s) a cube travels
+0.8 cm at the slowest belt speed (3 cm/s) and 2.4 cm at the fastest (9 cm/s); in 0.3 s, 0.9 and
+2.7 cm. So a plan that does not lead the cube by its own delay still grasps a slow cube but
+misses a fast one; the demonstrator, which re-plans every tick, grasps both.
 """
 
 from __future__ import annotations
@@ -269,10 +271,10 @@ class ConveyorDemonstrator(PickPlaceDemonstrator):
     the servo's lag ahead, and a cube too close to the downstream end to be grasped in time is
     awaited above the upstream end, where it reappears. Once a finger touches the cube the hand
     keeps the belt's pace (feed-forward) until the cube is held and lifted. The grasp closes
-    across the belt, so the following cube meets the held one, never a finger.
+    along the belt (the closing axis scored as pick_place's, for clearance and a small roll).
 
-    Failures as pick_place's: ``missed_grasp`` closes 3.5 cm behind the cube (upstream: as a
-    stale plan would), ``drop`` opens the gripper on the way to the bin, ``knock`` jolts the cube
+    Failures as pick_place's: ``missed_grasp`` closes 3.5 cm beside the cube (towards the robot),
+    ``drop`` opens the gripper on the way to the bin, ``knock`` jolts the cube
     3 cm along the belt just before the grasp. The recoveries are labelled as corrections.
     """
 
@@ -407,7 +409,7 @@ class ConveyorDemonstrator(PickPlaceDemonstrator):
 
     def _grasp_yaw(self) -> float:
         """Closing-axis yaw along a pair of faces: fingers clear of the distractors, nearer
-        to across the belt (x), with a small wrist roll (in [-pi/2, pi/2))."""
+        to along the belt (y), with a small wrist roll (in [-pi/2, pi/2))."""
         cube = self.task.cube_pos(self.task.color)
         face = self.task.cube_axis_yaw(self.task.color)
         pan = math.atan2(cube[1], cube[0])
