@@ -106,10 +106,12 @@ def test_pick_place_yaw_ignores_quarter_turns(envs: dict[str, SimEnv]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("task", "untouched"), [("reach", None), ("pick_place", "no_grasp"), ("track", None)]
+    ("task", "untouched"),
+    [("reach", None), ("pick_place", "no_grasp"), ("track", None), ("conveyor", "no_grasp")],
 )
 def test_outcome_names_the_failure_class_and_none_after_the_demonstrator(task, untouched):
     from sim import SimEnv, make_demonstrator
+    from sim.tasks.conveyor import FAILURES as CONVEYOR_FAILURES
     from sim.tasks.pick_place import FAILURES as PICK_FAILURES
     from sim.tasks.reach import FAILURES as REACH_FAILURES
     from sim.tasks.track import FAILURES as TRACK_FAILURES
@@ -117,7 +119,7 @@ def test_outcome_names_the_failure_class_and_none_after_the_demonstrator(task, u
     env = SimEnv(task, render=False)
     env.reset(seed=3)
     distance, failure = env.outcome()
-    assert failure in (*REACH_FAILURES, *PICK_FAILURES, *TRACK_FAILURES)
+    assert failure in (*REACH_FAILURES, *PICK_FAILURES, *TRACK_FAILURES, *CONVEYOR_FAILURES)
     assert untouched is None or failure == untouched
     assert distance > 0.02
     demonstrator = make_demonstrator(env, np.random.default_rng(3))
@@ -144,3 +146,19 @@ def test_track_state_holds_positions_and_their_velocities(envs: dict[str, SimEnv
             assert moved == pytest.approx(mean_v, abs=2e-3)
     target = env.task.target_pos()
     assert [after[f"target_{env.task.color}.{a}"] for a in "xyz"] == pytest.approx(target, abs=1e-6)
+
+
+def test_conveyor_state_holds_cubes_their_velocities_and_the_bin(envs: dict[str, SimEnv]) -> None:
+    env = envs["conveyor"]
+    env.reset(seed=2)
+    env.step(env.observe()["observation.state"])
+    state, task = named(env), env.task
+    assert len(state) == 27
+    for color in ("red", "green", "blue"):
+        position = [state[f"cube_{color}.{a}"] for a in "xyz"]
+        velocity = [state[f"cube_{color}.v{a}"] for a in "xyz"]
+        np.testing.assert_allclose(position, task.cube_pos(color), atol=1e-6)
+        np.testing.assert_allclose(velocity, task.belt_velocity(), atol=1e-3)  # all ride
+        yaw = state[f"cube_{color}.cos4yaw"], state[f"cube_{color}.sin4yaw"]
+        assert math.isclose(math.hypot(*yaw), 1.0, rel_tol=1e-5)
+    np.testing.assert_allclose([state[f"bin.{a}"] for a in "xyz"], task.bin_pos(), atol=1e-6)

@@ -17,6 +17,7 @@ from sim import (
 )
 from sim.ik import DiffIK, closing_yaw, down_rotation
 from sim.tasks.base import direction_words
+from sim.tasks.conveyor import ConveyorDemonstrator
 from sim.tasks.pick_place import PickPlaceDemonstrator
 from sim.tasks.reach import ReachDemonstrator
 from sim.tasks.track import TrackDemonstrator
@@ -59,7 +60,7 @@ def test_public_api() -> None:
         "wrist_roll",
         "gripper",
     )
-    assert set(TASKS) == {"reach", "pick_place", "track"}
+    assert set(TASKS) == {"reach", "pick_place", "track", "conveyor"}
     assert callable(sim.evaluate_demonstrator)
 
 
@@ -183,7 +184,8 @@ def test_demonstrator_succeeds(envs: dict[str, SimEnv], task: str, seed: int) ->
     ("task", "failure"),
     [("reach", kind) for kind in ReachDemonstrator.FAILURES]
     + [("pick_place", kind) for kind in PickPlaceDemonstrator.FAILURES]
-    + [("track", kind) for kind in TrackDemonstrator.FAILURES],
+    + [("track", kind) for kind in TrackDemonstrator.FAILURES]
+    + [("conveyor", kind) for kind in ConveyorDemonstrator.FAILURES],
 )
 def test_demonstrator_recovers_from_failure(
     envs: dict[str, SimEnv], task: str, failure: str
@@ -247,9 +249,10 @@ def test_track_is_judged_over_a_window_and_its_targets_move(envs: dict[str, SimE
     assert not env.success() and env.outcome()[1] in ("lagging", "far", "off_target")
 
 
-def test_action_noise_is_seeded_and_moves_the_arm() -> None:
+@pytest.mark.parametrize("task", ["reach", "conveyor"])
+def test_action_noise_is_seeded_and_moves_the_arm(task: str) -> None:
     def rollout(noise: float, seed: int) -> np.ndarray:
-        env = SimEnv("reach", render=False, action_noise=noise)
+        env = SimEnv(task, render=False, action_noise=noise)
         env.reset(seed=seed)
         hold = env.observe()["observation.state"]
         for _ in range(10):
@@ -264,3 +267,84 @@ def test_action_noise_is_seeded_and_moves_the_arm() -> None:
     assert not np.array_equal(rollout(0.05, 2), rollout(0.0, 2) + (noisy - quiet))
     with pytest.raises(ValueError, match="action_noise"):
         SimEnv("reach", render=False, action_noise=-0.1)
+
+
+def test_conveyor_belt_carries_the_cubes_and_wraps_them(envs: dict[str, SimEnv]) -> None:
+    from sim.tasks.conveyor import BELT_LENGTH, SPEED_RANGE
+
+    env, colors = envs["conveyor"], ("red", "green", "blue")
+    env.reset(seed=2)
+    task = env.task
+    assert SPEED_RANGE[0] <= task.speed <= SPEED_RANGE[1]
+    before = {c: task.cube_pos(c) for c in colors}
+    home = env.observe()["observation.state"]
+    for _ in range(15):  # 0.5 s, the arm holds still above the belt
+        env.step(home)
+    for c in colors:
+        moved = task.cube_pos(c) - before[c]
+        if abs(moved[1]) < BELT_LENGTH / 2:  # this one did not wrap
+            np.testing.assert_allclose(moved, 0.5 * task.belt_velocity(), atol=1e-3)
+        np.testing.assert_allclose(task.cube_velocity(c), task.belt_velocity(), atol=1e-3)
+    # A cube at the downstream end reappears at the upstream end.
+    adr = env.model.joint("cube_red").qposadr[0]
+    env.data.qpos[adr + 1] = task.belt_y(BELT_LENGTH + 0.001)  # just past the end
+    env.step(home)
+    assert task.belt_s(task.cube_pos("red")[1]) < 0.01
+    assert task.on_belt("red")
+
+
+def test_conveyor_grasped_cube_leaves_the_belt(envs: dict[str, SimEnv]) -> None:
+    env = envs["conveyor"]
+    env.reset(seed=1)
+    task = env.task
+    demonstrator = make_demonstrator(env, np.random.default_rng(1))
+    while not demonstrator.done:
+        action, labels = demonstrator.act()
+        if labels.step_instruction == task.phases()[3]:  # lifted: carrying it to the bin
+            break
+        env.step(action)
+    assert task.holding(task.color) and not task.on_belt(task.color)
+    for c in ("red", "green", "blue"):
+        if c != task.color:  # the others ride on
+            np.testing.assert_allclose(task.cube_velocity(c), task.belt_velocity(), atol=1e-3)
+    assert np.linalg.norm(task.cube_velocity(task.color) - task.belt_velocity()) > 0.01
+
+
+def test_conveyor_stale_plan_lands_a_finger_on_a_fast_cube(envs: dict[str, SimEnv]) -> None:
+    """Inference delay matters: aiming where the cube was 8 ticks (0.27 s) ago puts the
+    downstream finger on top of a cube riding at 9 cm/s (2.4 cm travelled, over the 1.5 cm
+    tolerance), never on one riding at 3 cm/s; the re-planning demonstrator never does."""
+    from sim.tasks.conveyor import GRASP_Z, SPEED_RANGE
+
+    class Stale(ConveyorDemonstrator):
+        LEAD_S = ConveyorDemonstrator.LEAD_S - 8 / 30
+
+    def lands_on_top(demonstrator_cls: type, speed: float, seed: int) -> bool:
+        env = envs["conveyor"]
+        env.reset(seed=seed)
+        task = env.task
+        task.speed = speed
+        demonstrator = demonstrator_cls(env, np.random.default_rng(seed))
+        while not demonstrator.done:
+            action, labels = demonstrator.act()
+            env.step(action)
+            high = demonstrator.site_pos()[2] > GRASP_Z + 0.015
+            if task.touching(task.color) and high:
+                return True
+            if labels.step_instruction == task.phases()[2] or labels.correction:
+                return False  # lifting, or retrying: the first grasp is over
+        return False
+
+    slow, fast = SPEED_RANGE
+    seeds = range(4)
+    assert sum(lands_on_top(Stale, fast, s) for s in seeds) >= 3
+    assert not any(lands_on_top(Stale, slow, s) for s in seeds)
+    assert not any(lands_on_top(ConveyorDemonstrator, fast, s) for s in seeds)
+
+
+def test_conveyor_episode_is_deterministic_per_seed(envs: dict[str, SimEnv]) -> None:
+    env = envs["conveyor"]
+    first = run_episode(env, seed=5, failure="knock"), env.data.qpos.copy(), env.tick
+    again = run_episode(env, seed=5, failure="knock"), env.data.qpos.copy(), env.tick
+    assert first[0] == again[0] and first[2] == again[2]
+    np.testing.assert_array_equal(first[1], again[1])

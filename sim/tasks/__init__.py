@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.tasks.base import Demonstrator, Labels, Task
+from sim.tasks.conveyor import Conveyor
 from sim.tasks.pick_place import PickPlace
 from sim.tasks.reach import Reach
 from sim.tasks.track import Track
@@ -14,7 +15,7 @@ from sim.tasks.track import Track
 if TYPE_CHECKING:
     from sim.env import SimEnv
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Reach, PickPlace, Track)}
+TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Reach, PickPlace, Track, Conveyor)}
 
 
 def make_demonstrator(

@@ -55,34 +55,43 @@ def in_workspace(xy: np.ndarray, margin: float = 0.0) -> bool:
     return lo + margin <= r <= hi - margin and abs(a) <= ANGLE_RANGE[1] + 0.05
 
 
+def add_cubes(spec: mujoco.MjSpec) -> None:
+    """One free 3 cm cube per colour, bodies, joints and geoms ``cube_<colour>``."""
+    for color, rgba in COLORS.items():
+        body = spec.worldbody.add_body(name=f"cube_{color}", pos=[0, 0, CUBE_HALF])
+        body.add_freejoint(name=f"cube_{color}")
+        body.add_geom(
+            name=f"cube_{color}", type=mujoco.mjtGeom.mjGEOM_BOX, size=[CUBE_HALF] * 3,
+            rgba=rgba, mass=CUBE_MASS, friction=[CUBE_FRICTION, 0.005, 0.0001],
+            contype=SCENE_CONTYPE, conaffinity=SCENE_CONTYPE,
+        )  # fmt: skip
+
+
+def add_bin(body: mujoco.MjsBody) -> None:
+    """A shallow open bin (a floor and four walls) centred on ``body``'s origin."""
+    box = mujoco.mjtGeom.mjGEOM_BOX
+    thick, height = BIN_WALL
+    body.add_geom(
+        type=box, size=[BIN_HALF, BIN_HALF, 0.001], pos=[0, 0, 0.001], rgba=BIN_RGBA,
+        contype=NO_CONTACT, conaffinity=NO_CONTACT,
+    )  # fmt: skip
+    offset = BIN_HALF + thick
+    for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        half = [thick, offset + thick, height] if sx else [offset + thick, thick, height]
+        body.add_geom(
+            type=box, size=half, pos=[sx * offset, sy * offset, height], rgba=BIN_RGBA,
+            contype=SCENE_CONTYPE, conaffinity=SCENE_CONTYPE,
+        )  # fmt: skip
+
+
 class PickPlace(Task):
     name = "pick_place"
     max_steps = 450
 
     def build(self, spec: mujoco.MjSpec) -> None:
-        box = mujoco.mjtGeom.mjGEOM_BOX
-        for color, rgba in COLORS.items():
-            body = spec.worldbody.add_body(name=f"cube_{color}", pos=[0, 0, CUBE_HALF])
-            body.add_freejoint(name=f"cube_{color}")
-            body.add_geom(
-                name=f"cube_{color}", type=box, size=[CUBE_HALF] * 3, rgba=rgba,
-                mass=CUBE_MASS, friction=[CUBE_FRICTION, 0.005, 0.0001],
-                contype=SCENE_CONTYPE, conaffinity=SCENE_CONTYPE,
-            )  # fmt: skip
-        thick, height = BIN_WALL
+        add_cubes(spec)
         for side, (x, y) in BINS.items():
-            body = spec.worldbody.add_body(name=f"bin_{side}", pos=[x, y, 0])
-            body.add_geom(
-                type=box, size=[BIN_HALF, BIN_HALF, 0.001], pos=[0, 0, 0.001], rgba=BIN_RGBA,
-                contype=NO_CONTACT, conaffinity=NO_CONTACT,
-            )  # fmt: skip
-            offset = BIN_HALF + thick
-            for sx, sy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-                half = [thick, offset + thick, height] if sx else [offset + thick, thick, height]
-                body.add_geom(
-                    type=box, size=half, pos=[sx * offset, sy * offset, height], rgba=BIN_RGBA,
-                    contype=SCENE_CONTYPE, conaffinity=SCENE_CONTYPE,
-                )  # fmt: skip
+            add_bin(spec.worldbody.add_body(name=f"bin_{side}", pos=[x, y, 0]))
 
     def bind(self, model: mujoco.MjModel, data: mujoco.MjData) -> None:
         super().bind(model, data)
