@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 MAX_TIMESTEP = 0.002  # s, the physics step never exceeds this
 HOME_SITE = np.array([0.15, 0.0, 0.12])  # grip site at home: above the workspace, pointing down
 HOME_NOISE = 0.03  # rad, uniform noise on the arm joints at reset
+GRIPPER_NOISE_SCALE = 0.1  # m per rad: action noise on the gripper, relative to the joints'
 
 # Observation keys, as lerobot names them (lerobot.utils.constants, too heavy to import here).
 STATE = "observation.state"
@@ -51,9 +52,11 @@ class SimEnv:
         render: bool = True,
         action_noise: float = 0.0,
     ) -> None:
-        """action_noise: std (rad, and m for the gripper) of Gaussian noise added to every
-        executed action, drawn from the episode's seed, so that closed-loop correction
-        matters (as the RTC paper's Kinetix tasks add)."""
+        """action_noise: std (rad) of Gaussian noise added to every executed joint target,
+        drawn from the episode's seed, so that closed-loop correction matters (as the RTC
+        paper's Kinetix tasks add); the gripper's opening (m, range 0-0.035) gets
+        GRIPPER_NOISE_SCALE times it (0.02 rad -> 2 mm), so that noise perturbs grasps without
+        opening a closed gripper."""
         if isinstance(task, str):
             if task not in TASKS:
                 raise ValueError(f"unknown task {task!r}: choose one of {sorted(TASKS)}")
@@ -128,7 +131,9 @@ class SimEnv:
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action {action} has non-finite values")
         if self.action_noise > 0:
-            action = action + self._noise.normal(0.0, self.action_noise, size=action.shape)
+            scale = np.ones_like(action)
+            scale[JOINT_NAMES.index("gripper")] = GRIPPER_NOISE_SCALE
+            action = action + scale * self._noise.normal(0.0, self.action_noise, size=action.shape)
         self.data.ctrl[self.robot.actuators] = np.clip(action, self.action_low, self.action_high)
         self.task.advance(1.0 / self.control_hz)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
