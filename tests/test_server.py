@@ -15,9 +15,10 @@ import zmq
 
 from runtime.commands import serve
 from runtime.commands.cli import CONFIG_DIR
+from runtime.curve import CurveKeys, generate_keypair
 from runtime.robot.testing import ConstantPolicy, RecordingPolicy
 from runtime.serving.sampling import FlowChunkPolicy
-from runtime.serving.server import CurveKeys, PolicyServer, generate_keypair
+from runtime.serving.server import PolicyServer
 from runtime.serving.synthetic import GaussianChunkModel
 from runtime.wire.hostile import HOSTILE_KINDS, hostile_message
 from runtime.wire.info import LatencyHistogram
@@ -336,13 +337,16 @@ def test_warm_up_answers_one_zero_observation_per_sampling_method():
 def test_an_absurd_shape_costs_only_its_own_reply_in_a_batch():
     absurd = hostile_message("absurd_shape", np.random.default_rng(0))
     policy = TickPolicy()
-    with serving(policy, batch_window_ms=300) as server:
-        with dealer(server.address) as bad, dealer(server.address) as good:
-            for sock in (bad, good):
-                assert ask(sock, encode(MetadataRequest(request_id=0))) is not None
-            bad.send_multipart(absurd)
-            good.send(encode(observation(rid=9)))
-            error, chunk = receive(bad), receive(good)
+    with (
+        serving(policy, batch_window_ms=300) as server,
+        dealer(server.address) as bad,
+        dealer(server.address) as good,
+    ):
+        for sock in (bad, good):
+            assert ask(sock, encode(MetadataRequest(request_id=0))) is not None
+        bad.send_multipart(absurd)
+        good.send(encode(observation(rid=9)))
+        error, chunk = receive(bad), receive(good)
     assert isinstance(error, ErrorReply) and error.code == "bad_request"
     assert isinstance(chunk, ChunkReply) and chunk.request_id == 9
 

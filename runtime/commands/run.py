@@ -26,8 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from runtime.analysis.stats import wilson_interval
 from runtime.analysis.timeline import plot_instructions
+from runtime.curve import ClientCurveKeys, CurveKeys
 from runtime.robot.client import (
-    ClientCurveKeys,
     LocalPolicyClient,
     PolicyClient,
     RequestTimeout,
@@ -101,6 +101,9 @@ def controller_setup(
         "inference_delay_ticks": cfg.inference_delay_ticks,
         "watchdog_ticks": cfg.watchdog_ticks or chunk_length,
         "operator_address": cfg.operator_address,
+        "operator_curve": None
+        if cfg.get("operator_curve_keys_dir") is None
+        else CurveKeys.from_dir(cfg.operator_curve_keys_dir),
         "operator_script": scripted_operator(cfg.operator_script, cfg.robot_id),
         "high_level": make_high_level(
             cfg.high_level, cfg.high_level_every, cfg.high_level_smoothing, cfg.hz

@@ -32,22 +32,18 @@ holds the robot until it answers again.
 from __future__ import annotations
 
 import inspect
-import ipaddress
 import logging
 import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
-import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from runtime.curve import CurveKeys, is_loopback, secure_server
 from runtime.wire.info import ChunkPolicy, LatencyHistogram, UnsupportedRequest, metadata_reply
 from runtime.wire.protocol import (
     DEFAULT_LIMITS,
@@ -71,53 +67,6 @@ POLL_MS = 100  # how often the loop looks at the stop flag when idle
 MAX_ENVELOPE_FRAMES = 4  # routing frames before the payload (identity, a REQ's delimiter, ...)
 MAX_ROUTING_FRAME_BYTES = 256  # one routing frame (ZMQ's own identities are at most 255 bytes)
 RECEIVE_HWM = 16  # complete messages ZMQ queues per connected peer before it drops more
-
-
-@dataclass(frozen=True)
-class CurveKeys:
-    """ZMQ CURVE keys (Z85 bytes): the server's pair and the client public keys it accepts."""
-
-    server_secret: bytes
-    server_public: bytes
-    allowed_client_public_keys: tuple[bytes, ...]
-
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> CurveKeys:
-        """Read ``server.key_secret`` and every ``clients/*.key`` of directory."""
-        directory = Path(directory)
-        secret_file = directory / "server.key_secret"
-        if not secret_file.is_file():
-            raise FileNotFoundError(
-                f"no {secret_file}: create the server's key pair with "
-                f"runtime.serving.server.generate_keypair({str(directory)!r}, 'server')"
-            )
-        public, secret = zmq.auth.load_certificate(secret_file)
-        clients = tuple(
-            zmq.auth.load_certificate(p)[0] for p in sorted((directory / "clients").glob("*.key"))
-        )
-        if not clients:
-            raise FileNotFoundError(
-                f"no client keys in {directory / 'clients'}: copy there the public .key file "
-                "of every client allowed to connect (generate_keypair makes a pair)"
-            )
-        return cls(server_secret=secret, server_public=public, allowed_client_public_keys=clients)
-
-
-def generate_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
-    """Write a CURVE key pair ``<name>.key`` (public) and ``<name>.key_secret`` to directory."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(directory, name)
-    return Path(public), Path(secret)
-
-
-class _AllowedKeys:
-    """Credentials provider for zmq.auth: accept only the listed client public keys."""
-
-    def __init__(self, keys: Sequence[bytes]) -> None:
-        self.keys = frozenset(keys)
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.keys
 
 
 class PolicyServer:
@@ -169,7 +118,7 @@ class PolicyServer:
             self._release()
             raise
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        if curve is None and not _is_loopback(self.address):
+        if curve is None and not is_loopback(self.address):
             log.warning(
                 "serving on %s without CURVE keys: anyone who can reach it can drive the robot; "
                 "set curve_keys_dir for anything beyond loopback",
@@ -183,14 +132,7 @@ class PolicyServer:
         socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)  # per frame
         socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         if curve is not None:
-            self._auth = ThreadAuthenticator(self._context, log=log.getChild("auth"))
-            self._auth.start()
-            self._auth.configure_curve_callback(
-                "*", credentials_provider=_AllowedKeys(curve.allowed_client_public_keys)
-            )
-            socket.curve_secretkey = curve.server_secret
-            socket.curve_publickey = curve.server_public
-            socket.curve_server = True
+            self._auth = secure_server(self._context, socket, curve)
         try:
             socket.bind(address)
         except zmq.ZMQError as e:
@@ -456,16 +398,6 @@ def _error(request_id: int | None, code: str, text: str, limits: Limits) -> Erro
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
-
-
-def _is_loopback(endpoint: str) -> bool:
-    parts = urlsplit(endpoint)
-    if parts.scheme in ("ipc", "inproc"):
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        return parts.hostname == "localhost"
 
 
 def warm_up(policy: ChunkPolicy, methods: Sequence[str] = ("plain", "guided:exp")) -> float:
