@@ -129,9 +129,9 @@ def operator_controller(**options):
     from runtime.robot.testing import ConstantPolicy, JumpDriver
 
     client = LocalPolicyClient(ConstantPolicy(8, 2))
-    ctl = Controller(JumpDriver(), client, make_executor("naive", 8, execution_horizon=4, initial_delay=1), SimClock(30),
-                     inference_delay_ticks=1, operator_address="tcp://127.0.0.1:*",
-                     **options)  # fmt: skip
+    naive = make_executor("naive", 8, execution_horizon=4, initial_delay=1)
+    ctl = Controller(JumpDriver(), client, naive, SimClock(30), inference_delay_ticks=1,
+                     operator_address="tcp://127.0.0.1:*", **options)  # fmt: skip
     return ctl, client
 
 
@@ -234,8 +234,9 @@ def test_an_operator_socket_beyond_loopback_without_curve_warns(caplog):
     from runtime.robot.executors import make_executor
     from runtime.robot.testing import JumpDriver
 
-    ctl = Controller(JumpDriver(), client, make_executor("naive", 8, execution_horizon=4, initial_delay=1), SimClock(30),
-                     inference_delay_ticks=1, operator_address="tcp://0.0.0.0:*")  # fmt: skip
+    naive = make_executor("naive", 8, execution_horizon=4, initial_delay=1)
+    ctl = Controller(JumpDriver(), client, naive, SimClock(30), inference_delay_ticks=1,
+                     operator_address="tcp://0.0.0.0:*")  # fmt: skip
     ctl.close()
     client.close()
     assert "without CURVE keys" in caplog.text

@@ -16,7 +16,6 @@ import zmq
 from omegaconf import DictConfig
 
 from runtime.curve import ClientCurveKeys, secure_client
-
 from runtime.robot.operator import operator_message
 from runtime.wire.protocol import encode
 
