@@ -79,12 +79,14 @@ def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> Fl
 
         return load_state_flow(folder, device)
     ckpt = load_checkpoint(folder, device)
+    reads = (*ckpt.model.config.image_keys, STATE)  # not the dataset's other observations
+    features = wire_features({k: v for k, v in ckpt.features.items() if k in reads})
     return FlowPolicy(
         ckpt.model,
         VLAPreprocessor(ckpt.model.config.image_keys, ckpt.normalizer,
                         ckpt.model.tokenize_instructions),
         ckpt.normalizer,
-        model_id=ckpt.model_id, fps=ckpt.fps, features=wire_features(ckpt.features),
+        model_id=ckpt.model_id, fps=ckpt.fps, features=features,
     )  # fmt: skip
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from runtime.commands import CommandFailed
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 COMMANDS: dict[str, str] = {
@@ -70,6 +72,10 @@ def _as_hydra_app(name: str) -> Callable[[], None]:
         except KeyboardInterrupt:
             print(f"rtvla {name}: interrupted", file=sys.stderr)
             sys.exit(130)
+        except CommandFailed as err:
+            print(json.dumps(err.figures, default=_json_default))
+            print(f"rtvla {name}: failed: {err}", file=sys.stderr)
+            sys.exit(1)
         print(json.dumps(figures, default=_json_default))
 
     if name in POLICY_COMMANDS:

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runtime.analysis.stats import wilson_interval
 from runtime.analysis.timeline import plot_instructions
+from runtime.commands import CommandFailed
 from runtime.curve import ClientCurveKeys, CurveKeys
 from runtime.robot.client import (
     LocalPolicyClient,
@@ -40,6 +41,7 @@ from runtime.robot.executors import Executor, make_executor
 from runtime.robot.operator import scripted_operator
 from runtime.robot.runlog import RunLog
 from runtime.serving.hierarchy import make_high_level
+from runtime.wire.info import fit_problems
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,7 @@ def main(cfg: DictConfig) -> dict:
         driver.connect()
         client = make_client(cfg, action_dim=len(driver.limits().names))
         try:
-            factory, options = controller_setup(cfg, client, stop)
+            factory, options = controller_setup(cfg, client, stop, driver)
             run = _run_episodes if simulator else _run_robot
             figures, logs = run(cfg, driver, client, factory, options)
         finally:
@@ -85,14 +87,22 @@ def main(cfg: DictConfig) -> dict:
     }
     per_episode = figures.pop("per_episode", [])  # summary.json only: the printed line stays short
     (out / "summary.json").write_text(json.dumps({**figures, "per_episode": per_episode}, indent=2))
+    if figures["requests"] and not figures["chunks_received"] and not stop.is_set():
+        raise CommandFailed(
+            f"none of the {figures['requests']} requests was answered with a chunk "
+            f"({figures['request_errors']} errors, {figures['request_timeouts']} timeouts): "
+            f"the run logs in {out} and the server's log say why",
+            figures,
+        )
     return figures
 
 
 def controller_setup(
-    cfg: DictConfig, client: PolicyClient, stop: threading.Event
+    cfg: DictConfig, client: PolicyClient, stop: threading.Event, driver: Driver
 ) -> tuple[Callable[[], Executor], dict]:
-    """The executor factory and the ``Controller`` options of a run config."""
-    chunk_length = _chunk_length(client, cfg)
+    """The executor factory and the ``Controller`` options of a run config, once the policy
+    is known to fit the driver and the control rate (a ValueError says what differs)."""
+    chunk_length = _fitting_chunk_length(client, cfg, driver)
     params = {k: v for k, v in cfg.executor.items() if k != "name"}
     make_executor(cfg.executor.name, chunk_length, **params)  # check before running
     options = {
@@ -194,14 +204,27 @@ def _run_robot(cfg, driver, client, executor_factory, options) -> tuple[dict, li
         controller.close()
 
 
-def _chunk_length(client: PolicyClient, cfg: DictConfig) -> int:
+def _fitting_chunk_length(client: PolicyClient, cfg: DictConfig, driver: Driver) -> int:
+    """The policy's chunk length, once its features, actions and rate match the driver's."""
     try:
-        return client.metadata(cfg.timeout_s).chunk_length
+        meta = client.metadata(cfg.timeout_s)
     except RequestTimeout:
         raise ValueError(
             f"no policy server answered at {cfg.server} within {cfg.timeout_s} s: start one "
             "there, or run with server=local:synthetic"
         ) from None
+    action_dim = len(driver.limits().names)
+    problems = fit_problems(meta.features, meta.fps, meta.action_dim, driver.feature_spec(), cfg.hz)
+    if problems:
+        raise ValueError(
+            f"the policy {meta.model_id} does not fit this robot: " + "; ".join(problems)
+        )
+    if meta.action_dim != action_dim:
+        raise ValueError(
+            f"the policy {meta.model_id} predicts {meta.action_dim} actions, the driver takes "
+            f"{action_dim}: serve a policy trained for this robot"
+        )
+    return meta.chunk_length
 
 
 def make_run_driver(cfg: DictConfig) -> Driver:
