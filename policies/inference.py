@@ -10,7 +10,6 @@ side (``runtime.serving.sampling``) and call ``velocity_fn`` and the action norm
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -70,10 +69,10 @@ class FlowPolicy:
 
 def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> FlowPolicy:
     """Any flow policy kind's checkpoint (a run, ``checkpoints/step_N`` or an exported folder)."""
-    from policies.checkpoint import load_checkpoint, resolve_checkpoint, wire_features
+    from policies.checkpoint import load_checkpoint, read_json, resolve_checkpoint, wire_features
 
     folder = resolve_checkpoint(path)
-    kind = json.loads((folder / "config.json").read_text()).get("kind", "vla")
+    kind = read_json(folder / "config.json").get("kind", "vla")
     if kind == "state_flow":
         from policies.state_flow import load_state_flow
 
