@@ -56,6 +56,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from runtime.curve import CurveKeys, is_loopback, secure_server
+from runtime.logs import RateLimitedLog
 from runtime.robot.client import PolicyClient, Reply, RequestTimeout
 from runtime.robot.clock import Clock
 from runtime.robot.drivers.base import Driver, Observation
@@ -160,6 +161,7 @@ class Controller:
         self._context: zmq.Context | None = None
         self._operator: zmq.Socket | None = None
         self._auth: ThreadAuthenticator | None = None
+        self._operator_log = RateLimitedLog(log, 1.0)  # a flood of bad messages: one a second
         self._operator_curve = operator_curve is not None
         if operator_address is not None:
             self._bind_operator(operator_address, operator_curve)
@@ -425,19 +427,23 @@ class Controller:
                 break
             frames = self._operator.recv_multipart(copy=False)
             if len(frames) != 1:
-                log.warning("ignored an operator message of %d frames: send one", len(frames))
+                self._operator_log.warning(
+                    "ignored an operator message of %d frames: send one", len(frames)
+                )
                 continue
             try:
                 message = decode(frames[0].buffer)
             except ProtocolError as err:
-                log.warning("ignored an invalid operator message: %s", err)
+                self._operator_log.warning("ignored an invalid operator message: %s", err)
                 continue
             if not isinstance(message, OperatorInstruction | EStop):
-                log.warning("ignored a %s on the operator socket", type(message).__name__)
+                self._operator_log.warning(
+                    "ignored a %s on the operator socket", type(message).__name__
+                )
             elif self._trusted(frames[0]) or (isinstance(message, EStop) and message.engage):
                 messages.append(message)
             else:
-                log.warning(
+                self._operator_log.warning(
                     "ignored a %s from %s: without operator CURVE keys only a local operator "
                     "may release the e-stop or change the instruction",
                     message.TYPE,

@@ -44,6 +44,7 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
 from runtime.curve import CurveKeys, is_loopback, secure_server
+from runtime.logs import RateLimitedLog
 from runtime.wire.info import ChunkPolicy, LatencyHistogram, UnsupportedRequest, metadata_reply
 from runtime.wire.protocol import (
     DEFAULT_LIMITS,
@@ -67,6 +68,7 @@ POLL_MS = 100  # how often the loop looks at the stop flag when idle
 MAX_ENVELOPE_FRAMES = 4  # routing frames before the payload (identity, a REQ's delimiter, ...)
 MAX_ROUTING_FRAME_BYTES = 256  # one routing frame (ZMQ's own identities are at most 255 bytes)
 RECEIVE_HWM = 16  # complete messages ZMQ queues per connected peer before it drops more
+BAD_LOG_EVERY_S = 1.0  # bad or refused messages: one warning a second at most, with a count
 
 
 class PolicyServer:
@@ -106,6 +108,7 @@ class PolicyServer:
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._bad_log = RateLimitedLog(log, BAD_LOG_EVERY_S)  # a flood must not flood the log
         try:
             encode(self._metadata(0), limits)
         except ProtocolError as e:
@@ -282,7 +285,7 @@ class PolicyServer:
         if problem is not None:
             identity = frames[0].bytes if len(frames[0]) <= MAX_ROUTING_FRAME_BYTES else None
             frames.clear()
-            log.warning("refused a message of %s", problem)
+            self._bad_log.warning("refused a message of %s", problem)
             if identity is not None and routing:
                 text = f"message refused: {problem}"
                 self._send([identity], _error(None, "bad_request", text, self.limits))
@@ -291,7 +294,7 @@ class PolicyServer:
         try:
             message = decode(payload.buffer, self.limits)
         except ProtocolError as e:
-            log.warning("bad message: %s", e)
+            self._bad_log.warning("bad message: %s", e)
             self._send(envelope, _error(e.request_id, e.code, str(e), self.limits))
             return
         match message:
@@ -386,7 +389,7 @@ class PolicyServer:
         try:
             self._socket.send_multipart([*envelope, data], zmq.NOBLOCK)
         except zmq.ZMQError as e:
-            log.warning("reply dropped (%s)", e)
+            self._bad_log.warning("reply dropped (%s)", e)
             return False
         return sent
 
