@@ -42,6 +42,7 @@ from runtime.robot.operator import scripted_operator
 from runtime.robot.runlog import RunLog
 from runtime.serving.hierarchy import make_high_level
 from runtime.wire.info import fit_problems
+from runtime.wire.protocol import MetadataReply
 
 log = logging.getLogger(__name__)
 
@@ -213,18 +214,24 @@ def _fitting_chunk_length(client: PolicyClient, cfg: DictConfig, driver: Driver)
             f"no policy server answered at {cfg.server} within {cfg.timeout_s} s: start one "
             "there, or run with server=local:synthetic"
         ) from None
+    check_fit(meta, driver, cfg.hz)
+    return meta.chunk_length
+
+
+def check_fit(meta: MetadataReply, driver: Driver, hz: float) -> None:
+    """Refuse a policy whose features, actions or fps differ from the driver's and the control
+    rate's (``runtime.wire.info.fit_problems``), saying what to change."""
     action_dim = len(driver.limits().names)
-    problems = fit_problems(meta.features, meta.fps, meta.action_dim, driver.feature_spec(), cfg.hz)
+    problems = fit_problems(meta.features, meta.fps, meta.action_dim, driver.feature_spec(), hz)
+    if meta.action_dim != action_dim and not any("actions" in p for p in problems):
+        problems.append(
+            f"the policy predicts {meta.action_dim} actions, the driver takes {action_dim}: "
+            "serve a policy trained for this robot"
+        )
     if problems:
         raise ValueError(
             f"the policy {meta.model_id} does not fit this robot: " + "; ".join(problems)
         )
-    if meta.action_dim != action_dim:
-        raise ValueError(
-            f"the policy {meta.model_id} predicts {meta.action_dim} actions, the driver takes "
-            f"{action_dim}: serve a policy trained for this robot"
-        )
-    return meta.chunk_length
 
 
 def make_run_driver(cfg: DictConfig) -> Driver:
