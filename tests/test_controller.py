@@ -611,3 +611,20 @@ def test_a_client_survives_any_bytes_from_a_rogue_server():
         router.close()
         context.term()
     assert isinstance(reply, ChunkReply) and reply.request_id == 1
+
+
+def test_a_stream_of_stale_replies_cannot_hold_a_poll():
+    from runtime.wire.protocol import ChunkReply
+
+    client = LocalPolicyClient(RampPolicy())
+    try:
+        client._start(request_id=1)
+        stale = ChunkReply(request_id=0, tick=0, actions=np.ones((H, A), np.float32),
+                           server_time_ms=1.0, model_id="m")  # fmt: skip
+        for _ in range(1000):
+            client._replies.put(stale)
+        assert client.poll(0.0) is None
+        assert client._replies.qsize() >= 1000 - 100  # it read a bounded number, then returned
+    finally:
+        client._pending = None
+        client.close()

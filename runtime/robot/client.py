@@ -17,6 +17,7 @@ Only ``LocalPolicyClient``, which runs a policy, imports torch (when it is built
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
@@ -45,6 +46,7 @@ from runtime.wire.protocol import (
 
 log = logging.getLogger(__name__)
 
+MAX_DRAIN = 64  # stale or bad messages one poll reads past its timeout, at most
 RECEIVE_HWM = 16  # replies ZMQ queues before it drops more (a client expects one at a time)
 
 Reply = ChunkReply | ErrorReply
@@ -102,7 +104,7 @@ class _OneOutstanding:
         if self._pending is None:
             return None
         until = min(time.perf_counter() + timeout_s, self._deadline)
-        while True:
+        for drained in itertools.count():
             msg = self._receive(max(until - time.perf_counter(), 0.0))
             if isinstance(msg, ChunkReply | ErrorReply) and msg.request_id in (self._pending, None):
                 self._pending = None  # an ErrorReply without an id answers the outstanding one
@@ -116,8 +118,8 @@ class _OneOutstanding:
                 raise RequestTimeout(
                     f"request {rid} got no reply within {self.timeout_s} s from {self}"
                 )
-            if now >= until and msg is None:
-                return None
+            if now >= until and (msg is None or drained >= MAX_DRAIN):
+                return None  # a stream of stale or bad replies cannot hold the caller
 
 
 class ZmqPolicyClient(_OneOutstanding):
