@@ -269,7 +269,7 @@ class Controller:
                 self._receive(tick)
                 if self._maybe_request(tick):
                     self._receive(tick)  # due at once with inference_delay_ticks=0
-                self._apply_operator_messages(tick)  # what came while this tick worked
+                self._apply_operator_messages(tick, scripted=False)  # came while it worked
             planned, reason = self._decide(tick, stopping)
             if planned is None:
                 self.driver.hold()
@@ -402,8 +402,11 @@ class Controller:
 
     # ---- operator messages --------------------------------------------------------------
 
-    def _apply_operator_messages(self, tick: int) -> None:
-        for message in [*self._read_operator_socket(), *self._script.get(tick, ())]:
+    def _apply_operator_messages(self, tick: int, scripted: bool = True) -> None:
+        """Apply what came on the socket (and, with ``scripted``, the script's messages for
+        this tick)."""
+        script = self._script.get(tick, ()) if scripted else ()
+        for message in [*self._read_operator_socket(), *script]:
             self._messages.put(message)
         for _ in range(MAX_OPERATOR_MESSAGES):
             try:
