@@ -539,7 +539,7 @@ def estop_sender(ctl: Controller) -> tuple[zmq.Context, Callable[[], None]]:
 @pytest.mark.parametrize("k", [None, 4])
 def test_wall_clock_never_waits_for_a_dead_server_and_estops_at_the_next_tick(k):
     context, router, address = silent_server()
-    client = ZmqPolicyClient(address, timeout_s=0.5)
+    client = ZmqPolicyClient(address, timeout_s=1.0)
     driver = JumpDriver()
     ctl = Controller(driver, client, executor("rtc"), WallClock(30), inference_delay_ticks=k,
                      watchdog_ticks=H, operator_address="tcp://127.0.0.1:*")  # fmt: skip
@@ -557,8 +557,8 @@ def test_wall_clock_never_waits_for_a_dead_server_and_estops_at_the_next_tick(k)
     assert len(driver.commands) == 60  # one hold per tick, all through the outage
     assert (reasons[:41] == "startup").all() and (reasons[41:] == "estop").all()
     assert log.summary()["request_timeouts"] >= 1  # the client gave up on requests meanwhile
-    # no tick waited for the client's 0.5 s timeout (15 ticks; loose: a loaded machine)
-    assert log.missed_ticks < 10
+    # no tick waited for the client's 1 s timeout (30 ticks; loose: a loaded machine)
+    assert log.missed_ticks < 20
 
 
 def test_an_estop_ends_a_simulated_clock_wait_for_a_dead_server_at_that_tick():
