@@ -252,6 +252,29 @@ def incumbents(d: dict) -> str:
     return "\n\n".join(parts)
 
 
+def hostile(d: dict) -> str:
+    q, f, rss = d["quiet"], d["flood"], d["server_rss_mb"]
+    rows = [
+        ["quiet", q["requests"], q["answered"], q["p50_ms"], q["p99_ms"]],
+        ["during the flood", f["requests"], f["answered"], f["p50_ms"], f["p99_ms"]],
+    ]
+    nice = f", at nice {d['flood_nice']}" if d.get("flood_nice") else ""
+    note = (
+        f"{fmt(d['hostile_messages'])} hostile messages ({', '.join(d['hostile_kinds'])}) from "
+        f"{d['senders']} DEALER sockets in a third process{nice}, sent as fast as they go, in "
+        f"{d['blocks']} blocks alternating with quiet ones ({fmt(d['flood_s'])} s of flood in "
+        f"all); the robot asks for a chunk at {fmt(d['robot_hz'])} Hz (two 96x96 cameras, one "
+        f"outstanding) from a synthetic flow policy served with {d['torch_threads']} torch "
+        f"thread(s); message limit {fmt(d['max_message_bytes'])} bytes on both ends. Answered "
+        f"during the flood: **{fmt(100 * d['answered_during_flood'])} %**; p99 flood / quiet: "
+        f"**{fmt(d['p99_ratio'])}**; server RSS before {fmt(rss['before'])} MB, peak "
+        f"{fmt(rss['peak'])} MB, after {fmt(rss['after'])} MB; error replies read by the "
+        f"senders that read them: {fmt(d['hostile_replies_read'])}."
+    )
+    header = ["robot", "requests", "answered", "round trip p50 ms", "p99 ms"]
+    return note + "\n\n" + table(header, rows)
+
+
 # name -> (section title, renderer of its JSON)
 BENCHES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "sim_speed": ("Simulator speed", sim_speed),
@@ -260,6 +283,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "jitter": ("Control loop tick jitter", jitter),
     "rtc_overhead": ("RTC sampling overhead", rtc_overhead),
     "throughput": ("Server throughput with several robots", throughput),
+    "hostile": ("A served robot under a flood of hostile messages", hostile),
     "incumbents": ("Against LeRobot's async inference and RTC", incumbents),
 }
 

@@ -33,6 +33,7 @@ if [[ "$QUICK" == 1 ]]; then
   JITTER_ARGS=(--seconds 1)
   RTC_ARGS=(--repeats 5)
   THROUGHPUT_ARGS=(--seconds 2)
+  HOSTILE_ARGS=(--messages 2000 --quiet-requests 100)
   INCUMBENTS_ARGS=(--round-trips 200)
   SWEEP_ARGS=${SWEEP_ARGS-"quick=true quick_grid.episodes=2 quick_grid.horizons=[10]"}
 else
@@ -42,6 +43,7 @@ else
   JITTER_ARGS=()
   RTC_ARGS=()
   THROUGHPUT_ARGS=(--seconds 10)
+  HOSTILE_ARGS=()
   INCUMBENTS_ARGS=(--round-trips 2000)
   SWEEP_ARGS=${SWEEP_ARGS-}
 fi
@@ -80,6 +82,7 @@ bench transport uv run python bench/transport.py "${TRANSPORT_ARGS[@]}"
 bench jitter uv run python bench/jitter.py "${JITTER_ARGS[@]}"
 bench rtc_overhead uv run python bench/rtc_overhead.py "${RTC_ARGS[@]}"
 bench throughput uv run python bench/throughput.py "${THROUGHPUT_ARGS[@]}"
+bench hostile uv run python bench/hostile.py "${HOSTILE_ARGS[@]}"
 if uv run python -c "import grpc, google.protobuf" > /dev/null 2>&1; then
   bench incumbents uv run --group bench python bench/incumbents.py "${INCUMBENTS_ARGS[@]}"
 else

@@ -12,8 +12,11 @@ file naming the newest. One checkpoint folder:
     train_state.safetensors  raw weights and optimizer tensors (for resume=true)
     train_state.json         optimizer hyperparameters per parameter group
 
-A folder is written as ``step_<N>.tmp`` and renamed into place, and ``last`` is replaced with
-``os.replace``, so a crash mid-save never leaves a half-written checkpoint behind ``last``.
+A folder is written as ``step_<N>.tmp``, fsynced and renamed into place, and ``last`` is
+replaced with ``os.replace`` once fsynced, so a crash (or power loss) mid-save never leaves a
+half-written checkpoint behind ``last``. A file that is nevertheless truncated or garbled
+(copied badly, edited by hand) is refused by ``read_json`` / ``read_tensors`` /
+``load_weights`` with a ``CorruptCheckpoint`` that names it and says what to do.
 """
 
 from __future__ import annotations
@@ -36,6 +39,63 @@ from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
 
 FORMAT_VERSION = 1
+_RESTORE = (
+    "restore it from a good copy, export the checkpoint again (rtvla export), or point "
+    "checkpoint= at another step (checkpoints/step_N)"
+)
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file that cannot be read; the message names it and says what to do."""
+
+
+def read_json(path: Path) -> dict:
+    """A checkpoint's JSON file as a dict, or a ``CorruptCheckpoint`` naming it."""
+    try:
+        data = json.loads(Path(path).read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise CorruptCheckpoint(
+            f"{path} is missing, so the checkpoint is incomplete: {_RESTORE}"
+        ) from None
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CorruptCheckpoint(
+            f"{path} is not valid UTF-8 JSON ({type(err).__name__}: {str(err)[:120]}), it is "
+            f"truncated or garbled: {_RESTORE}"
+        ) from None
+    if not isinstance(data, dict):
+        raise CorruptCheckpoint(f"{path} holds a JSON {type(data).__name__}, not a map: {_RESTORE}")
+    return data
+
+
+def read_tensors(path: Path) -> dict[str, Tensor]:
+    """A checkpoint's safetensors file, or a ``CorruptCheckpoint`` naming it."""
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise CorruptCheckpoint(
+            f"{path} is missing, so the checkpoint is incomplete: {_RESTORE}"
+        ) from None
+    except Exception as err:  # safetensors raises its own error type for a bad header or size
+        raise CorruptCheckpoint(
+            f"{path} is not a readable safetensors file ({str(err)[:120]}), it is truncated or "
+            f"garbled: {_RESTORE}"
+        ) from None
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load ``path`` (safetensors) into ``model``; a file that does not fit it is refused."""
+    tensors = read_tensors(path)
+    try:
+        model.load_state_dict(tensors)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        raise CorruptCheckpoint(
+            f"{path} does not fit the model that config.json next to it describes "
+            f"({' '.join(first[:3])[:300]}): the two files come from different checkpoints; "
+            f"{_RESTORE}"
+        ) from None
+
+
 HF_BACKBONE = "hf_backbone"  # folder of the Hugging Face config and tokenizer (backbone=hf)
 
 
@@ -136,11 +196,32 @@ def write_checkpoint(
     (tmp / "train_state.json").write_text(json.dumps({"param_groups": groups}))
     if folder.exists():
         shutil.rmtree(folder)
-    tmp.rename(folder)
+    durable_rename(tmp, folder)
     pointer = folder.parent / "last.tmp"
     pointer.write_text(folder.name)
+    _fsync(pointer)
     os.replace(pointer, folder.parent / "last")
+    _fsync(folder.parent)
     return folder
+
+
+def durable_rename(source: Path, target: Path) -> None:
+    """fsync every file and folder under ``source``, rename it to ``target`` and fsync the
+    parent, so that after a crash ``target`` is either absent or complete.
+    (``sim/record.py`` has its twin: the two packages import nothing from each other.)"""
+    for path in sorted(source.rglob("*"), reverse=True):
+        _fsync(path)
+    _fsync(source)
+    os.rename(source, target)
+    _fsync(target.parent)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -181,14 +262,14 @@ def export_checkpoint(path: str | Path, output: str | Path) -> Path:
             shutil.copy2(folder / name, tmp / name)
         elif (folder / name).is_dir():
             shutil.copytree(folder / name, tmp / name)
-    tmp.rename(output)
+    durable_rename(tmp, output)
     return output
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint (or a run's newest) for inference."""
     folder = resolve_checkpoint(path)
-    meta = json.loads((folder / "config.json").read_text())
+    meta = read_json(folder / "config.json")
     if "vla_config" not in meta:
         raise ValueError(
             f"{folder} is not a VLA checkpoint (kind {meta.get('kind')!r}): pass a high-level "
@@ -205,32 +286,53 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         "vision": "patch", "augment_shift": 0, "language": "bytes", "film": False,
         "expert_instruction": False, "word_buckets": 4096,
     }  # fmt: skip
-    config = VLAConfig(**{**old, **meta["vla_config"]})
+    try:
+        config = VLAConfig(**{**old, **meta["vla_config"]})
+        features = {k: {**v, "shape": tuple(v["shape"])} for k, v in meta["features"].items()}
+        train_config, step, fps = meta["train_config"], meta["step"], meta["fps"]
+    except (TypeError, KeyError, AttributeError) as err:
+        raise CorruptCheckpoint(
+            f"{folder / 'config.json'} lacks or garbles an entry ({type(err).__name__}: {err}): "
+            f"{_RESTORE}"
+        ) from None
     backbone = None
     if config.backbone == "hf":
         from policies.hf_backbone import HFBackbone  # transformers takes seconds to import
 
         backbone = HFBackbone.from_files(config, folder / HF_BACKBONE)
     model = VLA(config, backbone)
-    model.load_state_dict(load_file(folder / "model.safetensors"))
+    load_weights(model, folder / "model.safetensors")
     fast = folder / "fast_tokenizer.json"
+    if fast.is_file():
+        read_json(fast)  # a garbled file is named here rather than deep in the tokenizer
     return Checkpoint(
         path=folder,
         model=model.to(device).eval(),
-        normalizer=Normalizer.from_state_dict(load_file(folder / "normalizer.safetensors")),
+        normalizer=load_normalizer(folder / "normalizer.safetensors"),
         fast_tokenizer=FastTokenizer.load(fast) if fast.is_file() else None,
-        features={k: {**v, "shape": tuple(v["shape"])} for k, v in meta["features"].items()},
-        train_config=meta["train_config"],
-        step=meta["step"],
-        fps=meta["fps"],
+        features=features,
+        train_config=train_config,
+        step=step,
+        fps=fps,
     )
+
+
+def load_normalizer(path: Path) -> Normalizer:
+    """The normalization statistics saved in a checkpoint."""
+    tensors = read_tensors(path)
+    try:
+        return Normalizer.from_state_dict(tensors)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise CorruptCheckpoint(
+            f"{path} does not hold normalizer statistics ({err}): {_RESTORE}"
+        ) from None
 
 
 def load_train_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Restore raw weights and optimizer state (resume)."""
-    tensors = load_file(folder / "train_state.safetensors")
+    tensors = read_tensors(folder / "train_state.safetensors")
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    groups = json.loads((folder / "train_state.json").read_text())["param_groups"]
+    groups = read_json(folder / "train_state.json")["param_groups"]
     state: dict[int, dict[str, Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):

@@ -23,7 +23,6 @@ so the instruction switches slightly before a phase boundary (``label_indices``)
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,11 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from policies.backbone import get_feature
-from policies.checkpoint import resolve_checkpoint
+from policies.checkpoint import load_normalizer, load_weights, read_json, resolve_checkpoint
 from policies.features import IMAGES, STATE
 from policies.normalize import Normalizer
 from policies.vision import random_shift
@@ -311,7 +310,7 @@ def high_level_parts(
 def read_meta(path: str | Path) -> tuple[Path, dict]:
     """A high-level checkpoint folder (or a run's newest) and its config.json."""
     folder = resolve_checkpoint(path)
-    meta = json.loads((folder / "config.json").read_text())
+    meta = read_json(folder / "config.json")
     if meta.get("kind") != KIND:
         raise ValueError(
             f"{folder} is not a high-level checkpoint: train one with `rtvla train "
@@ -324,7 +323,7 @@ def load_high_level(path: str | Path, device: str | torch.device = "cpu") -> Hig
     """Load a high-level checkpoint (or a run's newest) for inference."""
     folder, meta = read_meta(path)
     model = HighLevelModel(HighLevelConfig(**meta["high_level_config"]))
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    normalizer = Normalizer.from_state_dict(load_file(folder / "normalizer.safetensors"))
+    load_weights(model, folder / "model.safetensors")
+    normalizer = load_normalizer(folder / "normalizer.safetensors")
     vocab = Vocabulary.from_dict(meta["vocabularies"])
     return HighLevelPolicy(model.to(device), normalizer, vocab, meta["fps"])

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from policies.checkpoint import resolve_checkpoint
+from policies.checkpoint import read_tensors, resolve_checkpoint
 from policies.data import InMemoryChunks, camera_spec, open_dataset
 from policies.features import STATE
 from policies.hierarchy import (
@@ -164,7 +163,7 @@ def train_high_level(cfg: Mapping) -> dict:
 def _ema_weights(cfg: Mapping) -> dict[str, torch.Tensor]:
     """The EMA weights of the run's newest checkpoint (what inference loads)."""
     folder = resolve_checkpoint(cfg["output"])
-    return load_file(folder / "model.safetensors")
+    return read_tensors(folder / "model.safetensors")
 
 
 @torch.no_grad()

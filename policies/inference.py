@@ -10,7 +10,6 @@ side (``runtime.serving.sampling``) and call ``velocity_fn`` and the action norm
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -71,21 +70,23 @@ class FlowPolicy:
 
 def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> FlowPolicy:
     """Any flow policy kind's checkpoint (a run, ``checkpoints/step_N`` or an exported folder)."""
-    from policies.checkpoint import load_checkpoint, resolve_checkpoint, wire_features
+    from policies.checkpoint import load_checkpoint, read_json, resolve_checkpoint, wire_features
 
     folder = resolve_checkpoint(path)
-    kind = json.loads((folder / "config.json").read_text()).get("kind", "vla")
+    kind = read_json(folder / "config.json").get("kind", "vla")
     if kind == "state_flow":
         from policies.state_flow import load_state_flow
 
         return load_state_flow(folder, device)
     ckpt = load_checkpoint(folder, device)
+    reads = (*ckpt.model.config.image_keys, STATE)  # not the dataset's other observations
+    features = wire_features({k: v for k, v in ckpt.features.items() if k in reads})
     return FlowPolicy(
         ckpt.model,
         VLAPreprocessor(ckpt.model.config.image_keys, ckpt.normalizer,
                         ckpt.model.tokenize_instructions, ckpt.model.config.image_size),
         ckpt.normalizer,
-        model_id=ckpt.model_id, fps=ckpt.fps, features=wire_features(ckpt.features),
+        model_id=ckpt.model_id, fps=ckpt.fps, features=features,
     )  # fmt: skip
 
 

@@ -18,7 +18,6 @@ Anatomy, as every policy kind: config, build, loss, sample, checkpoint extras.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -277,15 +276,20 @@ def write_extra(normalizer: Normalizer) -> Callable[[Path], None]:
 
 def load_state_flow(folder: Path, device: str | torch.device = "cpu"):
     """A state-flow checkpoint folder as a ``policies.inference.FlowPolicy``."""
-    from safetensors.torch import load_file
 
-    from policies.checkpoint import checkpoint_model_id, wire_features
+    from policies.checkpoint import (
+        checkpoint_model_id,
+        load_normalizer,
+        load_weights,
+        read_json,
+        wire_features,
+    )
     from policies.inference import FlowPolicy
 
-    meta = json.loads((folder / "config.json").read_text())
+    meta = read_json(folder / "config.json")
     model = StateFlow(StateFlowConfig(**meta["state_flow_config"]))
-    model.load_state_dict(load_file(folder / "model.safetensors"))
-    normalizer = Normalizer.from_state_dict(load_file(folder / "normalizer.safetensors"))
+    load_weights(model, folder / "model.safetensors")
+    normalizer = load_normalizer(folder / "normalizer.safetensors")
     return FlowPolicy(
         model.to(device), StatePreprocessor(normalizer).observations, normalizer,
         model_id=checkpoint_model_id(folder), fps=meta["fps"],

@@ -23,13 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
 
 from policies.checkpoint import (
     check_features,
     load_train_state,
+    read_json,
+    read_tensors,
     resolve_checkpoint,
     write_checkpoint,
 )
@@ -71,13 +72,13 @@ def fit(cfg: Mapping, build: Callable[[torch.device], Setup]) -> tuple[dict, Set
     start = 0
     if cfg["resume"] and last.exists():
         folder = resolve_checkpoint(out)
-        meta = json.loads((folder / "config.json").read_text())
+        meta = read_json(folder / "config.json")
         check_features(
             meta["features"], setup.meta["features"], "resume only on the dataset the run was "
             "trained on"
         )  # fmt: skip
         load_train_state(folder, model, optimizer)
-        ema.weights = {k: v.float() for k, v in load_file(folder / "model.safetensors").items()}
+        ema.weights = {k: v.float() for k, v in read_tensors(folder / "model.safetensors").items()}
         start = meta["step"]
         if rank == 0:
             truncate_metrics(out / "metrics.jsonl", start)

@@ -4,6 +4,7 @@ clocks, the MuJoCo driver end to end and the ``rtvla run`` command."""
 
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 
@@ -506,3 +507,124 @@ def test_run_command_with_the_in_process_synthetic_policy(tmp_path):
     assert figures["delay_ticks_max"] == 4  # inference_delay_ticks
     for name in ("episode_000.npz", "episode_001.npz", "summary.json", "config.yaml"):
         assert (tmp_path / name).exists()
+
+
+# ---- a dead server: the loop never waits on the network, e-stops take effect at once ----------
+
+
+def silent_server() -> tuple[zmq.Context, zmq.Socket, str]:
+    """A ROUTER that takes requests and never answers (a hung server)."""
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.linger = 0
+    router.bind("tcp://127.0.0.1:*")
+    return context, router, router.LAST_ENDPOINT.decode()
+
+
+def estop_sender(ctl: Controller) -> tuple[zmq.Context, Callable[[], None]]:
+    """A hook that pushes an engaging e-stop to ``ctl``'s operator socket and returns once
+    the socket holds it (so "the next tick" is well defined whatever the machine's load)."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.linger = 0
+    push.connect(ctl.operator_endpoint)
+
+    def send() -> None:
+        push.send(encode(EStop(robot_id="robot", reason="outage", engage=True)))
+        assert ctl._operator.poll(5000)  # the controller's own thread: a peek, no read
+
+    return context, send
+
+
+@pytest.mark.parametrize("k", [None, 4])
+def test_wall_clock_never_waits_for_a_dead_server_and_estops_at_the_next_tick(k):
+    context, router, address = silent_server()
+    client = ZmqPolicyClient(address, timeout_s=1.0)
+    driver = JumpDriver()
+    ctl = Controller(driver, client, executor("rtc"), WallClock(30), inference_delay_ticks=k,
+                     watchdog_ticks=H, operator_address="tcp://127.0.0.1:*")  # fmt: skip
+    sender_context, send = estop_sender(ctl)
+    driver.hooks = {40: send}
+    try:
+        log = ctl.run(60)
+    finally:
+        ctl.close()
+        client.close()
+        sender_context.destroy(linger=0)
+        router.close()
+        context.term()
+    reasons = log.ticks["hold_reason"]
+    assert len(driver.commands) == 60  # one hold per tick, all through the outage
+    assert (reasons[:41] == "startup").all() and (reasons[41:] == "estop").all()
+    assert log.summary()["request_timeouts"] >= 1  # the client gave up on requests meanwhile
+    # no tick waited for the client's 1 s timeout (30 ticks; loose: a loaded machine)
+    assert log.missed_ticks < 20
+
+
+def test_an_estop_ends_a_simulated_clock_wait_for_a_dead_server_at_that_tick():
+    context, router, address = silent_server()
+    client = ZmqPolicyClient(address, timeout_s=30.0)
+    driver = JumpDriver()
+    ctl = Controller(driver, client, executor("naive"), SimClock(30), inference_delay_ticks=2,
+                     watchdog_ticks=H, operator_address="tcp://127.0.0.1:*")  # fmt: skip
+    sender_context, send = estop_sender(ctl)
+    driver.hooks = {0: lambda: threading.Timer(0.3, send).start()}
+    try:
+        log = ctl.run(6)
+    finally:
+        ctl.close()
+        client.close()
+        sender_context.destroy(linger=0)
+        router.close()
+        context.term()
+    reasons = log.ticks["hold_reason"]
+    assert list(reasons[:2]) == ["startup", "startup"]
+    assert (reasons[2:] == "estop").all()  # the request due at tick 2 waited; the e-stop ended it
+    assert log.summary()["request_timeouts"] == 0
+
+
+def test_a_client_survives_any_bytes_from_a_rogue_server():
+    from runtime.wire.hostile import HOSTILE_KINDS, hostile_message
+    from runtime.wire.protocol import ChunkReply
+
+    context, router, address = silent_server()
+    client = ZmqPolicyClient(address, timeout_s=5.0)
+    rng = np.random.default_rng(3)
+    try:
+        client.submit(ObservationRequest(
+            request_id=1, robot_id="r", tick=0, observation={STATE: np.zeros(2, np.float32)},
+            instruction="", delay=0, execution_horizon=1, sampling="plain",
+        ))  # fmt: skip
+        assert router.poll(5000)
+        identity = router.recv_multipart()[0]
+        for kind in HOSTILE_KINDS:
+            router.send_multipart([identity, *hostile_message(kind, rng)])
+        chunk = ChunkReply(request_id=1, tick=0, actions=np.ones((H, A), np.float32),
+                           server_time_ms=1.0, model_id="m")  # fmt: skip
+        router.send_multipart([identity, encode(chunk)])
+        deadline = time.monotonic() + 5
+        reply = None
+        while reply is None and time.monotonic() < deadline:
+            reply = client.poll(0.1)
+    finally:
+        client.close()
+        router.close()
+        context.term()
+    assert isinstance(reply, ChunkReply) and reply.request_id == 1
+
+
+def test_a_stream_of_stale_replies_cannot_hold_a_poll():
+    from runtime.wire.protocol import ChunkReply
+
+    client = LocalPolicyClient(RampPolicy())
+    try:
+        client._start(request_id=1)
+        stale = ChunkReply(request_id=0, tick=0, actions=np.ones((H, A), np.float32),
+                           server_time_ms=1.0, model_id="m")  # fmt: skip
+        for _ in range(1000):
+            client._replies.put(stale)
+        assert client.poll(0.0) is None
+        assert client._replies.qsize() >= 1000 - 100  # it read a bounded number, then returned
+    finally:
+        client._pending = None
+        client.close()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime.wire.protocol import EStop, OperatorInstruction, decode
+from runtime.wire.protocol import EStop, OperatorInstruction, decode, encode
 
 
 def test_operator_command_sends_messages_a_pull_socket_receives(tmp_path, capsys):
@@ -116,3 +116,127 @@ def test_run_command_applies_its_operator_script_and_plots_who_chose(tmp_path):
     assert (source[10:19] == "operator").all() and (instruction[10:19] == "move left").all()
     assert source[9] == source[19] == "task"
     assert (tmp_path / "instructions.png").stat().st_size > 0
+
+
+# ---- who may send what ----------------------------------------------------------------------
+
+
+def operator_controller(**options):
+    from runtime.robot.client import LocalPolicyClient
+    from runtime.robot.clock import SimClock
+    from runtime.robot.controller import Controller
+    from runtime.robot.executors import make_executor
+    from runtime.robot.testing import ConstantPolicy, JumpDriver
+
+    client = LocalPolicyClient(ConstantPolicy(8, 2))
+    naive = make_executor("naive", 8, execution_horizon=4, initial_delay=1)
+    ctl = Controller(JumpDriver(), client, naive, SimClock(30), inference_delay_ticks=1,
+                     operator_address="tcp://127.0.0.1:*", **options)  # fmt: skip
+    return ctl, client
+
+
+def delivered(ctl, frames_list, keys=None) -> list:
+    """Push each message (a list of frames) to ``ctl``'s operator socket; what it accepts."""
+    context = zmq.Context()
+    push = context.socket(zmq.PUSH)
+    push.linger = 0
+    if keys is not None:
+        from runtime.curve import secure_client
+
+        secure_client(push, keys)
+    push.connect(ctl.operator_endpoint)
+    try:
+        for frames in frames_list:
+            push.send_multipart(frames)
+        accepted = []
+        while ctl._operator.poll(500):
+            accepted += ctl._read_operator_socket()
+        return accepted
+    finally:
+        push.close()
+        context.term()
+
+
+ENGAGE = encode(EStop(robot_id="robot", reason="r", engage=True))
+RELEASE = encode(EStop(robot_id="robot", reason="r", engage=False))
+OVERRIDE = encode(OperatorInstruction(robot_id="robot", instruction="stop", timeout_s=0.0,
+                                      release=False))  # fmt: skip
+
+
+def test_hostile_operator_bytes_are_dropped_and_the_controller_runs_on():
+    from runtime.wire.hostile import HOSTILE_KINDS, hostile_message
+
+    rng = np.random.default_rng(0)
+    kinds = [k for k in HOSTILE_KINDS if k != "oversize_frames"]
+    hostile = [hostile_message(kind, rng) for kind in kinds for _ in range(5)]
+    hostile.append([ENGAGE, ENGAGE])  # two frames
+    ctl, client = operator_controller()
+    try:
+        accepted = delivered(ctl, [*hostile, [ENGAGE]])
+        # frames over the size limit: ZMQ drops them and the sender's connection
+        assert delivered(ctl, [hostile_message("oversize_frames", rng)]) == []
+        log = ctl.run(5)
+    finally:
+        ctl.close()
+        client.close()
+    assert [type(m) for m in accepted] == [EStop]
+    assert len(log.ticks["tick"]) == 5
+
+
+def test_without_curve_a_remote_operator_may_engage_but_not_release(monkeypatch):
+    import runtime.robot.controller as controller
+
+    ctl, client = operator_controller()
+    try:
+        assert len(delivered(ctl, [[ENGAGE], [RELEASE], [OVERRIDE]])) == 3  # local: all
+        monkeypatch.setattr(controller, "_peer", lambda frame: "192.0.2.7")
+        accepted = delivered(ctl, [[ENGAGE], [RELEASE], [OVERRIDE]])
+    finally:
+        ctl.close()
+        client.close()
+    assert [(type(m), getattr(m, "engage", None)) for m in accepted] == [(EStop, True)]
+
+
+def test_operator_curve_keys_admit_listed_operators_only(tmp_path, monkeypatch):
+    import runtime.robot.controller as controller
+    from runtime.commands.operator import send
+    from runtime.curve import ClientCurveKeys, CurveKeys, generate_keypair
+
+    generate_keypair(tmp_path / "robot", "server")
+    generate_keypair(tmp_path / "robot" / "clients", "alice")
+    generate_keypair(tmp_path / "mallory", "client")
+    (tmp_path / "alice").mkdir()
+    for name in ("server.key",):
+        (tmp_path / "alice" / name).write_bytes((tmp_path / "robot" / name).read_bytes())
+        (tmp_path / "mallory" / name).write_bytes((tmp_path / "robot" / name).read_bytes())
+    secret = (tmp_path / "robot" / "clients" / "alice.key_secret").read_bytes()
+    (tmp_path / "alice" / "client.key_secret").write_bytes(secret)
+    ctl, client = operator_controller(operator_curve=CurveKeys.from_dir(tmp_path / "robot"))
+    monkeypatch.setattr(controller, "_peer", lambda frame: "192.0.2.7")  # remote, but known
+    try:
+        alice = ClientCurveKeys.from_dir(tmp_path / "alice")
+        assert [m.engage for m in delivered(ctl, [[RELEASE]], alice)] == [False]
+        mallory = ClientCurveKeys.from_dir(tmp_path / "mallory")
+        with pytest.raises(ValueError, match="no controller is listening"):
+            send(ctl.operator_endpoint, RELEASE, 0.5, mallory)
+        assert not ctl._operator.poll(200)
+    finally:
+        ctl.close()
+        client.close()
+
+
+def test_an_operator_socket_beyond_loopback_without_curve_warns(caplog):
+    ctl, client = operator_controller()
+    ctl.close()
+    assert "operator socket" not in caplog.text
+    from runtime.robot.clock import SimClock
+    from runtime.robot.controller import Controller
+    from runtime.robot.executors import make_executor
+    from runtime.robot.testing import JumpDriver
+
+    naive = make_executor("naive", 8, execution_horizon=4, initial_delay=1)
+    ctl = Controller(JumpDriver(), client, naive, SimClock(30), inference_delay_ticks=1,
+                     operator_address="tcp://0.0.0.0:*")  # fmt: skip
+    ctl.close()
+    client.close()
+    assert "without CURVE keys" in caplog.text

@@ -439,3 +439,30 @@ def test_imports_without_torch_and_never_pickles():
                 node.module.split(".")[0] if node.module != "runtime.wire.keys" else "keys"
             )
     assert imported <= {"math", "re", "dataclasses", "typing", "msgpack", "numpy", "keys"}
+
+
+# ---- shape arithmetic -----------------------------------------------------------------------
+
+HUGE = st.sampled_from([2**31, 2**32, 2**40, 2**62, 2**63 - 1, 2**63, 2**64 - 1])
+shapes = st.lists(st.integers(0, 4) | HUGE, min_size=1, max_size=8)
+
+
+@pytest.mark.parametrize("shape", [[0, 2**63], [2**63, 0], [0, 2**64 - 1, 3], [0, 2**40, 2**40]])
+def test_zero_size_arrays_with_absurd_dimensions_are_protocol_errors(shape):
+    obj = {"v": 2, "type": "chunk_reply", "request_id": 3, "tick": 0, "server_time_ms": 1.0,
+           "model_id": "m", "actions": array_map("float32", shape, b"")}  # fmt: skip
+    with pytest.raises(ProtocolError, match="over the limit") as info:
+        decode(pack(obj))
+    assert info.value.request_id == 3
+
+
+@FUZZ
+@given(st.sampled_from(ALLOWED_DTYPES), shapes, st.sampled_from([b"", b"\0" * 8]))
+def test_fuzz_shape_and_size_arithmetic(dtype, shape, data):
+    for field in ("actions", "prev_actions"):
+        msg = {"v": 2, "type": "chunk_reply" if field == "actions" else "observation_request"}
+        decodes_or_protocol_error(pack(msg | {field: array_map(dtype, shape, data)}))
+    request = wire(observation_request(prev_actions=None))
+    for key in ("observation.state", "observation.images.front", "observation.extra"):
+        observation = request["observation"] | {key: array_map(dtype, shape, data)}
+        decodes_or_protocol_error(pack(request | {"observation": observation}))

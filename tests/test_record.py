@@ -83,7 +83,7 @@ def test_existing_output_and_leftovers_are_refused(reach_dataset, tmp_path):
         record_dataset(env, root, episodes=1, progress=False)
     out = tmp_path / "ds"
     partial_path(out).mkdir()
-    with pytest.raises(FileExistsError, match="interrupted recording"):
+    with pytest.raises(FileExistsError, match="left over, but it has no readable"):
         record_dataset(env, out, episodes=1, progress=False)
     with pytest.raises(ValueError, match="at least 1 episode"):
         record_dataset(env, tmp_path / "other", episodes=0, progress=False)
@@ -134,3 +134,71 @@ def test_cli_bad_config_gives_clear_errors(tmp_path):
     assert "nope" in result.stderr and "reach" in result.stderr  # hydra lists the options
     result = run_cli("frobnicate")
     assert result.returncode == 2 and "unknown command" in result.stderr
+
+
+# ---- durability: kill -9, a second Ctrl-C, resuming ---------------------------------------
+
+
+def test_kill_9_between_episodes_keeps_them_and_the_next_run_resumes(tmp_path):
+    import os
+    import signal
+    import time
+
+    from lerobot.datasets import LeRobotDataset
+
+    out = tmp_path / "ds"
+    args = ["record", "task=reach", "render=false", "episodes=3", f"output={out}",
+            f"hydra.run.dir={tmp_path / 'hydra'}"]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.commands.cli", *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    first = out.with_name("ds.partial") / "episodes" / "episode_000000"
+    deadline = time.monotonic() + 240
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert first.exists() and not out.exists()
+    assert LeRobotDataset("ep", root=first, video_backend="pyav").num_episodes == 1
+    result = run_cli(*args)  # the same recording again: resumes after the kept episode
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "finished episodes kept" in result.stdout + result.stderr  # hydra logs to stdout
+    ds = LeRobotDataset("ds", root=out, video_backend="pyav")
+    assert ds.num_episodes == 3
+    assert not out.with_name("ds.partial").exists()
+
+
+def test_a_second_ctrl_c_cannot_break_finalisation(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from lerobot.datasets import LeRobotDataset
+    from lerobot.datasets import aggregate as lerobot_aggregate
+
+    import sim.record
+    from sim import SimEnv
+
+    real = lerobot_aggregate.aggregate_datasets
+
+    def interrupted_twice(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # arrives while merging
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(lerobot_aggregate, "aggregate_datasets", interrupted_twice)
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt):
+        sim.record.record_dataset(SimEnv("reach", render=False), out, episodes=2, progress=False)
+    assert LeRobotDataset("ds", root=out, video_backend="pyav").num_episodes == 2
+    assert not sim.record.partial_path(out).exists()
+
+
+def test_a_leftover_of_another_recording_is_refused_with_the_difference(tmp_path):
+    import json
+
+    from sim import SimEnv
+    from sim.record import RECORDING_FILE, partial_path, record_dataset
+
+    out = tmp_path / "ds"
+    partial_path(out).mkdir()
+    (partial_path(out) / RECORDING_FILE).write_text(json.dumps({"task": "reach", "seed": 7}))
+    with pytest.raises(FileExistsError, match="seed: 7 then, 0 now"):
+        record_dataset(SimEnv("reach", render=False), out, episodes=1, progress=False)

@@ -15,10 +15,12 @@ import zmq
 
 from runtime.commands import serve
 from runtime.commands.cli import CONFIG_DIR
+from runtime.curve import CurveKeys, generate_keypair
 from runtime.robot.testing import ConstantPolicy, RecordingPolicy
 from runtime.serving.sampling import FlowChunkPolicy
-from runtime.serving.server import CurveKeys, PolicyServer, generate_keypair
+from runtime.serving.server import PolicyServer
 from runtime.serving.synthetic import GaussianChunkModel
+from runtime.wire.hostile import HOSTILE_KINDS, hostile_message
 from runtime.wire.info import LatencyHistogram
 from runtime.wire.protocol import (
     STATE,
@@ -327,3 +329,65 @@ def test_warm_up_answers_one_zero_observation_per_sampling_method():
     assert seen[0].prev_actions is None and seen[1].prev_actions.shape[1] == policy.info.action_dim
     assert all(v.dtype == np.dtype(policy.info.features[k]["dtype"])
                for k, v in seen[0].observation.items())  # fmt: skip
+
+
+# ---- hostile bytes --------------------------------------------------------------------------
+
+
+def test_an_absurd_shape_costs_only_its_own_reply_in_a_batch():
+    absurd = hostile_message("absurd_shape", np.random.default_rng(0))
+    policy = TickPolicy()
+    with (
+        serving(policy, batch_window_ms=300) as server,
+        dealer(server.address) as bad,
+        dealer(server.address) as good,
+    ):
+        for sock in (bad, good):
+            assert ask(sock, encode(MetadataRequest(request_id=0))) is not None
+        bad.send_multipart(absurd)
+        good.send(encode(observation(rid=9)))
+        error, chunk = receive(bad), receive(good)
+    assert isinstance(error, ErrorReply) and error.code == "bad_request"
+    assert isinstance(chunk, ChunkReply) and chunk.request_id == 9
+
+
+@pytest.mark.parametrize("kind", ["oversize_frames", "routing"])
+def test_a_message_over_the_frame_limits_is_refused_and_nothing_echoed(kind):
+    limits = Limits(max_message_bytes=256 * 1024)
+    frames = hostile_message(kind, np.random.default_rng(1), limits)
+    with serving(TickPolicy(), limits=limits) as server, dealer(server.address) as client:
+        client.send_multipart(frames)
+        assert client.poll(TIMEOUT_MS)
+        reply = client.recv_multipart()
+        assert len(reply) == 1 and len(reply[0]) < 4096  # an error, none of the frames
+        error = decode(reply[0])
+        assert isinstance(error, ErrorReply) and "refused" in error.message
+        assert isinstance(ask(client, encode(observation(rid=2))), ChunkReply)
+
+
+def test_a_flood_of_hostile_messages_leaves_every_legitimate_request_answered():
+    rng = np.random.default_rng(2)
+    limits = Limits(max_message_bytes=256 * 1024)
+    stop = threading.Event()
+    with serving(TickPolicy(), limits=limits, batch_window_ms=1) as server:
+
+        def flood() -> None:
+            with dealer(server.address) as sock:
+                for k in range(400):
+                    if stop.is_set():
+                        break
+                    sock.send_multipart(hostile_message(HOSTILE_KINDS[k % 8], rng, limits))
+                    while sock.poll(0):
+                        sock.recv_multipart()
+
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        try:
+            with dealer(server.address) as client:
+                replies = [ask(client, encode(observation(rid=i)), TIMEOUT_MS) for i in range(20)]
+        finally:
+            stop.set()
+            flooder.join()
+        assert server.errors > 0
+    assert [getattr(r, "request_id", None) for r in replies] == list(range(20))
+    assert all(isinstance(r, ChunkReply) for r in replies)

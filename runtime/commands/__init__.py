@@ -7,6 +7,15 @@ from omegaconf import DictConfig
 from sim import SimEnv
 
 
+class CommandFailed(RuntimeError):
+    """A command ran but did not do its job (e.g. no request of a run was answered): the
+    command line prints the figures it has, then this message, and exits 1."""
+
+    def __init__(self, message: str, figures: dict) -> None:
+        super().__init__(message)
+        self.figures = figures
+
+
 def make_sim_env(task: DictConfig, render: bool = True) -> SimEnv:
     """The simulator described by a ``task/`` config group entry."""
     return SimEnv(

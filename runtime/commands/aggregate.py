@@ -42,6 +42,7 @@ from sim.record import (
     check_output,
     create_dataset,
     dataset_features,
+    durable_rename,
     finish_dataset,
     partial_path,
 )
@@ -85,7 +86,7 @@ def main(cfg: DictConfig) -> dict:
         driver.connect()
         client = make_client(cfg, action_dim=len(driver.limits().names))
         try:
-            factory, options = controller_setup(cfg, client, stop)
+            factory, options = controller_setup(cfg, client, stop, driver)
             controller = Controller(driver, client, factory(), **options)
             try:
                 counts = _collect(cfg, driver, controller, factory, corrections, video, stop)
@@ -192,5 +193,5 @@ def _merge(original: Path, corrections: Path, output: Path, repo_id: str) -> Non
         roots=[original, corrections],
         aggr_root=staging,
     )
-    staging.rename(output)
+    durable_rename(staging, output)
     log.info("merged dataset written to %s", output)

@@ -19,6 +19,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from runtime.commands import CommandFailed
+
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 COMMANDS: dict[str, str] = {
@@ -62,6 +64,7 @@ def _command(name: str) -> Callable[[DictConfig], dict]:
 def _as_hydra_app(name: str) -> Callable[[], None]:
     def app(cfg: DictConfig) -> None:
         try:
+            check_types(cfg, _defaults(name))
             figures = _command(name)(cfg)
         except USER_ERRORS as err:
             message = err.args[0] if err.args else repr(err)
@@ -70,6 +73,10 @@ def _as_hydra_app(name: str) -> Callable[[], None]:
         except KeyboardInterrupt:
             print(f"rtvla {name}: interrupted", file=sys.stderr)
             sys.exit(130)
+        except CommandFailed as err:
+            print(json.dumps(err.figures, default=_json_default))
+            print(f"rtvla {name}: failed: {err}", file=sys.stderr)
+            sys.exit(1)
         print(json.dumps(figures, default=_json_default))
 
     if name in POLICY_COMMANDS:
@@ -78,6 +85,57 @@ def _as_hydra_app(name: str) -> Callable[[], None]:
 
 
 POLICY_COMMANDS = ("train",)  # commands composing the policy/ group
+GROUPS = ("task", "driver", "executor", "policy")  # config groups (their choice, not a value)
+
+
+def _defaults(name: str) -> DictConfig:
+    """The command's config with the same group choices as this run but no other override."""
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+
+    chosen = [
+        o for o in HydraConfig.get().overrides.task if o.split("=", 1)[0].lstrip("+~") in GROUPS
+    ]
+    return compose(config_name=name, overrides=chosen)
+
+
+def check_types(cfg: DictConfig, defaults: DictConfig) -> None:
+    """Refuse, before any work, a value whose type differs from its default's: a number where
+    the default is a number (an int where it is an int), a bool, a string or a list where it is
+    one. Keys whose default is null, unset or an interpolation take anything (an
+    interpolation's target is checked itself)."""
+    problems = []
+
+    def walk(value: object, default: object, key: str) -> None:
+        if isinstance(default, dict) and isinstance(value, dict):
+            for k in value.keys() & default.keys():
+                walk(value[k], default[k], f"{key}.{k}" if key else str(k))
+            return
+        unset = (None, "???")
+        if default in unset or value in unset or _interpolation(default) or _interpolation(value):
+            return
+        if isinstance(default, bool):
+            ok, kind = isinstance(value, bool), "true or false"
+        elif isinstance(default, int):
+            ok, kind = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            kind = "a number"
+        elif isinstance(default, str):
+            ok, kind = isinstance(value, str), "a string (quote a number: key='7')"
+        elif isinstance(default, list):
+            ok, kind = isinstance(value, list), "a list"
+        else:
+            return
+        if not ok:
+            problems.append(f"{key}={value!r} must be {kind} (default: {default!r})")
+
+    def plain(c: DictConfig) -> dict:
+        return OmegaConf.to_container(c, resolve=False)  # type: ignore[return-value]
+
+    walk(plain(cfg), plain(defaults), "")
+    if problems:
+        raise ValueError("; ".join(problems))
 
 
 def register_configs() -> None:
@@ -105,6 +163,10 @@ def register_policy_configs() -> None:
     store = ConfigStore.instance()
     for kind, entry in policy_defaults().items():
         store.store(group="policy", name=kind, node=entry)
+
+
+def _interpolation(value: object) -> bool:
+    return isinstance(value, str) and "${" in value
 
 
 def _json_default(value: object) -> object:

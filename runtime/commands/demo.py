@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from runtime.analysis.seams import plot_seams, seam_metrics
-from runtime.commands import make_sim_env
+from runtime.commands import CommandFailed, make_sim_env
 from runtime.commands import run as run_command
 from runtime.robot.client import RequestTimeout, ZmqPolicyClient
 from runtime.robot.runlog import RunLog
@@ -150,9 +150,10 @@ def wait_for_server(
     try:
         while True:
             if server is not None and server.poll() is not None:
-                raise RuntimeError(
+                raise CommandFailed(
                     f"the policy server exited with code {server.returncode} while starting: "
-                    f"see {server_log}"
+                    f"see {server_log}",
+                    {},
                 )
             try:
                 meta = client.metadata(1.0)
@@ -161,8 +162,11 @@ def wait_for_server(
                 return
             except RequestTimeout:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"no policy server answered at {address} within {timeout_s} s"
+                    raise CommandFailed(
+                        f"no policy server answered at {address} within {timeout_s} s (see "
+                        f"{server_log}); on a busy machine importing torch and loading the "
+                        f"checkpoint can take longer: raise server_start_timeout_s",
+                        {},
                     ) from None
     finally:
         client.close()

@@ -26,8 +26,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from runtime.analysis.stats import wilson_interval
 from runtime.analysis.timeline import plot_instructions
+from runtime.commands import CommandFailed
+from runtime.curve import ClientCurveKeys, CurveKeys
 from runtime.robot.client import (
-    ClientCurveKeys,
     LocalPolicyClient,
     PolicyClient,
     RequestTimeout,
@@ -41,6 +42,7 @@ from runtime.robot.executors import EXECUTORS, Executor, make_executor
 from runtime.robot.operator import scripted_operator
 from runtime.robot.runlog import RunLog
 from runtime.serving.hierarchy import make_high_level
+from runtime.wire.info import fit_problems
 from runtime.wire.protocol import MetadataReply
 
 log = logging.getLogger(__name__)
@@ -65,7 +67,7 @@ def main(cfg: DictConfig) -> dict:
         driver.connect()
         client = make_client(cfg, action_dim=len(driver.limits().names))
         try:
-            factory, options = controller_setup(cfg, client, stop)
+            factory, options = controller_setup(cfg, client, stop, driver)
             run = _run_episodes if simulator else _run_robot
             figures, logs = run(cfg, driver, client, factory, options)
         finally:
@@ -87,14 +89,22 @@ def main(cfg: DictConfig) -> dict:
     }
     per_episode = figures.pop("per_episode", [])  # summary.json only: the printed line stays short
     (out / "summary.json").write_text(json.dumps({**figures, "per_episode": per_episode}, indent=2))
+    if figures["requests"] and not figures["chunks_received"] and not stop.is_set():
+        raise CommandFailed(
+            f"none of the {figures['requests']} requests was answered with a chunk "
+            f"({figures['request_errors']} errors, {figures['request_timeouts']} timeouts): "
+            f"the run logs in {out} and the server's log say why",
+            figures,
+        )
     return figures
 
 
 def controller_setup(
-    cfg: DictConfig, client: PolicyClient, stop: threading.Event
+    cfg: DictConfig, client: PolicyClient, stop: threading.Event, driver: Driver
 ) -> tuple[Callable[[], Executor], dict]:
-    """The executor factory and the ``Controller`` options of a run config."""
-    metadata = _metadata(client, cfg)
+    """The executor factory and the ``Controller`` options of a run config, once the policy
+    is known to fit the driver and the control rate (a ValueError says what differs)."""
+    metadata = _fitting_metadata(client, cfg, driver)
     chunk_length = metadata.chunk_length
     params = {k: v for k, v in cfg.executor.items() if k != "name"}
     check_sampling(cfg.executor.name, metadata)
@@ -105,6 +115,9 @@ def controller_setup(
         "inference_delay_ticks": cfg.inference_delay_ticks,
         "watchdog_ticks": cfg.watchdog_ticks or chunk_length,
         "operator_address": cfg.operator_address,
+        "operator_curve": None
+        if cfg.get("operator_curve_keys_dir") is None
+        else CurveKeys.from_dir(cfg.operator_curve_keys_dir),
         "operator_script": scripted_operator(cfg.operator_script, cfg.robot_id),
         "high_level": make_high_level(
             cfg.high_level, cfg.high_level_every, cfg.high_level_smoothing, cfg.hz
@@ -211,14 +224,33 @@ def check_sampling(executor: str, metadata: MetadataReply) -> None:
     )
 
 
-def _metadata(client: PolicyClient, cfg: DictConfig) -> MetadataReply:
+def _fitting_metadata(client: PolicyClient, cfg: DictConfig, driver: Driver) -> MetadataReply:
+    """The policy's metadata, once its features, actions and rate match the driver's."""
     try:
-        return client.metadata(cfg.timeout_s)
+        meta = client.metadata(cfg.timeout_s)
     except RequestTimeout:
         raise ValueError(
             f"no policy server answered at {cfg.server} within {cfg.timeout_s} s: start one "
             "there, or run with server=local:synthetic"
         ) from None
+    check_fit(meta, driver, cfg.hz)
+    return meta
+
+
+def check_fit(meta: MetadataReply, driver: Driver, hz: float) -> None:
+    """Refuse a policy whose features, actions or fps differ from the driver's and the control
+    rate's (``runtime.wire.info.fit_problems``), saying what to change."""
+    action_dim = len(driver.limits().names)
+    problems = fit_problems(meta.features, meta.fps, meta.action_dim, driver.feature_spec(), hz)
+    if meta.action_dim != action_dim and not any("actions" in p for p in problems):
+        problems.append(
+            f"the policy predicts {meta.action_dim} actions, the driver takes {action_dim}: "
+            "serve a policy trained for this robot"
+        )
+    if problems:
+        raise ValueError(
+            f"the policy {meta.model_id} does not fit this robot: " + "; ".join(problems)
+        )
 
 
 def make_run_driver(cfg: DictConfig) -> Driver:

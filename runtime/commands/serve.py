@@ -13,8 +13,9 @@ import signal
 
 from omegaconf import DictConfig
 
+from runtime.curve import CurveKeys
 from runtime.serving.loader import load_policy
-from runtime.serving.server import SERVER_SETTINGS, CurveKeys, PolicyServer, warm_up
+from runtime.serving.server import SERVER_SETTINGS, PolicyServer, warm_up
 
 log = logging.getLogger(__name__)
 

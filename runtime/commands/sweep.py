@@ -46,7 +46,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from runtime.analysis.seams import plot_seams, seam_metrics
 from runtime.analysis.stats import wilson_interval
-from runtime.commands.run import LOCAL_PREFIX, make_client, make_run_driver
+from runtime.commands.run import LOCAL_PREFIX, check_fit, make_client, make_run_driver
 from runtime.robot.client import LocalPolicyClient
 from runtime.robot.clock import make_clock
 from runtime.robot.controller import run_episodes
@@ -112,6 +112,8 @@ def main(cfg: DictConfig) -> dict:
             joints = driver.limits().names
             plan = Plan()
             clients = _clients(cfg, grid, len(joints), plan, closing)
+            for client in {id(c): c for c in clients.values()}.values():
+                check_fit(client.metadata(), driver, cfg.hz)
             _fill(plan, cfg, grid, clients)
             out.mkdir(parents=True, exist_ok=True)  # once the plan is known to be runnable
             OmegaConf.save(cfg, out / "config.yaml", resolve=True)

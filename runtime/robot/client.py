@@ -17,19 +17,18 @@ Only ``LocalPolicyClient``, which runs a policy, imports torch (when it is built
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import zmq
-import zmq.auth
 
+from runtime.curve import ClientCurveKeys, secure_client
 from runtime.wire.info import ChunkPolicy, LatencyHistogram, UnsupportedRequest, metadata_reply
 from runtime.wire.protocol import (
     DEFAULT_LIMITS,
@@ -46,6 +45,9 @@ from runtime.wire.protocol import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_DRAIN = 64  # stale or bad messages one poll reads past its timeout, at most
+RECEIVE_HWM = 16  # replies ZMQ queues before it drops more (a client expects one at a time)
 
 Reply = ChunkReply | ErrorReply
 
@@ -76,31 +78,6 @@ class PolicyClient(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True)
-class ClientCurveKeys:
-    """ZMQ CURVE keys (Z85 bytes) of a client: the server's public key and the client's pair."""
-
-    server_public: bytes
-    public: bytes
-    secret: bytes
-
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> ClientCurveKeys:
-        """Read ``server.key`` and ``client.key_secret`` (made by ``generate_keypair``)."""
-        directory = Path(directory)
-        server_file, client_file = directory / "server.key", directory / "client.key_secret"
-        for path in (server_file, client_file):
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"no {path}: put the server's public server.key and this client's "
-                    "client.key_secret (made by runtime.serving.server.generate_keypair) there, "
-                    "and the client's public client.key in the server's clients/ folder"
-                )
-        server_public, _ = zmq.auth.load_certificate(server_file)
-        public, secret = zmq.auth.load_certificate(client_file)
-        return cls(server_public=server_public, public=public, secret=secret)
-
-
 class _OneOutstanding:
     """The reply matching, stale dropping and timeout logic both clients share."""
 
@@ -127,7 +104,7 @@ class _OneOutstanding:
         if self._pending is None:
             return None
         until = min(time.perf_counter() + timeout_s, self._deadline)
-        while True:
+        for drained in itertools.count():
             msg = self._receive(max(until - time.perf_counter(), 0.0))
             if isinstance(msg, ChunkReply | ErrorReply) and msg.request_id in (self._pending, None):
                 self._pending = None  # an ErrorReply without an id answers the outstanding one
@@ -141,8 +118,8 @@ class _OneOutstanding:
                 raise RequestTimeout(
                     f"request {rid} got no reply within {self.timeout_s} s from {self}"
                 )
-            if now >= until and msg is None:
-                return None
+            if now >= until and (msg is None or drained >= MAX_DRAIN):
+                return None  # a stream of stale or bad replies cannot hold the caller
 
 
 class ZmqPolicyClient(_OneOutstanding):
@@ -156,8 +133,6 @@ class ZmqPolicyClient(_OneOutstanding):
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
         super().__init__(timeout_s)
-        if curve is not None and not zmq.has("curve"):
-            raise ValueError("this libzmq has no CURVE support: install pyzmq with libsodium")
         self.address = address
         self.curve = curve
         self.limits = limits
@@ -171,7 +146,10 @@ class ZmqPolicyClient(_OneOutstanding):
     def submit(self, request: ObservationRequest) -> None:
         data = encode(request, self.limits)
         self._start(request.request_id)
-        self._socket.send(data, copy=False)
+        try:  # never block the control loop: a request ZMQ cannot queue times out like a lost one
+            self._socket.send(data, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("request %d not sent: %s is not reachable", request.request_id, self)
 
     def metadata(self, timeout_s: float = 5.0) -> MetadataReply:
         if self._pending is not None:
@@ -198,22 +176,22 @@ class ZmqPolicyClient(_OneOutstanding):
     def _connect(self) -> zmq.Socket:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)  # per frame
+        socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         if self.curve is not None:
-            socket.curve_serverkey = self.curve.server_public
-            socket.curve_publickey = self.curve.public
-            socket.curve_secretkey = self.curve.secret
+            secure_client(socket, self.curve)
         socket.connect(self.address)
         return socket
 
     def _receive(self, wait_s: float) -> Message | None:
         if not self._socket.poll(math.ceil(wait_s * 1000)):
             return None
-        frames = self._socket.recv_multipart()
+        frames = self._socket.recv_multipart(copy=False)
         if len(frames) != 1:
             log.warning("dropped a reply of %d frames from %s: expected one", len(frames), self)
             return None
         try:
-            return decode(frames[0], self.limits)
+            return decode(frames[0].buffer, self.limits)
         except ProtocolError as err:
             log.warning("dropped an invalid reply from %s: %s", self, err)
             return None

@@ -19,6 +19,18 @@ the robot holding, and it resumes when the server is back.
 Simulated-clock mode (``inference_delay_ticks=k``): a reply is handed to the executor at
 tick obs_tick + k exactly, waiting for it at that tick if the computation is not done yet;
 with ``SimClock`` and the MuJoCo driver a run is deterministic whatever the machine's speed.
+Simulated time stands still during that wait (nothing moves), which ``stop()`` or an e-stop
+message ends at once. With a wall clock the loop never waits for the network: ``k`` is then
+the earliest tick a reply is used at, a reply not there yet is looked for again next tick,
+and the watchdog holds the robot at the tick rate while none comes.
+
+Operator messages are read at the start of every tick and again after its work, before the
+action is chosen, so an e-stop takes effect at the first tick that starts after it arrived
+(at the same tick if it arrives while a simulated-clock tick waits). The operator socket
+takes single-frame messages of at most ``OPERATOR_MAX_BYTES``. With ``operator_curve`` keys
+only listed operators can connect at all; without, anyone who reaches the socket may engage
+the e-stop, but releasing it or overriding the instruction is accepted from this machine
+only (loopback TCP, ipc://, inproc://), and binding beyond loopback logs a warning.
 
 The instruction sent with a request is an operator override while one lasts, else the
 high-level policy's choice once it has made one, else the task's own instruction; the log
@@ -41,7 +53,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
+from runtime.curve import CurveKeys, is_loopback, secure_server
+from runtime.logs import RateLimitedLog
 from runtime.robot.client import PolicyClient, Reply, RequestTimeout
 from runtime.robot.clock import Clock
 from runtime.robot.drivers.base import Driver, Observation
@@ -60,7 +75,8 @@ from runtime.wire.protocol import (
 
 log = logging.getLogger(__name__)
 
-MAX_OPERATOR_MESSAGES = 100  # applied per tick at most
+MAX_OPERATOR_MESSAGES = 100  # applied per tick at most; also what the socket queues
+OPERATOR_MAX_BYTES = 64 * 1024  # an operator message's size limit (ZMQ drops bigger frames)
 WAIT_SLICE_S = 0.05  # a blocking wait for a reply checks for stop() this often
 
 
@@ -102,6 +118,7 @@ class Controller:
         watchdog_ticks: int = 30,
         max_backoff_ticks: int = 30,
         operator_address: str | None = None,
+        operator_curve: CurveKeys | None = None,
         operator_script: Sequence[tuple[int, OperatorMessage]] = (),
         high_level: HighLevel | None = None,
         seed: int | None = None,
@@ -109,7 +126,9 @@ class Controller:
     ) -> None:
         """inference_delay_ticks: simulated-clock mode (module docstring), required with a
         simulated clock; operator_address: bind a PULL socket there for ``OperatorInstruction``
-        and ``EStop`` messages; operator_script: (tick, message) pairs applied at those ticks
+        and ``EStop`` messages (module docstring: who may send what); operator_curve:
+        CURVE keys for it, laid out as a policy server's (``runtime.curve``);
+        operator_script: (tick, message) pairs applied at those ticks
         of every run, as if they had come in on the socket; high_level: picks the instruction
         unless an operator overrides it; seed: requests carry seed * 2**20 + request_id
         (reproducible samples); stop: an event that ends ``run`` (e.g. set by a SIGINT
@@ -141,18 +160,11 @@ class Controller:
         self._messages: queue.SimpleQueue[OperatorMessage] = queue.SimpleQueue()
         self._context: zmq.Context | None = None
         self._operator: zmq.Socket | None = None
+        self._auth: ThreadAuthenticator | None = None
+        self._operator_log = RateLimitedLog(log, 1.0)  # a flood of bad messages: one a second
+        self._operator_curve = operator_curve is not None
         if operator_address is not None:
-            self._context = zmq.Context()
-            self._operator = self._context.socket(zmq.PULL)
-            self._operator.setsockopt(zmq.LINGER, 0)
-            try:
-                self._operator.bind(operator_address)
-            except zmq.ZMQError as err:
-                self.close()
-                raise ValueError(
-                    f"cannot bind the operator socket to {operator_address!r} ({err}): is "
-                    "another controller using it? choose another operator_address"
-                ) from None
+            self._bind_operator(operator_address, operator_curve)
         self._next_request_id = 0
         self._reset_run_state()
 
@@ -203,8 +215,38 @@ class Controller:
         """Close the operator socket (the driver and the client belong to the caller)."""
         if self._operator is not None:
             self._operator.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+        if self._context is not None:
             self._context.term()
-            self._operator = self._context = None
+        self._operator = self._context = self._auth = None
+
+    def _bind_operator(self, address: str, curve: CurveKeys | None) -> None:
+        self._context = zmq.Context()
+        self._operator = self._context.socket(zmq.PULL)
+        self._operator.setsockopt(zmq.LINGER, 0)
+        self._operator.setsockopt(zmq.MAXMSGSIZE, OPERATOR_MAX_BYTES)
+        self._operator.setsockopt(zmq.RCVHWM, MAX_OPERATOR_MESSAGES)
+        try:
+            if curve is not None:
+                self._auth = secure_server(self._context, self._operator, curve)
+            self._operator.bind(address)
+        except zmq.ZMQError as err:
+            self.close()
+            raise ValueError(
+                f"cannot bind the operator socket to {address!r} ({err}): is another "
+                "controller using it? choose another operator_address"
+            ) from None
+        except BaseException:
+            self.close()
+            raise
+        if curve is None and not is_loopback(self.operator_endpoint):
+            log.warning(
+                "operator socket on %s without CURVE keys: anyone who can reach it can e-stop "
+                "the robot (only local operators may release it or change its instruction); "
+                "set operator_curve_keys_dir for anything beyond loopback",
+                self.operator_endpoint,
+            )
 
     # ---- the loop -----------------------------------------------------------------------
 
@@ -227,6 +269,7 @@ class Controller:
                 self._receive(tick)
                 if self._maybe_request(tick):
                     self._receive(tick)  # due at once with inference_delay_ticks=0
+                self._apply_operator_messages(tick, scripted=False)  # came while it worked
             planned, reason = self._decide(tick, stopping)
             if planned is None:
                 self.driver.hold()
@@ -293,8 +336,9 @@ class Controller:
         obs_tick, k = flight.request.tick, self.inference_delay_ticks
         due = k is None or tick >= obs_tick + k
         if flight.reply is None:
+            wait = due and self.clock.simulated  # a wall clock never waits for the network
             try:
-                reply = self._wait_reply() if due and k is not None else self.client.poll(0.0)
+                reply = self._wait_reply() if wait else self.client.poll(0.0)
             except RequestTimeout as err:
                 self._fail(tick, "timeout", str(err))
                 return
@@ -321,11 +365,17 @@ class Controller:
             self._in_flight = None
 
     def _wait_reply(self) -> Reply | None:
-        """Block for the in-flight reply (bounded by the client's timeout, or by stop())."""
-        while not self.stop_event.is_set():
+        """Simulated clock: wait for the in-flight reply, bounded by the client's timeout;
+        stop() or an e-stop message (applied at this very tick) ends the wait."""
+        while not self.stop_event.is_set() and not self.driver.estopped:
             reply = self.client.poll(WAIT_SLICE_S)
             if reply is not None:
                 return reply
+            messages = self._read_operator_socket()
+            for message in messages:
+                self._messages.put(message)  # applied once this tick's work is done
+            if any(isinstance(m, EStop) and m.engage for m in messages):
+                break
         return None
 
     def _fail(self, tick: int, outcome: str, message: str) -> None:
@@ -352,8 +402,11 @@ class Controller:
 
     # ---- operator messages --------------------------------------------------------------
 
-    def _apply_operator_messages(self, tick: int) -> None:
-        for message in [*self._read_operator_socket(), *self._script.get(tick, ())]:
+    def _apply_operator_messages(self, tick: int, scripted: bool = True) -> None:
+        """Apply what came on the socket (and, with ``scripted``, the script's messages for
+        this tick)."""
+        script = self._script.get(tick, ()) if scripted else ()
+        for message in [*self._read_operator_socket(), *script]:
             self._messages.put(message)
         for _ in range(MAX_OPERATOR_MESSAGES):
             try:
@@ -370,21 +423,42 @@ class Controller:
             log.info("tick %d: e-stop %s", tick, "engaged" if estopped else "released")
 
     def _read_operator_socket(self) -> list[OperatorMessage]:
+        """Valid operator messages waiting on the socket, from peers allowed to send them."""
         messages = []
         for _ in range(MAX_OPERATOR_MESSAGES):
             if self._operator is None or not self._operator.poll(0):
                 break
-            data = self._operator.recv()
+            frames = self._operator.recv_multipart(copy=False)
+            if len(frames) != 1:
+                self._operator_log.warning(
+                    "ignored an operator message of %d frames: send one", len(frames)
+                )
+                continue
             try:
-                message = decode(data)
+                message = decode(frames[0].buffer)
             except ProtocolError as err:
-                log.warning("ignored an invalid operator message: %s", err)
+                self._operator_log.warning("ignored an invalid operator message: %s", err)
                 continue
             if not isinstance(message, OperatorInstruction | EStop):
-                log.warning("ignored a %s on the operator socket", type(message).__name__)
-                continue
-            messages.append(message)
+                self._operator_log.warning(
+                    "ignored a %s on the operator socket", type(message).__name__
+                )
+            elif self._trusted(frames[0]) or (isinstance(message, EStop) and message.engage):
+                messages.append(message)
+            else:
+                self._operator_log.warning(
+                    "ignored a %s from %s: without operator CURVE keys only a local operator "
+                    "may release the e-stop or change the instruction",
+                    message.TYPE,
+                    _peer(frames[0]),
+                )
         return messages
+
+    def _trusted(self, frame: zmq.Frame) -> bool:
+        """Whether the frame's sender may release the e-stop and override the instruction:
+        any peer that passed CURVE authentication, else a peer on this machine."""
+        peer = _peer(frame)
+        return self._operator_curve or peer is None or is_loopback(peer)
 
     def _apply(self, message: OperatorMessage) -> None:
         if message.robot_id != self.robot_id:
@@ -406,6 +480,14 @@ class Controller:
                 message.instruction,
                 f"{message.timeout_s:g} s" if message.timeout_s > 0 else "until released",
             )
+
+
+def _peer(frame: zmq.Frame) -> str | None:
+    """The sender's IP address of a frame received over TCP (None over ipc:// or inproc://)."""
+    try:
+        return frame.get("Peer-Address") or None
+    except zmq.ZMQError:
+        return None
 
 
 # ---- simulated episodes ---------------------------------------------------------------------

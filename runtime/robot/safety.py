@@ -17,10 +17,10 @@ holds position instead of replaying stale ones. Everything here is numpy-only.
 from __future__ import annotations
 
 import logging
-import time
 
 import numpy as np
 
+from runtime.logs import RateLimitedLog
 from runtime.robot.drivers.base import ActionLimits, Driver, DriverContext, Observation
 from runtime.wire.keys import ACTION, STATE
 
@@ -48,8 +48,8 @@ class SafeDriver(DriverContext):
         self._last: np.ndarray | None = None  # (A,) last commanded action
         self._observed: np.ndarray | None = None  # (A,) joint positions of the last observation
         self._estop_reason: str | None = None
-        self._clamp_log = _RateLimitedLog(log_every_s)
-        self._nan_log = _RateLimitedLog(log_every_s)
+        self._clamp_log = RateLimitedLog(log, log_every_s)
+        self._nan_log = RateLimitedLog(log, log_every_s)
 
     def connect(self) -> None:
         self.driver.connect()
@@ -176,22 +176,3 @@ def _position_index(spec: dict[str, dict], joints: tuple[str, ...]) -> np.ndarra
             "matching names for state and action"
         )
     return np.array([names.index(j) for j in joints])
-
-
-class _RateLimitedLog:
-    """A warning logged at most every ``every_s`` seconds, with how many were skipped."""
-
-    def __init__(self, every_s: float) -> None:
-        self.every_s = every_s
-        self._skipped = 0
-        self._last = -np.inf
-
-    def warning(self, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        if now - self._last < self.every_s:
-            self._skipped += 1
-            return
-        if self._skipped:
-            msg += f" (and {self._skipped} more since the last report)"
-        log.warning(msg, *args)
-        self._skipped, self._last = 0, now

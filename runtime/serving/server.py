@@ -5,8 +5,19 @@ message; the ROUTER sees [identity, payload] and replies [identity, reply]. (Any
 envelope before the payload is echoed back, so a REQ socket, whose empty delimiter frame is
 part of the envelope, works too.) Every request gets exactly one reply: a ``ChunkReply``, a
 ``MetadataReply`` or an ``ErrorReply`` whose message says what to change, except a message
-over ``Limits.max_message_bytes``: ZMQ drops it and disconnects its sender, whose DEALER
-reconnects by itself. Clients should therefore time out and resend.
+with a frame over ``Limits.max_message_bytes``: ZMQ drops it and disconnects its sender,
+whose DEALER reconnects by itself. Clients should therefore time out and resend.
+
+Limits per message, not only per frame: at most ``MAX_ENVELOPE_FRAMES`` routing frames of at
+most ``MAX_ROUTING_FRAME_BYTES`` each, and all frames together within
+``Limits.max_message_bytes``. A message over them is freed unread and answered, to its
+sender's identity only, with an ``ErrorReply``; nothing of it is echoed. ZMQ queues at most
+``RECEIVE_HWM`` messages per peer. (ZMQ itself assembles a multi-frame message before handing
+it over, so one message in transit can hold up to its frame count times the frame limit;
+CURVE keys keep unknown peers from sending anything at all.)
+
+Isolation: each message is decoded and checked on its own; one that fails (however) gets its
+error reply and costs the others in its batch nothing.
 
 Batching: when a message arrives, the server also takes every message already waiting or
 arriving within ``batch_window_ms``, up to ``max_batch``, and answers all their observation
@@ -21,22 +32,19 @@ holds the robot until it answers again.
 from __future__ import annotations
 
 import inspect
-import ipaddress
 import logging
 import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
-import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
+from runtime.curve import CurveKeys, is_loopback, secure_server
+from runtime.logs import RateLimitedLog
 from runtime.wire.info import ChunkPolicy, LatencyHistogram, UnsupportedRequest, metadata_reply
 from runtime.wire.protocol import (
     DEFAULT_LIMITS,
@@ -57,53 +65,10 @@ from runtime.wire.protocol import (
 log = logging.getLogger(__name__)
 
 POLL_MS = 100  # how often the loop looks at the stop flag when idle
-
-
-@dataclass(frozen=True)
-class CurveKeys:
-    """ZMQ CURVE keys (Z85 bytes): the server's pair and the client public keys it accepts."""
-
-    server_secret: bytes
-    server_public: bytes
-    allowed_client_public_keys: tuple[bytes, ...]
-
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> CurveKeys:
-        """Read ``server.key_secret`` and every ``clients/*.key`` of directory."""
-        directory = Path(directory)
-        secret_file = directory / "server.key_secret"
-        if not secret_file.is_file():
-            raise FileNotFoundError(
-                f"no {secret_file}: create the server's key pair with "
-                f"runtime.serving.server.generate_keypair({str(directory)!r}, 'server')"
-            )
-        public, secret = zmq.auth.load_certificate(secret_file)
-        clients = tuple(
-            zmq.auth.load_certificate(p)[0] for p in sorted((directory / "clients").glob("*.key"))
-        )
-        if not clients:
-            raise FileNotFoundError(
-                f"no client keys in {directory / 'clients'}: copy there the public .key file "
-                "of every client allowed to connect (generate_keypair makes a pair)"
-            )
-        return cls(server_secret=secret, server_public=public, allowed_client_public_keys=clients)
-
-
-def generate_keypair(directory: str | Path, name: str) -> tuple[Path, Path]:
-    """Write a CURVE key pair ``<name>.key`` (public) and ``<name>.key_secret`` to directory."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    public, secret = zmq.auth.create_certificates(directory, name)
-    return Path(public), Path(secret)
-
-
-class _AllowedKeys:
-    """Credentials provider for zmq.auth: accept only the listed client public keys."""
-
-    def __init__(self, keys: Sequence[bytes]) -> None:
-        self.keys = frozenset(keys)
-
-    def callback(self, domain: str, key: bytes) -> bool:
-        return key in self.keys
+MAX_ENVELOPE_FRAMES = 4  # routing frames before the payload (identity, a REQ's delimiter, ...)
+MAX_ROUTING_FRAME_BYTES = 256  # one routing frame (ZMQ's own identities are at most 255 bytes)
+RECEIVE_HWM = 16  # complete messages ZMQ queues per connected peer before it drops more
+BAD_LOG_EVERY_S = 1.0  # bad or refused messages: one warning a second at most, with a count
 
 
 class PolicyServer:
@@ -143,6 +108,7 @@ class PolicyServer:
         self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._bad_log = RateLimitedLog(log, BAD_LOG_EVERY_S)  # a flood must not flood the log
         try:
             encode(self._metadata(0), limits)
         except ProtocolError as e:
@@ -155,7 +121,7 @@ class PolicyServer:
             self._release()
             raise
         self.address = self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        if curve is None and not _is_loopback(self.address):
+        if curve is None and not is_loopback(self.address):
             log.warning(
                 "serving on %s without CURVE keys: anyone who can reach it can drive the robot; "
                 "set curve_keys_dir for anything beyond loopback",
@@ -166,16 +132,10 @@ class PolicyServer:
         socket = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 0)  # drop replies to vanished clients
         socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        socket.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)  # per frame
+        socket.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
         if curve is not None:
-            self._auth = ThreadAuthenticator(self._context, log=log.getChild("auth"))
-            self._auth.start()
-            self._auth.configure_curve_callback(
-                "*", credentials_provider=_AllowedKeys(curve.allowed_client_public_keys)
-            )
-            socket.curve_secretkey = curve.server_secret
-            socket.curve_publickey = curve.server_public
-            socket.curve_server = True
+            self._auth = secure_server(self._context, socket, curve)
         try:
             socket.bind(address)
         except zmq.ZMQError as e:
@@ -275,46 +235,83 @@ class PolicyServer:
 
     # -- one batch ------------------------------------------------------------------------------
 
-    def _receive_batch(self) -> list[list[bytes]]:
+    def _receive_batch(self) -> list[list[zmq.Frame]]:
         """The waiting message, plus those already queued or arriving within the window."""
-        messages = [self._socket.recv_multipart()]
+        messages = [self._socket.recv_multipart(copy=False)]
         deadline = time.monotonic() + self.batch_window_ms / 1000
         while len(messages) < self.max_batch:
             try:
-                messages.append(self._socket.recv_multipart(zmq.NOBLOCK))
+                messages.append(self._socket.recv_multipart(zmq.NOBLOCK, copy=False))
             except zmq.Again:
                 wait_ms = math.ceil((deadline - time.monotonic()) * 1000)
                 if wait_ms <= 0 or not self._socket.poll(wait_ms):
                     break
         return messages
 
-    def _serve(self, messages: list[list[bytes]]) -> None:
+    def _serve(self, messages: list[list[zmq.Frame]]) -> None:
         pending: list[tuple[list[bytes], ObservationRequest]] = []
         for frames in messages:
-            envelope, payload = frames[:-1], frames[-1]
             try:
-                message = decode(payload, self.limits)
-            except ProtocolError as e:
-                log.warning("bad message: %s", e)
-                self._send(envelope, _error(e.request_id, e.code, str(e), self.limits))
-                continue
-            match message:
-                case ObservationRequest():
-                    pending.append((envelope, message))
-                case MetadataRequest():
-                    self._send(envelope, self._metadata(message.request_id))
-                case OperatorInstruction() | EStop():
-                    text = f"{message.TYPE} is for the robot's controller: send it there"
-                    self._send(envelope, _error(None, "unsupported", text, self.limits))
-                case _:
-                    text = (
-                        f"the policy server answers observation_request and metadata_request, "
-                        f"not {message.TYPE}"
-                    )
-                    rid = getattr(message, "request_id", None)
-                    self._send(envelope, _error(rid, "unsupported", text, self.limits))
+                self._triage(frames, pending)
+            except Exception:  # one message's failure must not cost the others their replies
+                log.exception("handling one message failed; the others are served")
+                if frames:
+                    text = "internal error (see the server log)"
+                    self._send([frames[0].bytes], _error(None, "internal", text, self.limits))
         if pending:
             self._answer(pending)
+
+    def _triage(
+        self, frames: list[zmq.Frame], pending: list[tuple[list[bytes], ObservationRequest]]
+    ) -> None:
+        """Answer one message at once, or queue its observation request in ``pending``.
+
+        ZMQ bounds each frame (MAXMSGSIZE), not their number: a message of many frames, or
+        whose frames add up to more than the limit, is refused here and its frames freed; only
+        its sender's identity (the first frame, set by the ROUTER) is kept for the error reply.
+        """
+        *routing, payload = frames
+        total = sum(len(f) for f in frames)
+        problem = None
+        if len(routing) > MAX_ENVELOPE_FRAMES:
+            problem = f"{len(frames)} frames; send one (a DEALER) or a REQ's two"
+        elif any(len(f) > MAX_ROUTING_FRAME_BYTES for f in routing):
+            problem = f"a routing frame over {MAX_ROUTING_FRAME_BYTES} bytes"
+        elif total > self.limits.max_message_bytes:
+            problem = (
+                f"{total} bytes in {len(frames)} frames, over the limit of "
+                f"{self.limits.max_message_bytes}"
+            )
+        if problem is not None:
+            identity = frames[0].bytes if len(frames[0]) <= MAX_ROUTING_FRAME_BYTES else None
+            frames.clear()
+            self._bad_log.warning("refused a message of %s", problem)
+            if identity is not None and routing:
+                text = f"message refused: {problem}"
+                self._send([identity], _error(None, "bad_request", text, self.limits))
+            return
+        envelope = [f.bytes for f in routing]
+        try:
+            message = decode(payload.buffer, self.limits)
+        except ProtocolError as e:
+            self._bad_log.warning("bad message: %s", e)
+            self._send(envelope, _error(e.request_id, e.code, str(e), self.limits))
+            return
+        match message:
+            case ObservationRequest():
+                pending.append((envelope, message))
+            case MetadataRequest():
+                self._send(envelope, self._metadata(message.request_id))
+            case OperatorInstruction() | EStop():
+                text = f"{message.TYPE} is for the robot's controller: send it there"
+                self._send(envelope, _error(None, "unsupported", text, self.limits))
+            case _:
+                text = (
+                    f"the policy server answers observation_request and metadata_request, "
+                    f"not {message.TYPE}"
+                )
+                rid = getattr(message, "request_id", None)
+                self._send(envelope, _error(rid, "unsupported", text, self.limits))
 
     def _answer(self, pending: list[tuple[list[bytes], ObservationRequest]]) -> None:
         """One infer call for the batch; if it fails, one call per request."""
@@ -392,7 +389,7 @@ class PolicyServer:
         try:
             self._socket.send_multipart([*envelope, data], zmq.NOBLOCK)
         except zmq.ZMQError as e:
-            log.warning("reply dropped (%s)", e)
+            self._bad_log.warning("reply dropped (%s)", e)
             return False
         return sent
 
@@ -404,16 +401,6 @@ def _error(request_id: int | None, code: str, text: str, limits: Limits) -> Erro
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
-
-
-def _is_loopback(endpoint: str) -> bool:
-    parts = urlsplit(endpoint)
-    if parts.scheme in ("ipc", "inproc"):
-        return True
-    try:
-        return ipaddress.ip_address(parts.hostname or "").is_loopback
-    except ValueError:
-        return parts.hostname == "localhost"
 
 
 def warm_up(policy: ChunkPolicy, methods: Sequence[str] = ("plain", "guided:exp")) -> float:

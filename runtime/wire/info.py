@@ -104,3 +104,52 @@ def metadata_reply(
         requests_served=requests_served,
         sampling=info.sampling,
     )
+
+
+def fit_problems(
+    features: dict[str, dict], fps: float, action_dim: int, driver_spec: dict[str, dict], hz: float
+) -> list[str]:
+    """What keeps a policy (its observation ``features``, training ``fps`` and ``action_dim``,
+    as a ``MetadataReply`` carries them) from driving a robot (its driver's ``feature_spec()``,
+    lerobot-style, at a control rate of ``hz``); each item says what differs and what to change.
+    Empty when they fit. A driver's "image" and "video" features arrive as uint8 arrays."""
+    problems = []
+    for key, spec in sorted(features.items()):
+        want_shape, want_dtype = tuple(spec["shape"]), spec["dtype"]
+        if key not in driver_spec:
+            have = sorted(k for k in driver_spec if k.startswith("observation."))
+            hint = (
+                "add that camera to the driver (task.cameras)"
+                if "images" in key
+                else ("give the driver that feature")
+            )
+            problems.append(
+                f"the policy reads {key} {want_shape} {want_dtype}, which the driver does not "
+                f"provide (it has {have}): {hint}, or serve a policy trained on these features"
+            )
+            continue
+        have_shape = tuple(driver_spec[key]["shape"])
+        have_dtype = driver_spec[key]["dtype"]
+        have_dtype = "uint8" if have_dtype in ("image", "video") else have_dtype
+        if have_shape != want_shape or have_dtype != want_dtype:
+            hint = (
+                f"set task.image_size={want_shape[0]}"
+                if "images" in key and len(want_shape) == 3 and want_shape[0] == want_shape[1]
+                else "configure the driver to match"
+            )
+            problems.append(
+                f"{key} is {have_shape} {have_dtype} from the driver, the policy expects "
+                f"{want_shape} {want_dtype}: {hint}, or serve a policy trained for this robot"
+            )
+    actions = driver_spec.get("action", {}).get("shape")
+    if actions is not None and tuple(actions) != (action_dim,):
+        problems.append(
+            f"the policy predicts {action_dim} actions, the driver takes {tuple(actions)}: "
+            "serve a policy trained for this robot"
+        )
+    if abs(fps - hz) > 1e-6 * max(fps, hz):
+        problems.append(
+            f"the policy was trained at {fps:g} fps, the control loop runs at {hz:g} Hz: set "
+            f"hz={fps:g} (a task's control_hz), or serve a policy trained at {hz:g} fps"
+        )
+    return problems

@@ -378,7 +378,7 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
             max_map_len=max(64, limits.max_features),
             max_ext_len=0,
         )
-    except (ValueError, TypeError, msgpack.UnpackException) as e:
+    except Exception as e:  # msgpack's errors, and whatever else a hostile buffer provokes
         raise ProtocolError(f"not a valid msgpack message ({_short(str(e))})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"a message must be a msgpack map, got {_describe(obj)}")
@@ -391,6 +391,10 @@ def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS
     except ProtocolError as e:
         e.request_id = rid
         raise
+    except Exception as e:  # a check this module lacks: still the caller's ProtocolError only
+        raise ProtocolError(
+            f"invalid message ({type(e).__name__}: {_short(str(e))})", request_id=rid
+        ) from None
 
 
 def _decode_map(obj: dict, limits: Limits) -> Message:
@@ -477,11 +481,14 @@ def _decode_array(name: str, m: dict, limits: Limits) -> np.ndarray:
         )
     if not isinstance(data, bytes):
         raise ProtocolError(f"{name} data must be msgpack bin, got {_describe(data)}")
-    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
-    if nbytes > limits.max_array_bytes:
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = math.prod(shape) * itemsize
+    # Bound the shape as if every zero dimension were one: a (0, 2**63) array holds no bytes,
+    # but numpy cannot even describe it, and (0, 2**40, 2**40) overflows its index arithmetic.
+    if math.prod(max(n, 1) for n in shape) * itemsize > limits.max_array_bytes:
         raise ProtocolError(
-            f"{name} of shape {tuple(shape)} {dtype} is {nbytes} bytes, over the limit of "
-            f"{limits.max_array_bytes}"
+            f"{name} of shape {_short(repr(tuple(shape)))} {dtype} is over the limit of "
+            f"{limits.max_array_bytes} bytes (zero dimensions counted as one)"
         )
     if len(data) != nbytes:
         raise ProtocolError(
