@@ -291,11 +291,12 @@ def test_aux_env_state_trains_the_backbone_under_insulation_and_leaves_inference
     model = make_model(aux_env_state=1.0, env_state_dim=4)
     batch = make_batch(model)
     batch["observation.environment_state"] = torch.randn(2, 4)
-    loss, terms = model(batch)
+    _, terms = model(batch)
     assert "aux_env" in terms and terms["aux_env"] > 0
     model.zero_grad()
     terms["aux_env"].backward()
-    stem_grad = sum(p.grad.abs().sum() for p in model.backbone.stems.parameters() if p.grad is not None)
+    stems = model.backbone.stems.parameters()
+    stem_grad = sum(p.grad.abs().sum() for p in stems if p.grad is not None)
     assert stem_grad > 0  # the scene-state target reaches the image stems
     assert all(p.grad is None or not p.grad.any() for p in model.expert.parameters())
     # serving batches carry no scene state: sampling does not need it
