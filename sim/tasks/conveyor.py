@@ -42,7 +42,6 @@ from sim.tasks.pick_place import (
     CARRY_Z,
     CUBE_HALF,
     FINGER_REACH,
-    RELEASE_Z,
     PickPlace,
     PickPlaceDemonstrator,
     add_bin,
@@ -309,24 +308,9 @@ class ConveyorDemonstrator(PickPlaceDemonstrator):
                 fix = self._towards_cube(fallback=retry.corrective_instruction)
                 continue
             yield from self._ride(0.6, Labels(lift), z=CARRY_Z, slow_down=True)
-            bin_pos = self.task.bin_pos()
-            if self._inject("drop"):
-                drop = self._drop_point(self._pos, bin_pos)
-                yield from self.move(drop, Labels(carry), yaw=arm_yaw(drop, roll=self._q[4]))
-                yield from self.open_gripper(Labels(carry))
-                yield from self.wait(0.3, Labels(carry))
-            else:
-                goal = over(bin_pos, CARRY_Z)
-                yield from self.move(goal, Labels(carry), yaw=arm_yaw(goal, roll=self._q[4]))
-            if not self.task.holding(color):
-                fix = "pick up the dropped cube"
-                continue
-            yield from self.move(over(bin_pos, RELEASE_Z), Labels(release))
-            yield from self.open_gripper(Labels(release))
-            yield from self.move(over(bin_pos, ABOVE_Z), Labels(release))
-            if self.task.success():
+            fix = yield from self._carry_and_release(color, carry, release)
+            if fix is None:
                 break
-            fix = "pick up the dropped cube"
         yield from self.hold(Labels(release))
 
     def _aim(self, offset: np.ndarray, ahead_s: float = 0.0) -> np.ndarray:

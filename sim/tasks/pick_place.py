@@ -8,7 +8,7 @@ rests inside the named bin and the fingers no longer touch it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING
 
 import mujoco
@@ -271,25 +271,31 @@ class PickPlaceDemonstrator(Demonstrator):
                 fix = self._towards_cube(fallback=retry.corrective_instruction)
                 continue
             yield from self.move(over(self._pos, CARRY_Z), Labels(lift))
-            bin_pos = self.task.bin_pos()
-            if self._inject("drop"):
-                drop = self._drop_point(self._pos, bin_pos)
-                yield from self.move(drop, Labels(carry), yaw=arm_yaw(drop, roll=self._q[4]))
-                yield from self.open_gripper(Labels(carry))
-                yield from self.wait(0.3, Labels(carry))
-            else:
-                goal = over(bin_pos, CARRY_Z)
-                yield from self.move(goal, Labels(carry), yaw=arm_yaw(goal, roll=self._q[4]))
-            if not self.task.holding(color):
-                fix = "pick up the dropped cube"
-                continue
-            yield from self.move(over(bin_pos, RELEASE_Z), Labels(release))
-            yield from self.open_gripper(Labels(release))
-            yield from self.move(over(bin_pos, ABOVE_Z), Labels(release))
-            if self.task.success():
+            fix = yield from self._carry_and_release(color, carry, release)
+            if fix is None:
                 break
-            fix = "pick up the dropped cube"
         yield from self.hold(Labels(release))
+
+    def _carry_and_release(
+        self, color: str, carry: str, release: str
+    ) -> Generator[Step, None, str | None]:
+        """Carry the held cube over the bin (opening on the way when a drop is injected) and
+        release it; returns None once it is in the bin, else the next corrective instruction."""
+        bin_pos = self.task.bin_pos()
+        if self._inject("drop"):
+            drop = self._drop_point(self._pos, bin_pos)
+            yield from self.move(drop, Labels(carry), yaw=arm_yaw(drop, roll=self._q[4]))
+            yield from self.open_gripper(Labels(carry))
+            yield from self.wait(0.3, Labels(carry))
+        else:
+            goal = over(bin_pos, CARRY_Z)
+            yield from self.move(goal, Labels(carry), yaw=arm_yaw(goal, roll=self._q[4]))
+        if not self.task.holding(color):
+            return "pick up the dropped cube"
+        yield from self.move(over(bin_pos, RELEASE_Z), Labels(release))
+        yield from self.open_gripper(Labels(release))
+        yield from self.move(over(bin_pos, ABOVE_Z), Labels(release))
+        return None if self.task.success() else "pick up the dropped cube"
 
     def _inject(self, kind: str) -> bool:
         """True once, at the first chance to inject this episode's failure ``kind``."""
