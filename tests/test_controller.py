@@ -536,23 +536,29 @@ def estop_sender(ctl: Controller) -> tuple[zmq.Context, Callable[[], None]]:
     return context, send
 
 
-@pytest.mark.parametrize("k", [None, 4])
-def test_wall_clock_never_waits_for_a_dead_server_and_estops_at_the_next_tick(k):
+def run_with_dead_server(name, clock, delay, timeout_s, ticks, hooks):
+    """Run ``ticks`` ticks against a server that never answers; ``hooks(send)`` gives the
+    driver's tick hooks, ``send`` an operator e-stop. Returns (driver, log)."""
     context, router, address = silent_server()
-    client = ZmqPolicyClient(address, timeout_s=1.0)
+    client = ZmqPolicyClient(address, timeout_s=timeout_s)
     driver = JumpDriver()
-    ctl = Controller(driver, client, executor("rtc"), WallClock(30), inference_delay_ticks=k,
+    ctl = Controller(driver, client, executor(name), clock, inference_delay_ticks=delay,
                      watchdog_ticks=H, operator_address="tcp://127.0.0.1:*")  # fmt: skip
     sender_context, send = estop_sender(ctl)
-    driver.hooks = {40: send}
+    driver.hooks = hooks(send)
     try:
-        log = ctl.run(60)
+        return driver, ctl.run(ticks)
     finally:
         ctl.close()
         client.close()
         sender_context.destroy(linger=0)
         router.close()
         context.term()
+
+
+@pytest.mark.parametrize("k", [None, 4])
+def test_wall_clock_never_waits_for_a_dead_server_and_estops_at_the_next_tick(k):
+    driver, log = run_with_dead_server("rtc", WallClock(30), k, 1.0, 60, lambda send: {40: send})
     reasons = log.ticks["hold_reason"]
     assert len(driver.commands) == 60  # one hold per tick, all through the outage
     assert (reasons[:41] == "startup").all() and (reasons[41:] == "estop").all()
@@ -562,21 +568,14 @@ def test_wall_clock_never_waits_for_a_dead_server_and_estops_at_the_next_tick(k)
 
 
 def test_an_estop_ends_a_simulated_clock_wait_for_a_dead_server_at_that_tick():
-    context, router, address = silent_server()
-    client = ZmqPolicyClient(address, timeout_s=30.0)
-    driver = JumpDriver()
-    ctl = Controller(driver, client, executor("naive"), SimClock(30), inference_delay_ticks=2,
-                     watchdog_ticks=H, operator_address="tcp://127.0.0.1:*")  # fmt: skip
-    sender_context, send = estop_sender(ctl)
-    driver.hooks = {0: lambda: threading.Timer(0.3, send).start()}
-    try:
-        log = ctl.run(6)
-    finally:
-        ctl.close()
-        client.close()
-        sender_context.destroy(linger=0)
-        router.close()
-        context.term()
+    _, log = run_with_dead_server(
+        "naive",
+        SimClock(30),
+        2,
+        30.0,
+        6,
+        lambda send: {0: lambda: threading.Timer(0.3, send).start()},
+    )
     reasons = log.ticks["hold_reason"]
     assert list(reasons[:2]) == ["startup", "startup"]
     assert (reasons[2:] == "estop").all()  # the request due at tick 2 waited; the e-stop ended it
