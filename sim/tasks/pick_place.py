@@ -123,9 +123,13 @@ class PickPlace(Task):
             f"move above the {c} cube",
             f"grasp the {c} cube",
             f"lift the {c} cube",
-            f"move to the {self.side} bin",
+            f"move to {self.bin_name()}",
             f"release the {c} cube",
         )
+
+    def bin_name(self) -> str:
+        """How the instructions name the bin."""
+        return f"the {self.side} bin"
 
     # State queries (the demonstrator uses them too).
 
