@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from policies.fast import FastTokenizer
-from policies.features import ACTION, ENV_STATE, STATE
+from policies.features import ACTION, ENV_STATE, GOAL_STATE, STATE
 from policies.vision import resize_with_pad
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,29 @@ def check_instruction_source(features: dict[str, dict], source: str) -> None:
         )
 
 
+def column(hf_dataset, key: str, dtype=None) -> np.ndarray:
+    """One column of a lerobot ``hf_dataset`` as an array (N,) or (N, D), read through arrow:
+    seconds faster per 10k rows than iterating its numpy-formatted column row by row."""
+    import pyarrow as pa
+
+    col = hf_dataset.with_format("arrow")[key]
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        out = np.asarray(arr.flatten()).reshape(len(arr), -1)
+    elif pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        out = np.asarray(arr.to_pylist(), dtype=object)
+    else:
+        out = arr.to_numpy(zero_copy_only=False)
+    return out if dtype is None else out.astype(dtype)
+
+
 def action_chunks(dataset, chunk_length: int, count: int, seed: int = 0) -> np.ndarray:
     """``count`` random raw action chunks (count, H, A), without decoding any image.
 
     Chunks that run past their episode's end repeat its last action, as lerobot pads.
     """
-    table = dataset.hf_dataset.select_columns([ACTION, "episode_index"]).with_format("numpy")
-    actions = np.stack(table[ACTION]).astype(np.float32)  # (N, A)
-    episode = np.asarray(table["episode_index"])  # (N,)
+    actions = column(dataset.hf_dataset, ACTION, np.float32)  # (N, A)
+    episode = column(dataset.hf_dataset, "episode_index")  # (N,)
     last = np.zeros(len(episode), dtype=np.int64)  # index of each frame's episode's last frame
     for ep in np.unique(episode):
         where = np.flatnonzero(episode == ep)
@@ -149,9 +164,9 @@ def decode_camera(dataset, key: str, size: tuple[int, int] | None = None) -> Ten
     from lerobot.datasets.video_utils import decode_video_frames
 
     table = dataset.hf_dataset.with_format("numpy")
-    episode = np.asarray(table["episode_index"])  # (N,)
+    episode = column(dataset.hf_dataset, "episode_index")  # (N,)
     if dataset.meta.features[key]["dtype"] == "video":
-        timestamps = np.asarray(table["timestamp"], dtype=np.float64)  # (N,)
+        timestamps = column(dataset.hf_dataset, "timestamp", np.float64).reshape(-1)  # (N,)
         blocks = []
         for ep in tqdm(dict.fromkeys(episode.tolist()), desc=f"decode {key}", leave=False):
             where = np.flatnonzero(episode == ep)
@@ -206,21 +221,21 @@ class InMemoryChunks(torch.utils.data.Dataset):
         self.image_keys = camera_keys(features) if image_keys is None else tuple(image_keys)
         self.text_keys = [k for k in ("step_instruction", "corrective_instruction")
                           if k in features]  # fmt: skip
-        table = dataset.hf_dataset.with_format("numpy")  # raw arrays, no per-item transform
-        self.episode = np.asarray(table["episode_index"])  # (N,)
-        self.state = torch.from_numpy(np.stack(table[source[STATE]]).astype(np.float32))
-        self.action = torch.from_numpy(np.stack(table[ACTION]).astype(np.float32))
+        hf = dataset.hf_dataset  # raw arrays, no per-item transform
+        self.episode = column(hf, "episode_index")  # (N,)
+        self.state = torch.from_numpy(column(hf, source[STATE], np.float32))
+        self.action = torch.from_numpy(column(hf, ACTION, np.float32))
         self.env_state = (
-            torch.from_numpy(np.stack(table[source[ENV_STATE]]).astype(np.float32))
+            torch.from_numpy(column(hf, source[ENV_STATE], np.float32))
             if ENV_STATE in features
             else None
         )
-        self.correction = (np.asarray(table["correction"], dtype=bool).reshape(-1)
+        self.correction = (column(hf, "correction", bool).reshape(-1)
                            if "correction" in features else None)  # fmt: skip
-        self.texts = {k: [str(t) for t in table[k]] for k in self.text_keys}
+        self.texts = {k: [str(t) for t in column(hf, k)] for k in self.text_keys}
         tasks = dataset.meta.tasks  # DataFrame indexed by task string
         by_index = dict(zip(tasks["task_index"].tolist(), tasks.index.tolist(), strict=True))
-        self.task = [by_index[int(i)] for i in table["task_index"]]
+        self.task = [by_index[int(i)] for i in column(hf, "task_index").reshape(-1)]
         self.images = {key: decode_camera(dataset, source[key], image_size)
                        for key in self.image_keys}  # fmt: skip  # (N, 3, h, w) uint8
         starts, ends = {}, {}
@@ -234,11 +249,16 @@ class InMemoryChunks(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.episode)
 
+    def frame_in_episode(self) -> np.ndarray:
+        """Each item's frame index within its episode (N,) (0 at an episode's first frame)."""
+        return np.arange(len(self.episode)) - self.ep_start
+
     def __getitem__(self, i: int) -> dict:
         query = i + self.offsets
         index = np.clip(query, self.ep_start[i], self.ep_end[i] - 1)
         item = {key: self.images[key][i].float() / 255 for key in self.image_keys}
         item[STATE] = self.state[i]
+        item[GOAL_STATE] = self.state[self.ep_end[i] - 1]  # hindsight: where the episode ends
         if self.env_state is not None:
             item[ENV_STATE] = self.env_state[i]
         item[ACTION] = self.action[index]  # (H, A)
@@ -262,8 +282,11 @@ class Collator:
         instruction: str = "task",
         fast_tokenizer: FastTokenizer | None = None,
         max_fast_tokens: int = 64,
+        goal: bool = False,
     ) -> None:
+        """goal: add the normalized ``goal_state`` of each item (``InMemoryChunks`` gives it)."""
         self.preprocessor = preprocessor
+        self.goal = goal
         self.normalizer = preprocessor.normalizer
         self.instruction = instruction
         self.fast_tokenizer = fast_tokenizer
@@ -282,6 +305,9 @@ class Collator:
         if ENV_STATE in self.normalizer.mean:  # an auxiliary target (VLAConfig.aux_env_state)
             env = torch.stack([it[ENV_STATE] for it in items])  # (B, E)
             batch[ENV_STATE] = self.normalizer.normalize(ENV_STATE, env)
+        if self.goal and GOAL_STATE in items[0]:  # an auxiliary target (VLAConfig.aux_goal)
+            goal = torch.stack([it[GOAL_STATE] for it in items])  # (B, S)
+            batch[GOAL_STATE] = self.normalizer.normalize(STATE, goal)
         if self.fast_tokenizer is not None:
             tokens, mask = self.fast_tokenizer.encode_padded(
                 batch[ACTION].numpy(), self.max_fast_tokens

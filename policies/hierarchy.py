@@ -7,7 +7,9 @@ target"), a corrective instruction ("move left") and whether a correction is nee
 level follows the corrective instruction while the flag is set, the step instruction otherwise.
 
 Here, per camera, a small conv stem reads the last ``history`` frames (``stride`` ticks apart,
-stacked on channels); the state and the episode's task instruction (a bag of words) join
+stacked on channels); with ``scene_state`` (and always for a dataset without cameras) a linear
+layer reads the same history of ``observation.state`` and ``observation.environment_state``
+(the objects' poses); the state and the episode's task instruction (a bag of words) join
 them in an MLP with three heads, each a classification over the dataset's own labels
 (``Vocabulary``; docs/design.md says why classification):
 
@@ -36,7 +38,7 @@ from torch import Tensor, nn
 
 from policies.backbone import get_feature
 from policies.checkpoint import load_normalizer, load_weights, read_json, resolve_checkpoint
-from policies.features import IMAGES, STATE
+from policies.features import ENV_STATE, IMAGES, STATE
 from policies.normalize import Normalizer
 from policies.vision import random_shift
 
@@ -141,12 +143,19 @@ class HighLevelConfig:
     dropout: float = 0.1  # before the heads
     augment_shift: int = 4  # training only: random image shift of up to this many pixels
     heldout_episodes: float = 0.1  # training: share of episodes held out to score each head
+    scene_state: bool = False  # also read observation.environment_state (on without cameras)
+    env_state_dim: int = 0  # size of observation.environment_state read (0: none)
 
     def __post_init__(self) -> None:
         self.image_keys, self.channels = tuple(self.image_keys), tuple(self.channels)
         self.image_size = tuple(self.image_size)
         if self.history < 1 or self.stride < 1:
             raise ValueError(f"history={self.history} and stride={self.stride} must be >= 1")
+        if not self.image_keys and self.env_state_dim == 0:
+            raise ValueError(
+                "the high-level policy needs cameras or observation.environment_state: the "
+                "dataset has neither"
+            )
 
 
 class ConvStem(nn.Module):
@@ -180,7 +189,10 @@ class HighLevelModel(nn.Module):
         self.stems = nn.ModuleDict({_name(k): ConvStem(config) for k in config.image_keys})
         self.state = nn.Linear(config.state_dim, W)
         self.words = nn.Embedding(config.word_count + 1, W, padding_idx=0)
-        n_in = W * (len(config.image_keys) + 2)
+        scene = config.env_state_dim > 0
+        if scene:  # the history of (state, env_state), flattened
+            self.scene = nn.Linear((config.state_dim + config.env_state_dim) * config.history, W)
+        n_in = W * (len(config.image_keys) + 2 + scene)
         self.mlp = nn.Sequential(
             nn.LayerNorm(n_in), nn.Linear(n_in, W), nn.GELU(), nn.Linear(W, W), nn.GELU(),
             nn.Dropout(config.dropout),
@@ -198,6 +210,8 @@ class HighLevelModel(nn.Module):
                 frames = random_shift(frames, self.config.augment_shift)
             feats.append(self.stems[_name(key)](frames))
         feats.append(self.state(get_feature(batch, STATE)))
+        if self.config.env_state_dim > 0:
+            feats.append(self.scene(get_feature(batch, "scene").flatten(1)))  # (B, T, S + E)
         ids = get_feature(batch, "task_words")  # (B, MAX_WORDS)
         count = (ids > 0).sum(1, keepdim=True).clamp(min=1)
         feats.append(self.words(ids).sum(1) / count)  # (B, W) mean of the known words
@@ -226,6 +240,13 @@ class HighLevelModel(nn.Module):
         loss = step_ce + corrective_ce + flag
         return loss, {"loss": loss, "step_ce": step_ce, "corrective_ce": corrective_ce,
                       "correction_bce": flag}  # fmt: skip
+
+
+def scene_features(normalizer: Normalizer, state: Tensor, env_state: Tensor) -> Tensor:
+    """(..., T, S) state and (..., T, E) env_state histories -> normalized (..., T, S + E)."""
+    return torch.cat(
+        [normalizer.normalize(STATE, state), normalizer.normalize(ENV_STATE, env_state)], dim=-1
+    )
 
 
 def _name(key: str) -> str:
@@ -271,6 +292,15 @@ class HighLevelPolicy:
             batch[key] = torch.from_numpy(stack).permute(0, 3, 1, 2)[None]  # (1, T, 3, h, w)
         state = torch.from_numpy(np.asarray(frames[-1][STATE], np.float32))
         batch[STATE] = self.normalizer.normalize(STATE, state)[None]
+        if cfg.env_state_dim > 0:
+            if ENV_STATE not in frames[-1]:
+                raise ValueError(
+                    f"the observation has no {ENV_STATE!r}; the high-level policy was trained "
+                    "with it: use a driver that reports the scene state (the sim does)"
+                )
+            states = torch.from_numpy(np.stack([f[STATE] for f in frames]).astype(np.float32))
+            envs = torch.from_numpy(np.stack([f[ENV_STATE] for f in frames]).astype(np.float32))
+            batch["scene"] = scene_features(self.normalizer, states, envs)[None]
         batch["task_words"] = encode_words(self.vocab, [task])
         return {k: v.to(self.device) for k, v in batch.items()}
 

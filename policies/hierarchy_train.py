@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from policies.checkpoint import read_tensors, resolve_checkpoint
-from policies.data import InMemoryChunks, camera_spec, open_dataset
-from policies.features import STATE
+from policies.data import InMemoryChunks, camera_keys, camera_spec, open_dataset
+from policies.features import ACTION, ENV_STATE, STATE
 from policies.hierarchy import (
     IGNORE,
     HighLevelConfig,
@@ -29,6 +29,7 @@ from policies.hierarchy import (
     high_level_parts,
     history_indices,
     label_indices,
+    scene_features,
 )
 from policies.normalize import Normalizer
 from policies.trainer import Setup, fit
@@ -61,6 +62,11 @@ class HighLevelFrames(torch.utils.data.Dataset):
              else IGNORE for j in label]
         )  # fmt: skip
         self.state = normalizer.normalize(STATE, frames.state)
+        self.scene = (
+            scene_features(normalizer, frames.state, frames.env_state)
+            if config.env_state_dim > 0
+            else None
+        )  # (N, S + E)
         self.words = encode_words(vocab, frames.task)  # (N, MAX_WORDS)
 
     def __len__(self) -> int:
@@ -72,6 +78,8 @@ class HighLevelFrames(torch.utils.data.Dataset):
             for key in self.image_keys
         }
         item[STATE] = self.state[i]
+        if self.scene is not None:
+            item["scene"] = self.scene[self.history[i]]  # (T, S + E)
         item["task_words"] = self.words[i]
         item["step"], item["corrective"] = self.step[i], self.corrective[i]
         item["correction"] = self.correction[i]
@@ -80,11 +88,18 @@ class HighLevelFrames(torch.utils.data.Dataset):
 
 def high_level_config(features: dict[str, dict], vocab: Vocabulary, policy: Mapping
                       ) -> HighLevelConfig:  # fmt: skip
-    """The model config for a dataset's features, its vocabulary and the ``policy/`` entry."""
-    cams, size = camera_spec(features)
+    """The model config for a dataset's features, its vocabulary and the ``policy/`` entry:
+    its cameras, if it has any, and its scene state with ``scene_state`` or without cameras."""
+    cams, size = camera_spec(features) if camera_keys(features) else ((), (0, 0))
+    scene = bool(policy.get("scene_state", False)) or not cams
+    if scene and ENV_STATE not in features:
+        raise ValueError(
+            f"the high-level policy needs {ENV_STATE} (policy.scene_state=true, or a dataset "
+            "without cameras), which the dataset lacks: record it with `rtvla record`"
+        )
     known = set(HighLevelConfig.__dataclass_fields__) - {"image_keys", "image_size", "state_dim",
                                                          "step_classes", "corrective_classes",
-                                                         "word_count"}  # fmt: skip
+                                                         "word_count", "env_state_dim"}  # fmt: skip
     unknown = set(policy) - known - set(TRAINING_KEYS)
     if unknown:
         raise ValueError(
@@ -98,6 +113,7 @@ def high_level_config(features: dict[str, dict], vocab: Vocabulary, policy: Mapp
         step_classes=len(vocab.step),
         corrective_classes=len(vocab.corrective),
         word_count=len(vocab.words),
+        env_state_dim=features[ENV_STATE]["shape"][0] if scene else 0,
     )
 
 
@@ -132,7 +148,8 @@ def train_high_level(cfg: Mapping) -> dict:
                                  frames.task)  # fmt: skip
         policy_cfg = dict(cfg["policy"])
         config = high_level_config(features, vocab, policy_cfg)
-        normalizer = Normalizer.from_stats(dataset.meta.stats)
+        keys = (STATE, ACTION, ENV_STATE) if config.env_state_dim else (STATE, ACTION)
+        normalizer = Normalizer.from_stats(dataset.meta.stats, keys)
         items = HighLevelFrames(frames, config, vocab, normalizer, dataset.meta.fps)
         train_idx, held_idx = split_episodes(frames.episode, config.heldout_episodes, cfg["seed"])
         parts.update(items=items, held_idx=held_idx, vocab=vocab)

@@ -26,6 +26,7 @@ KINDS = {  # name -> (config dataclass, fields taken from the dataset)
             "step_classes",
             "corrective_classes",
             "word_count",
+            "env_state_dim",
         ),
     ),
 }

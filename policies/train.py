@@ -104,7 +104,12 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
     preprocessor = VLAPreprocessor(
         config.image_keys, normalizer, model.tokenize_instructions, config.image_size
     )
-    collate = Collator(preprocessor, cfg["instruction"], fast, config.max_fast_tokens)
+    collate = Collator(
+        preprocessor, cfg["instruction"], fast, config.max_fast_tokens, goal=config.aux_goal > 0
+    )
+    if config.aux_goal > 0 and cfg["data"] != "memory":
+        raise ValueError(f"policy.aux_goal={config.aux_goal} needs data=memory (it reads each "
+                         "episode's last state from the decoded dataset)")  # fmt: skip
     if cfg["data"] == "memory":
         items = InMemoryChunks(dataset, H, config.image_keys, config.image_size, rename)
     else:

@@ -50,6 +50,23 @@ class Setup:
     write_extra: Callable[[Path], None]  # writes the kind's extra checkpoint files
 
 
+def sampling_weights(items, early_frames: int, early_weight: float) -> np.ndarray | None:
+    """Per-item draw probabilities: frames before ``early_frames`` in their episode are drawn
+    ``early_weight`` times as often as the rest; None (uniform) when the weight is 1.
+
+    Early frames are where only the instruction and the scene say where to go (later, the
+    arm's own pose already does), so weighting them counters that shortcut.
+    """
+    if early_weight == 1 or early_frames <= 0:
+        return None
+    if early_weight <= 0:
+        raise ValueError(f"early_weight={early_weight} must be > 0 (1: uniform sampling)")
+    if not hasattr(items, "frame_in_episode"):
+        raise ValueError("early_weight needs data=memory (it reads each frame's episode index)")
+    w = np.where(items.frame_in_episode() < early_frames, early_weight, 1.0)
+    return w / w.sum()
+
+
 def fit(cfg: Mapping, build: Callable[[torch.device], Setup]) -> tuple[dict, Setup]:
     """Train (or resume) the run of the resolved train config ``cfg`` on what ``build`` makes;
     returns the figures and the setup (its model holds the raw, not EMA, weights)."""
@@ -85,8 +102,9 @@ def fit(cfg: Mapping, build: Callable[[torch.device], Setup]) -> tuple[dict, Set
         log.info("resuming %s from step %d", out, start)
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     batches = step_batches(
-        len(setup.items), cfg["batch_size"], cfg["seed"], start, cfg["steps"], rank, world
-    )
+        len(setup.items), cfg["batch_size"], cfg["seed"], start, cfg["steps"], rank, world,
+        sampling_weights(setup.items, cfg.get("early_frames", 0), cfg.get("early_weight", 1.0)),
+    )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         setup.items, batch_sampler=list(batches), collate_fn=setup.collate,
         num_workers=cfg["num_workers"],
@@ -119,13 +137,19 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def step_batches(size: int, batch: int, seed: int, start: int, stop: int, rank: int, world: int
-                 ) -> Iterator[list[int]]:  # fmt: skip
-    """Per-step dataset indices: step k's global batch comes from rng(seed, k); rank r takes
-    every world-th of it."""
+def step_batches(
+    size: int, batch: int, seed: int, start: int, stop: int, rank: int, world: int,
+    p: np.ndarray | None = None,
+) -> Iterator[list[int]]:  # fmt: skip
+    """Per-step dataset indices: step k's global batch comes from rng(seed, k) (uniform, or
+    drawn with probabilities ``p``); rank r takes every world-th of it."""
     for step in range(start, stop):
         rng = np.random.default_rng([seed, step])
-        yield rng.integers(0, size, size=batch)[rank::world].tolist()
+        if p is None:
+            index = rng.integers(0, size, size=batch)
+        else:
+            index = rng.choice(size, size=batch, p=p)
+        yield index[rank::world].tolist()
 
 
 def make_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.AdamW:

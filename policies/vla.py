@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from policies.action_expert import ActionExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
-from policies.features import ACTION, ENV_STATE, IMAGES
+from policies.features import ACTION, ENV_STATE, GOAL_STATE, IMAGES
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import prefix_flow_time
 from policies.vision import VISION
@@ -77,6 +77,7 @@ class VLAConfig:
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K} steps; 0: off
     aux_env_state: float = 0.0  # weight of an auxiliary loss: the backbone predicts the scene state
     env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
+    aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the episode's last state
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
@@ -110,6 +111,8 @@ class VLAConfig:
                 f"aux_env_state={self.aux_env_state} needs backbone=small and a dataset with "
                 "observation.environment_state (rtvla record writes it): set aux_env_state=0"
             )
+        if self.aux_goal > 0 and self.backbone != "small":
+            raise ValueError(f"aux_goal={self.aux_goal} needs backbone=small: set aux_goal=0")
         if self.insulation and not self.fast_loss:
             logger.warning(
                 "insulation=True with fast_loss=False: no loss reaches the backbone, its features "
@@ -187,6 +190,10 @@ class VLA(nn.Module):
             self.aux_head = nn.Sequential(
                 nn.RMSNorm(config.width), nn.Linear(config.width, config.env_state_dim)
             )
+        if config.aux_goal > 0:  # training only: where the episode ends, read from the backbone
+            self.goal_head = nn.Sequential(
+                nn.RMSNorm(config.width), nn.Linear(config.width, config.state_dim)
+            )
 
     def tokenize_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
         """Instructions -> (lang_tokens long (B, L), lang_mask bool (B, L)), on CPU."""
@@ -231,7 +238,7 @@ class VLA(nn.Module):
     def forward(
         self, batch: dict[str, Tensor], noise: Tensor | None = None, tau: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Training loss: (loss, {"loss", "fm", "fast_ce", "aux_env"}), the terms in the graph.
+        """Training loss: (loss, {"loss", "fm", "fast_ce", "aux_env", "aux_goal"}), the terms.
 
         noise (B, H, A) and tau (B,) are drawn when not given. With rtc_training_max_delay = K
         > 0, each example gets a delay d ~ U{0..K}: its first d actions are clean (tau = 1) and
@@ -239,6 +246,10 @@ class VLA(nn.Module):
         are out of the FM loss. With aux_env_state > 0 the backbone's readout also regresses
         the normalized observation.environment_state (training only; the expert reads the
         backbone, so what the readout must know, where each target is, reaches the actions).
+        With aux_goal > 0 it regresses the normalized state of the episode's last frame
+        (``goal_state``, hindsight): from the first frames on, where the arm will end depends
+        on the instruction and the scene only, not on the arm's pose, so the backbone must
+        ground the instruction (a pose-only shortcut cannot fit it).
         """
         cfg = self.config
         actions = get_feature(batch, ACTION)  # (B, H, A)
@@ -274,6 +285,10 @@ class VLA(nn.Module):
             target = get_feature(batch, ENV_STATE)  # (B, E) normalized
             terms["aux_env"] = F.mse_loss(self.aux_head(readout), target)
             loss = loss + cfg.aux_env_state * terms["aux_env"]
+        if cfg.aux_goal > 0:
+            target = get_feature(batch, GOAL_STATE)  # (B, S) normalized
+            terms["aux_goal"] = F.mse_loss(self.goal_head(readout), target)
+            loss = loss + cfg.aux_goal * terms["aux_goal"]
         terms["loss"] = loss
         return loss, terms
 

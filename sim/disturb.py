@@ -1,5 +1,6 @@
-"""Failures while a policy is in control: a push that drags the arm off course, and the
-scripted demonstrator's recovery from it.
+"""Failures while a policy is in control (a push that drags the arm off course, a cube knocked
+away before the grasp, a cube dropped on the way to the bin) and the scripted demonstrator's
+recovery from a push.
 
 The demonstrators inject their failures inside their own scripts (``sim/tasks/``), which needs the
 demonstrator in control. When a learned policy drives the arm, a failure has to come from outside:
@@ -7,6 +8,12 @@ a ``Disturbance`` takes over the arm's commands at a random tick and drags the g
 ``distance`` metres in a random horizontal direction along a minimum-jerk path for
 ``duration_s`` (a bump, or a hand pulling the arm aside), holding the policy's gripper
 command; afterwards the policy's commands apply again, from wherever the arm was left.
+On the cube tasks two more kinds (``KINDS``) are the demonstrators' own failures, now hitting
+the policy: ``knock`` sets the named cube sliding about 4 cm when the open gripper first comes
+within reach of it, ``drop`` opens the gripper for ``duration_s`` when it first carries the
+named cube clear of the table. Each episode draws one of the configured kinds from its seed;
+``knock`` and ``drop`` fire at the first tick after the window's start where their condition
+holds (never, if it never does).
 
 ``Recovery`` is what the task's scripted demonstrator does about it: move back to where the push
 began, labelled as a correction with direction words ("move left", "move back and up"), then
@@ -21,21 +28,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sim.ik import DiffIK, min_jerk
+from sim.robot import GRIPPER_OPEN
 from sim.tasks import Labels, make_demonstrator
 from sim.tasks.base import Step, direction_words
+from sim.tasks.pick_place import CUBE_FRICTION
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
 
 MIN_RADIUS, MAX_RADIUS = 0.08, 0.24  # m, a push never leaves this ring around the base
+KINDS = ("push", "knock", "drop")  # failure kinds a Disturbance can inject
+KNOCK_DISTANCE = 0.04  # m, how far a knocked cube slides
+KNOCK_REACH = 0.05  # m, horizontal grip-to-cube distance at which the knock fires
+DROP_HEIGHT = 0.04  # m, cube height above which a held cube counts as carried
 
 
 class Disturbance:
-    """A push of the arm at a random tick of some episodes; call it on every action.
+    """A failure injected in some episodes; call it on every action.
 
-    ``probability``: per-episode chance of a push; ``window``: earliest and latest onset as
-    fractions of the episode's ``max_steps``. ``origin`` is where the grip site was when the
-    push began (None before it).
+    ``probability``: per-episode chance of a failure; ``kinds``: the kinds to draw from
+    (``KINDS``); ``window``: earliest and latest onset of a push as fractions of the episode's
+    ``max_steps`` (knocks and drops wait for their condition from the window's start on).
+    ``onset`` is the tick the failure began (None before it), ``kind`` this episode's kind,
+    ``origin`` where the grip site was when a push began.
     """
 
     def __init__(
@@ -45,7 +60,18 @@ class Disturbance:
         distance: float = 0.04,
         duration_s: float = 0.5,
         window: tuple[float, float] = (0.15, 0.5),
+        kinds: tuple[str, ...] = ("push",),
     ) -> None:
+        kinds = tuple(kinds)
+        unknown = [k for k in kinds if k not in KINDS]
+        if not kinds or unknown:
+            raise ValueError(f"disturbance.kinds={list(kinds)}: choose one or more of {KINDS}")
+        if set(kinds) - {"push"} and not hasattr(env.task, "holding"):
+            raise ValueError(
+                f"disturbance.kinds={list(kinds)}: knock and drop need a cube task "
+                f"(pick_place, conveyor), not {env.task.name}: use kinds=[push]"
+            )
+        self.kinds = kinds
         if not 0.0 <= probability <= 1.0:
             raise ValueError(f"failure_prob={probability} must be a probability in [0, 1]")
         if not 0.0 <= window[0] <= window[1] <= 1.0:
@@ -59,33 +85,72 @@ class Disturbance:
         self.reset(np.random.default_rng(0))
 
     def reset(self, rng: np.random.Generator) -> None:
-        """Decide this episode's push (call after ``env.reset``): whether, when, which way."""
+        """Decide this episode's failure (call after ``env.reset``): whether, which kind, when
+        (a push) and which way."""
         self.onset = None
         self.origin: np.ndarray | None = None
         self._angle = rng.uniform(-np.pi, np.pi)
-        if rng.random() < self.probability:
-            lo, hi = (round(f * self.env.max_steps) for f in self.window)
-            self.onset = int(rng.integers(lo, hi + 1))
+        self._armed: int | None = None  # a knock's or drop's earliest tick
+        lo, hi = (round(f * self.env.max_steps) for f in self.window)
+        failing = rng.random() < self.probability
+        push_onset = int(rng.integers(lo, hi + 1)) if failing else None
+        kind = self.kinds[int(rng.integers(len(self.kinds)))] if len(self.kinds) > 1 else self.kinds[0]
+        self.kind: str | None = kind if failing else None
+        if self.kind == "push":
+            self.onset = push_onset
+        else:
+            self._armed = lo
 
     @property
     def active(self) -> bool:
-        """Whether the push has the arm at the current tick."""
+        """Whether the failure has the arm (or, for a knock, the cube) at the current tick."""
         return self.onset is not None and 0 <= self.env.tick - self.onset < self.ticks
 
     @property
     def finished(self) -> bool:
-        """Whether this episode's push has happened and let go of the arm."""
+        """Whether this episode's failure has happened and let go of the arm."""
         return self.onset is not None and self.env.tick >= self.onset + self.ticks
 
     def __call__(self, action: np.ndarray) -> np.ndarray:
         """The command (6,) that reaches the arm at the current tick instead of ``action``."""
+        if self._armed is not None and self.onset is None and self.env.tick >= self._armed:
+            self._trigger()
         if not self.active:
+            return action
+        if self.kind == "drop":
+            return np.r_[action[:5], GRIPPER_OPEN].astype(np.float32)
+        if self.kind == "knock":
             return action
         if self.env.tick == self.onset:
             self._start()
         s = min_jerk((self.env.tick - self.onset + 1) / self.ticks)
         self._q = self._ik.solve(self._q, self.origin + s * self._push, self._rot)
         return np.r_[self._q, action[5]].astype(np.float32)
+
+    def _trigger(self) -> None:
+        """Fire a knock or a drop at this tick if its condition holds."""
+        task = self.env.task
+        cube = task.cube_pos(task.color)  # (3,)
+        grip = self.env.data.site_xpos[task._site]  # (3,)
+        if self.kind == "drop":
+            if task.holding(task.color) and cube[2] > DROP_HEIGHT:
+                self.onset = self.env.tick
+            return
+        near = np.linalg.norm((cube - grip)[:2]) < KNOCK_REACH
+        if near and not task.holding(task.color):
+            self.onset = self.env.tick
+            task.push(task.color, self._knock_velocity(cube))
+
+    def _knock_velocity(self, cube: np.ndarray) -> np.ndarray:
+        """A sliding velocity (3,) carrying the cube ``KNOCK_DISTANCE`` in the episode's drawn
+        direction, turned as little as needed to keep it on the workspace."""
+        for turn in np.linspace(0, 2 * np.pi, 12, endpoint=False):
+            a = self._angle + turn
+            direction = np.array([np.cos(a), np.sin(a)])
+            if MIN_RADIUS <= np.linalg.norm(cube[:2] + KNOCK_DISTANCE * direction) <= MAX_RADIUS:
+                break
+        speed = np.sqrt(2 * CUBE_FRICTION * 9.81 * KNOCK_DISTANCE)  # v^2 = 2 mu g d
+        return speed * np.array([*direction, 0.0])
 
     def _start(self) -> None:
         self._q = self.env.data.qpos[self.env.robot.qpos[:5]].copy()  # (5,) actual joints
@@ -97,18 +162,34 @@ class Disturbance:
 
 
 class Recovery:
-    """The task's scripted demonstrator taking over a disturbed episode: back to ``origin`` (a
-    correction), then its own script to the end.
+    """The task's scripted demonstrator taking over a disturbed episode, to the end.
+
+    After a push (``origin`` given): back to where the push began, labelled as a correction
+    with direction words, then its own script. After a knock or a drop (``origin`` None): its
+    own script from the current state (it replans from the objects' poses), the first move
+    labelled as the correction ``fix`` ("move left" towards a knocked cube, "pick up the
+    dropped cube"), as the demonstrator labels its own recoveries.
 
     The takeover starts a new episode as far as recording goes, so the env's tick count
     restarts at 0 and the demonstrator gets the task's full ``max_steps``.
     """
 
-    def __init__(self, env: SimEnv, rng: np.random.Generator, origin: np.ndarray) -> None:
+    def __init__(
+        self, env: SimEnv, rng: np.random.Generator, origin: np.ndarray | None, fix: str = ""
+    ) -> None:
         env.tick = 0
         self.demonstrator = make_demonstrator(env, rng, failure_prob=0.0)
-        self.error = np.asarray(origin) - self.demonstrator.site_pos()  # (3,)
-        self._steps = self._script(np.asarray(origin))
+        if origin is None:
+            self.demonstrator.initial_fix = fix
+            self._steps = self._own_script()
+        else:
+            self.error = np.asarray(origin) - self.demonstrator.site_pos()  # (3,)
+            self._steps = self._script(np.asarray(origin))
+
+    def _own_script(self) -> Iterator[Step]:
+        demonstrator = self.demonstrator
+        while not demonstrator.done:
+            yield demonstrator.act()
 
     def _script(self, origin: np.ndarray) -> Iterator[Step]:
         demonstrator = self.demonstrator
@@ -124,3 +205,12 @@ class Recovery:
     def act(self) -> Step | None:
         """The next action and labels, None once the demonstrator is done."""
         return next(self._steps, None)
+
+
+def recovery_fix(env: SimEnv, kind: str) -> str:
+    """The corrective instruction a takeover after a knock or a drop starts with."""
+    if kind == "drop":
+        return "pick up the dropped cube"
+    task = env.task
+    error = (task.cube_pos(task.color) - env.data.site_xpos[env.robot.grip_site])[:2]
+    return direction_words(error) if np.linalg.norm(error) >= 0.01 else f"move above the {task.color} cube"

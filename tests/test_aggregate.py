@@ -31,6 +31,45 @@ def test_a_push_drags_the_arm_off_course_and_the_demonstrator_recovers():
     env.close()
 
 
+@pytest.mark.parametrize("kind", ["knock", "drop"])
+def test_a_knock_or_a_drop_hits_the_named_cube_and_the_demonstrator_recovers(kind):
+    """Driven by the scripted demonstrator (a policy that does the task), a knock fires when
+    the open gripper first nears the named cube and slides it away; a drop fires when the cube
+    is first carried and lets it fall. The takeover's recovery starts with its correction and
+    puts the cube in the bin."""
+    from sim.disturb import recovery_fix
+    from sim.tasks import make_demonstrator
+
+    env = SimEnv("pick_place", render=False)
+    failure = Disturbance(env, 1.0, duration_s=0.5, window=(0.0, 0.5), kinds=("push", kind))
+    seed = next(s for s in range(50)
+                if (failure.reset(np.random.default_rng(s)), failure.kind)[1] == kind)  # fmt: skip
+    env.reset(seed=1)
+    failure.reset(np.random.default_rng(seed))
+    assert failure.kind == kind and failure.onset is None  # it waits for its condition
+    task, demo = env.task, make_demonstrator(env, np.random.default_rng(1), 0.0)
+    before = task.cube_pos(task.color).copy()
+    while failure.onset is None and not demo.done:
+        env.step(failure(demo.act()[0]))
+    assert failure.onset is not None
+    while not failure.finished:
+        env.step(failure(demo.act()[0]))
+    cube = task.cube_pos(task.color)
+    if kind == "knock":
+        assert np.linalg.norm((cube - before)[:2]) > 0.02  # slid away
+    else:
+        assert cube[2] < 0.03 and not task.holding(task.color)  # fell
+    fix = recovery_fix(env, kind)
+    recovery = Recovery(env, np.random.default_rng(0), None, fix)
+    steps = []
+    while (step := recovery.act()) is not None:
+        env.step(step[0])
+        steps.append(step[1])
+    assert steps[0].correction and steps[0].corrective_instruction == fix
+    assert not steps[-1].correction and env.success()
+    env.close()
+
+
 def test_run_with_failure_prob_pushes_the_same_episodes_whatever_the_policy(tmp_path):
     from hydra import compose, initialize_config_dir
 

@@ -180,6 +180,45 @@ def test_high_level_trains_two_steps_resumes_and_its_checkpoint_loads(
         load_checkpoint(tmp_path)
 
 
+def test_a_high_level_without_cameras_reads_the_scene_state(tmp_path):
+    """On a dataset without cameras the high level reads the history of state and
+    environment state; its checkpoint predicts from such observations and says what is
+    missing when an observation lacks the scene state."""
+    from policies.hierarchy import load_high_level
+    from policies.hierarchy_train import train_high_level
+    from policies.kinds import policy_defaults
+    from sim import SimEnv
+    from sim.record import record_dataset
+
+    root = tmp_path / "pick"
+    env = SimEnv("pick_place", render=False)
+    record_dataset(env, root, episodes=2, seed=0, failure_prob=1.0, progress=False)
+    policy_cfg = {**policy_defaults()["high_level"], "channels": [8], "width": 32,
+                  "heldout_episodes": 0.5}  # fmt: skip
+    cfg = {
+        "dataset": str(root), "output": str(tmp_path / "hl"), "steps": 3, "batch_size": 8,
+        "lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 1,
+        "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0, "resume": False,
+        "data": "memory", "num_workers": 0, "log_every": 1, "save_every": 3,
+        "device": "cpu", "policy": policy_cfg,
+    }  # fmt: skip
+    figures = train_high_level(cfg)
+    assert figures["steps"] == 3 and figures["heldout"]["frames"] > 0
+    policy = load_high_level(tmp_path / "hl")
+    obs = env.reset(seed=5)
+    env_dim = len(obs["observation.environment_state"])
+    assert policy.config.image_keys == () and policy.config.env_state_dim == env_dim
+    p = policy.predict([obs] * policy.config.history, env.instruction)
+    assert p.step.shape == (len(policy.vocab.step),) and abs(p.step.sum() - 1) < 1e-5
+    other = policy.predict([{**obs, "observation.environment_state": obs[
+        "observation.environment_state"] + 0.05}] * policy.config.history, env.instruction)
+    assert not np.allclose(p.step, other.step)  # the scene state reaches the prediction
+    bare = {k: v for k, v in obs.items() if k != "observation.environment_state"}
+    with pytest.raises(ValueError, match="environment_state"):
+        policy.predict([bare] * policy.config.history, env.instruction)
+    env.close()
+
+
 class ScriptedHighLevel:
     """A high-level policy whose predictions are given in advance; records what it read."""
 

@@ -9,7 +9,9 @@ correction collection, the demonstrator steps in only where a correction is need
 2. ``takeover_after_s`` after a push lets go of the arm, if the grip site is farther than
    ``takeover_tolerance`` from where the push began, the task's scripted demonstrator takes over
    (``sim.disturb.Recovery``): back to that point, labelled as a correction with direction
-   words ("move left"), then its own script to the end of the task;
+   words ("move left"), then its own script to the end of the task; after a knock or a drop
+   (``disturbance.kinds``) it takes over unless the policy holds the cube again, its first
+   move labelled "move left" (towards the knocked cube) or "pick up the dropped cube";
 3. the demonstrator's part, from the takeover on, is recorded as a new episode (successful ones
    only), through ``sim/record.py``'s writer, into ``<output>_corrections``;
 4. ``output`` is that dataset merged with the original ``dataset`` by lerobot's
@@ -34,7 +36,7 @@ from tqdm import tqdm
 from policies.checkpoint import check_features
 from runtime.commands.run import controller_setup, make_client, make_run_driver
 from runtime.robot.controller import Controller, start_episode
-from sim.disturb import Disturbance, Recovery
+from sim.disturb import Disturbance, Recovery, recovery_fix
 from sim.env import SimEnv
 from sim.record import (
     LABEL_FEATURES,
@@ -61,6 +63,10 @@ class Takeover:
         push = self.push
         if push.onset is None or self.env.tick != push.onset + push.ticks + self.after:
             return False
+        if push.kind != "push":  # knock, drop: due unless the policy holds the cube again
+            task = self.env.task
+            self.due = not task.holding(task.color)
+            return self.due
         site = self.env.data.site_xpos[self.env.robot.grip_site]
         self.due = bool(np.linalg.norm(site - push.origin) > self.tolerance)
         return self.due
@@ -138,7 +144,9 @@ def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) ->
                 counts["self_corrected"] += push.finished
                 continue
             counts["takeovers"] += 1
-            frames, fixes = _record_recovery(env, dataset, push.origin, seed)
+            fix = "" if push.kind == "push" else recovery_fix(env, push.kind)
+            origin = push.origin if push.kind == "push" else None
+            frames, fixes = _record_recovery(env, dataset, origin, seed, fix)
             if env.success():
                 dataset.save_episode()
                 counts["corrections_recorded"] += 1
@@ -155,10 +163,12 @@ def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) ->
     return counts
 
 
-def _record_recovery(env: SimEnv, dataset, origin: np.ndarray, seed: int) -> tuple[int, int]:
+def _record_recovery(
+    env: SimEnv, dataset, origin: np.ndarray | None, seed: int, fix: str = ""
+) -> tuple[int, int]:
     """The demonstrator's takeover into the dataset's episode buffer: (frames, correction
     frames)."""
-    recovery = Recovery(env, np.random.default_rng(seed), origin)
+    recovery = Recovery(env, np.random.default_rng(seed), origin, fix)
     obs, frames, fixes = env.observe(), 0, 0
     while (step := recovery.act()) is not None:
         action, labels = step

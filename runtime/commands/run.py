@@ -161,8 +161,17 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
     if pushes is not None:
         pushed = [r for r in results if r.seed in pushes]
         wins = sum(r.success for r in pushed)
+        kinds = getattr(driver, "kinds", {})
+        by_kind = {}
+        for kind in sorted({kinds[r.seed] for r in pushed}):
+            hit = [r for r in pushed if kinds[r.seed] == kind]
+            won = sum(r.success for r in hit)
+            by_kind[kind] = {"episodes": len(hit), "recovered": won,
+                             "ci95": [round(x, 3) for x in wilson_interval(won, len(hit))]}  # fmt: skip
         figures |= {
             "failure_prob": cfg.failure_prob,
+            "failure_kinds": [kinds.get(r.seed) for r in results],  # None: no failure injected
+            "recovered_by_kind": by_kind,
             "push_ticks": [pushes.get(r.seed) for r in results],  # None: not pushed
             "pushed_episodes": len(pushed),
             "pushed_success_rate": wins / len(pushed) if pushed else None,
@@ -286,7 +295,7 @@ def _make_driver(cfg: DictConfig) -> Driver:
         push = cfg.disturbance
         return DisturbedMujocoDriver(
             failure_prob=failure_prob, distance=push.distance, duration_s=push.duration_s,
-            window=tuple(push.window), **options,
+            window=tuple(push.window), kinds=tuple(push.get("kinds", ("push",))), **options,
         )  # fmt: skip
     if cfg.driver.name == "lerobot":
         import draccus

@@ -244,6 +244,7 @@ class PickPlaceDemonstrator(Demonstrator):
 
     FAILURES = ("missed_grasp", "drop", "knock")
     task: PickPlace
+    initial_fix = ""  # a corrective instruction for the first move (a takeover's recovery)
 
     def __init__(self, env: SimEnv, rng: np.random.Generator, failure_prob: float = 0.0) -> None:
         super().__init__(env, rng, failure_prob)
@@ -251,7 +252,7 @@ class PickPlaceDemonstrator(Demonstrator):
 
     def script(self) -> Iterator[Step]:
         above, grasp, lift, carry, release = self.task.phases()
-        color, fix = self.task.color, ""
+        color, fix = self.task.color, self.initial_fix
         while True:
             cube = self.task.cube_pos(color)
             yaw = self._grasp_yaw(cube)

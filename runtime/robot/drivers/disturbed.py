@@ -19,7 +19,8 @@ DISTURBANCE_STREAM = 0xD157  # rng stream of the pushes, apart from the scene's 
 class DisturbedMujocoDriver(MujocoDriver):
     """``MujocoDriver`` whose episodes get a push with probability ``failure_prob``.
 
-    ``pushes`` maps the seed of every episode that was pushed to the tick its push began.
+    ``pushes`` maps the seed of every episode whose failure happened to the tick it began
+    (any kind: push, knock or drop), ``kinds`` to its kind.
     """
 
     def __init__(
@@ -29,11 +30,15 @@ class DisturbedMujocoDriver(MujocoDriver):
         distance: float = 0.04,
         duration_s: float = 0.5,
         window: tuple[float, float] = (0.15, 0.5),
+        kinds: tuple[str, ...] = ("push",),
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)
-        self.disturbance = Disturbance(self.env, failure_prob, distance, duration_s, window)
+        self.disturbance = Disturbance(
+            self.env, failure_prob, distance, duration_s, window, kinds=kinds
+        )
         self.pushes: dict[int | None, int] = {}
+        self.kinds: dict[int | None, str] = {}
         self._seed: int | None = None
 
     def reset(self, seed: int | None = None) -> Observation:
@@ -44,6 +49,7 @@ class DisturbedMujocoDriver(MujocoDriver):
 
     def act(self, action: np.ndarray) -> None:
         push = self.disturbance
+        command = push(self._limits.check(action))  # a knock or a drop may fire here
         if push.active and self.env.tick == push.onset:
-            self.pushes[self._seed] = push.onset
-        self._obs = self.env.step(push(self._limits.check(action)))
+            self.pushes[self._seed], self.kinds[self._seed] = push.onset, push.kind
+        self._obs = self.env.step(command)
