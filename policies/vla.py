@@ -77,7 +77,7 @@ class VLAConfig:
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K} steps; 0: off
     aux_env_state: float = 0.0  # weight of an auxiliary loss: the backbone predicts the scene state
     env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
-    aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the episode's last state
+    aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the last state
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)

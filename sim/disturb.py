@@ -94,7 +94,9 @@ class Disturbance:
         lo, hi = (round(f * self.env.max_steps) for f in self.window)
         failing = rng.random() < self.probability
         push_onset = int(rng.integers(lo, hi + 1)) if failing else None
-        kind = self.kinds[int(rng.integers(len(self.kinds)))] if len(self.kinds) > 1 else self.kinds[0]
+        kind = self.kinds[0]
+        if len(self.kinds) > 1:  # a draw only then: push-only streams stay as they were
+            kind = self.kinds[int(rng.integers(len(self.kinds)))]
         self.kind: str | None = kind if failing else None
         if self.kind == "push":
             self.onset = push_onset
@@ -213,4 +215,6 @@ def recovery_fix(env: SimEnv, kind: str) -> str:
         return "pick up the dropped cube"
     task = env.task
     error = (task.cube_pos(task.color) - env.data.site_xpos[env.robot.grip_site])[:2]
-    return direction_words(error) if np.linalg.norm(error) >= 0.01 else f"move above the {task.color} cube"
+    if np.linalg.norm(error) < 0.01:
+        return f"move above the {task.color} cube"
+    return direction_words(error)

@@ -210,8 +210,11 @@ def test_a_high_level_without_cameras_reads_the_scene_state(tmp_path):
     assert policy.config.image_keys == () and policy.config.env_state_dim == env_dim
     p = policy.predict([obs] * policy.config.history, env.instruction)
     assert p.step.shape == (len(policy.vocab.step),) and abs(p.step.sum() - 1) < 1e-5
-    other = policy.predict([{**obs, "observation.environment_state": obs[
-        "observation.environment_state"] + 0.05}] * policy.config.history, env.instruction)
+    other = policy.predict(
+        [{**obs, "observation.environment_state": obs["observation.environment_state"] + 0.05}]
+        * policy.config.history,
+        env.instruction,
+    )
     assert not np.allclose(p.step, other.step)  # the scene state reaches the prediction
     bare = {k: v for k, v in obs.items() if k != "observation.environment_state"}
     with pytest.raises(ValueError, match="environment_state"):

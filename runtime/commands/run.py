@@ -166,8 +166,8 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         for kind in sorted({kinds[r.seed] for r in pushed}):
             hit = [r for r in pushed if kinds[r.seed] == kind]
             won = sum(r.success for r in hit)
-            by_kind[kind] = {"episodes": len(hit), "recovered": won,
-                             "ci95": [round(x, 3) for x in wilson_interval(won, len(hit))]}  # fmt: skip
+            ci = [round(x, 3) for x in wilson_interval(won, len(hit))]
+            by_kind[kind] = {"episodes": len(hit), "recovered": won, "ci95": ci}
         figures |= {
             "failure_prob": cfg.failure_prob,
             "failure_kinds": [kinds.get(r.seed) for r in results],  # None: no failure injected
