@@ -152,3 +152,60 @@ def test_aggregate_records_the_demonstrator_corrections_and_merges_them(
 
     with pytest.raises(FileExistsError, match="already exists"):
         main(cfg)
+
+
+@pytest.mark.slow  # records, trains two policies and runs 2 episodes: about a minute
+def test_a_hierarchy_evaluation_with_injected_failures_logs_them_and_the_instructions(tmp_path):
+    """End to end on pick_place without cameras: a state low level (instruction=hierarchy)
+    and a state high level, evaluated on 2 episodes with an injected push and a scripted
+    operator correction (knocks and drops fire on conditions a 2-step policy may never meet;
+    the test above covers them). The run logs record the injected failure on its ticks,
+    every instruction with its source, and the high level's correction probability."""
+    from hydra import compose, initialize_config_dir
+
+    from policies.hierarchy_train import train_high_level
+    from policies.kinds import policy_defaults
+    from policies.train import train
+    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.run import main
+    from runtime.robot.runlog import RunLog
+    from sim.record import record_dataset
+
+    root = tmp_path / "pick"
+    env = SimEnv("pick_place", render=False)
+    record_dataset(env, root, episodes=2, seed=0, failure_prob=1.0, progress=False)
+    env.close()
+    common = {
+        "dataset": str(root), "steps": 2, "batch_size": 8, "lr": 1e-3, "betas": [0.9, 0.95],
+        "weight_decay": 0.0, "warmup_steps": 1, "min_lr_ratio": 0.1, "grad_clip": 1.0,
+        "ema_decay": 0.9, "seed": 0, "resume": False, "data": "memory", "num_workers": 0,
+        "log_every": 1, "save_every": 2, "device": "cpu",
+    }  # fmt: skip
+    low, high = tmp_path / "low", tmp_path / "high"
+    train({**common, "output": str(low), "instruction": "hierarchy", "fast_tokenizer": None,
+           "fast_fit_chunks": 8, "policy": {**policy_defaults()["state_flow"], "width": 32,
+                                            "depth": 1}})  # fmt: skip
+    train_high_level({**common, "output": str(high), "policy": {
+        **policy_defaults()["high_level"], "width": 32, "heldout_episodes": 0.5}})  # fmt: skip
+    overrides = [
+        "task=pick_place", f"checkpoint={low}", f"high_level={high}", "episodes=2",
+        "seed=1000", "driver.render=false", "failure_prob=1", "disturbance.kinds=[push]",
+        "disturbance.window=[0.1,0.1]", "max_ticks=120", f"output_dir={tmp_path / 'eval'}",
+        'operator_script=[{tick: 40, instruction: "move left", timeout_s: 0.5}]',
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        figures = main(compose(config_name="eval", overrides=overrides))
+    assert figures["episodes"] == 2 and figures["failure_kinds"] == ["push", "push"]
+    for k, kind in enumerate(figures["failure_kinds"]):
+        ticks = RunLog.from_npz(tmp_path / "eval" / f"episode_{k:03d}.npz").ticks
+        marked = set(ticks["injected"].tolist()) - {""}
+        assert marked == ({kind} if kind else set())  # on its ticks, if it fired
+        if kind:
+            onset = figures["push_ticks"][k]
+            assert ticks["injected"][list(ticks["tick"]).index(onset)] == kind
+        sources = dict(zip(ticks["instruction"].tolist(), ticks["instruction_source"].tolist()))
+        assert sources["move left"] == "operator"
+        assert "high_level" in sources.values()
+        chosen = ticks["instruction_source"] == "high_level"
+        assert np.isfinite(ticks["correction"][chosen]).all()
+    assert (tmp_path / "eval" / "instructions.png").is_file()

@@ -13,7 +13,8 @@ SOURCE_COLORS = {"task": "0.8", "high_level": "tab:blue", "operator": "tab:red"}
 
 def plot_instructions(run_log: RunLog, path: str | Path, title: str = "") -> Path:
     """Actions over ticks above a band coloured by who chose the instruction, each change
-    of instruction written where it happens."""
+    of instruction written where it happens; the high level's correction probability (when
+    there is one) over the band, the ticks of an injected failure shaded red."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,6 +27,18 @@ def plot_instructions(run_log: RunLog, path: str | Path, title: str = "") -> Pat
     top.plot(t["tick"], t["action"], linewidth=1)
     top.set_ylabel("action (planned)")
     top.set_title(title)
+    injected = t.get("injected")
+    if injected is not None and (injected != "").any():
+        where = np.flatnonzero(injected != "")
+        top.axvspan(t["tick"][where[0]], t["tick"][where[-1]] + 1, color="tab:red", alpha=0.2,
+                    label=f"injected {injected[where[0]]}")  # fmt: skip
+        top.legend(loc="upper right", fontsize=7)
+    correction = t.get("correction")
+    if correction is not None and np.isfinite(correction).any():
+        flag = band.twinx()
+        flag.plot(t["tick"], correction, color="k", linewidth=1)
+        flag.set_ylim(0, 1)
+        flag.set_ylabel("P(correction)", fontsize=8)
     changes = [0, *np.flatnonzero(t["instruction"][1:] != t["instruction"][:-1]) + 1]
     for start, end in zip(changes, [*changes[1:], len(t["tick"])], strict=True):
         source = str(t["instruction_source"][start])

@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runtime.analysis.stats import wilson_interval
@@ -78,7 +79,11 @@ def main(cfg: DictConfig) -> dict:
     for k, run_log in enumerate(logs):
         run_log.to_npz(out / f"episode_{k:03d}.npz")
     if logs and (cfg.high_level or cfg.operator_script or cfg.operator_address):
-        plot_instructions(logs[0], out / "instructions.png", "episode 0: who chose the instruction")
+        injected = [g.ticks.get("injected", np.array([""])) for g in logs]
+        hit = [k for k, column in enumerate(injected) if (column != "").any()]
+        k = hit[0] if hit else 0  # the first episode with an injected failure, if any
+        title = f"episode {k}: who chose the instruction"
+        plot_instructions(logs[k], out / "instructions.png", title)
     figures |= {
         "executor": cfg.executor.name,
         "clock": cfg.clock,

@@ -43,6 +43,7 @@ waits, by design), ``starved`` (the executor ran out of actions: a stall), ``wat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import queue
@@ -52,6 +53,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
@@ -92,6 +94,10 @@ class HighLevel(Protocol):
     @property
     def instruction(self) -> str | None:
         """The instruction it chose, None before its first prediction."""
+
+    @property
+    def correction(self) -> float | None:
+        """Its probability that a correction is needed (None: not predicted yet)."""
 
 
 @dataclass
@@ -284,6 +290,7 @@ class Controller:
                 lateness_s=lateness,
                 instruction=self.current_instruction,
                 instruction_source=self.instruction_source,
+                correction=getattr(self.high_level, "correction", None),
             )
             if stopping or (done is not None and done()):
                 break
@@ -541,6 +548,21 @@ def start_episode(
     return driver.max_steps if max_ticks is None else min(max_ticks, driver.max_steps)
 
 
+def with_injected_failures(run_log: RunLog, driver: object, seed: int) -> RunLog:
+    """The episode's log with an ``injected`` tick column: the kind of the failure the
+    driver injected ("push", "knock", "drop") on the ticks it acted, '' elsewhere; the log
+    as it is for a driver that injects none (``DisturbedMujocoDriver`` does)."""
+    kinds = getattr(driver, "kinds", None)
+    if kinds is None:
+        return run_log
+    ticks = run_log.ticks["tick"]
+    column = np.full(len(ticks), "", dtype="<U8")
+    if seed in kinds:
+        onset, duration = driver.pushes[seed], driver.disturbance.ticks
+        column[(ticks >= onset) & (ticks < onset + duration)] = kinds[seed]
+    return dataclasses.replace(run_log, ticks={**run_log.ticks, "injected": column})
+
+
 def run_episodes(
     driver: SimDriver,
     client: PolicyClient,
@@ -568,7 +590,8 @@ def run_episodes(
             ticks = start_episode(
                 controller, driver, seed + k, executor_factory() if k > 0 else None, max_ticks
             )
-            run_log = controller.run(ticks, done=driver.success)
+            run_log = with_injected_failures(controller.run(ticks, done=driver.success), driver,
+                                             seed + k)  # fmt: skip
             distance, failure = driver.outcome() if hasattr(driver, "outcome") else (None, None)
             result = EpisodeResult(
                 k, seed + k, driver.success(), len(run_log.ticks["tick"]), run_log,

@@ -26,7 +26,9 @@ class RunLog:
     ticks: tick, wall_s (since the run started), action (T, A) float32 (the planned action
     before clamping; NaN on a hold), chunk and index (-1 on a hold), delay (the estimate d),
     planned, hold_reason ('' when planned), in_flight, lateness_ms, instruction (as sent)
-    and instruction_source (who chose it: 'task', 'high_level' or 'operator').
+    instruction_source (who chose it: 'task', 'high_level' or 'operator') and correction (the
+    high level's smoothed correction probability; NaN without one). Runs with injected
+    failures add ``injected`` (``controller.with_injected_failures``).
     requests: request_id, obs_tick, arrival_tick (-1 unless a chunk came), delay,
     execution_horizon, prev_len (-1: no prev_actions), round_trip_ms, server_ms (NaN unless
     a chunk came), outcome ('chunk', 'error', 'timeout' or 'abandoned').
@@ -128,6 +130,7 @@ class RunRecorder:
         lateness_s: float,
         instruction: str,
         instruction_source: str = "task",
+        correction: float | None = None,
     ) -> None:
         hold = np.full(self.action_dim, np.nan, np.float32)
         _append(
@@ -144,6 +147,7 @@ class RunRecorder:
             lateness_ms=lateness_s * 1000,
             instruction=instruction,
             instruction_source=instruction_source,
+            correction=np.nan if correction is None else correction,
         )
 
     def request(
@@ -190,6 +194,7 @@ TICK_DTYPES = {
     "lateness_ms": np.float64,
     "instruction": str,
     "instruction_source": str,
+    "correction": np.float64,
 }
 REQUEST_DTYPES = {
     "request_id": np.int64,
