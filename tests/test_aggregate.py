@@ -203,7 +203,8 @@ def test_a_hierarchy_evaluation_with_injected_failures_logs_them_and_the_instruc
         if kind:
             onset = figures["push_ticks"][k]
             assert ticks["injected"][list(ticks["tick"]).index(onset)] == kind
-        sources = dict(zip(ticks["instruction"].tolist(), ticks["instruction_source"].tolist()))
+        said, source = ticks["instruction"].tolist(), ticks["instruction_source"].tolist()
+        sources = dict(zip(said, source, strict=True))
         assert sources["move left"] == "operator"
         assert "high_level" in sources.values()
         chosen = ticks["instruction_source"] == "high_level"
