@@ -260,6 +260,17 @@ def test_runner_reads_its_history_and_smooths_its_choice():
     assert runner.correction == pytest.approx(0.225)
 
 
+def test_a_runner_without_corrections_sends_the_step_instruction_whatever_the_flag():
+    from runtime.serving.hierarchy import HighLevelRunner
+
+    flagged = Prediction(np.array([0.2, 0.8]), np.array([1.0]), 0.95)
+    for corrections, expected in ((True, "move left"), (False, "b")):
+        runner = HighLevelRunner(ScriptedHighLevel([flagged]), every=4, corrections=corrections)
+        runner.reset("do it")
+        runner.update(0, lambda: {"tick": 0})
+        assert runner.instruction == expected and runner.correction == pytest.approx(0.95)
+
+
 def test_controller_sends_the_high_level_choice_unless_an_operator_overrides_it(jump_driver):
     from runtime.robot.client import LocalPolicyClient
     from runtime.robot.clock import SimClock

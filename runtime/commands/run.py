@@ -125,7 +125,11 @@ def controller_setup(
         else CurveKeys.from_dir(cfg.operator_curve_keys_dir),
         "operator_script": scripted_operator(cfg.operator_script, cfg.robot_id),
         "high_level": make_high_level(
-            cfg.high_level, cfg.high_level_every, cfg.high_level_smoothing, cfg.hz
+            cfg.high_level,
+            cfg.high_level_every,
+            cfg.high_level_smoothing,
+            cfg.hz,
+            cfg.get("high_level_corrections", True),
         ),
         "stop": stop,
     }

@@ -35,12 +35,19 @@ class HighLevelRunner:
     before the run's first tick they repeat tick 0, as training clamps to the episode start.
     """
 
-    def __init__(self, policy: HighLevelPolicy, every: int = 10, smoothing: float = 0.5) -> None:
+    def __init__(
+        self,
+        policy: HighLevelPolicy,
+        every: int = 10,
+        smoothing: float = 0.5,
+        corrections: bool = True,
+    ) -> None:
         if every < 1:
             raise ValueError(f"high_level_every={every} must be >= 1 tick")
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"high_level_smoothing={smoothing} must be in [0, 1)")
         self.policy, self.every, self.smoothing = policy, every, smoothing
+        self.corrections = corrections  # False: the step instruction always (an ablation)
         self.history, self.stride = policy.config.history, policy.config.stride
         self.reset("")
 
@@ -71,7 +78,7 @@ class HighLevelRunner:
         if self._probs is None:
             return None
         vocab = self.policy.vocab
-        if self.correction > CORRECTION_THRESHOLD and vocab.corrective:
+        if self.corrections and self.correction > CORRECTION_THRESHOLD and vocab.corrective:
             return vocab.corrective[int(np.argmax(self._probs["corrective"]))]
         return vocab.step[int(np.argmax(self._probs["step"]))]
 
@@ -96,8 +103,8 @@ class HighLevelRunner:
         return max(earlier) if earlier else min(self._frames)
 
 
-def make_high_level(path: str | None, every: int, smoothing: float, hz: float
-                    ) -> HighLevelRunner | None:  # fmt: skip
+def make_high_level(path: str | None, every: int, smoothing: float, hz: float,
+                    corrections: bool = True) -> HighLevelRunner | None:  # fmt: skip
     """The runner of the high-level checkpoint at ``path`` (None: no high level)."""
     if path is None:
         return None
@@ -111,4 +118,4 @@ def make_high_level(path: str | None, every: int, smoothing: float, hz: float
             policy.fps,
             hz,
         )
-    return HighLevelRunner(policy, every, smoothing)
+    return HighLevelRunner(policy, every, smoothing, corrections)
