@@ -70,6 +70,39 @@ def test_a_knock_or_a_drop_hits_the_named_cube_and_the_demonstrator_recovers(kin
     env.close()
 
 
+@pytest.mark.parametrize("failure", ["missed_grasp", "drop"])
+def test_the_watching_operator_says_what_a_person_would(failure):
+    """Watching the demonstrator fail: beside the cube at grasp height it gets a direction
+    towards the cube; after a drop, "pick up the dropped cube"; silent on a clean run."""
+    from runtime.robot.operator import WatchingOperator
+    from sim.tasks import make_demonstrator
+
+    env = SimEnv("pick_place", render=False)
+    watcher = WatchingOperator(env, "robot0", hz=env.control_hz)
+
+    def said(failure_prob: float, wanted: str | None) -> list[str]:
+        for seed in range(40):
+            env.reset(seed=seed)
+            demo = make_demonstrator(env, np.random.default_rng(seed), failure_prob)
+            if demo.failure == wanted:
+                break
+        words = []
+        while not demo.done:
+            words += [m.instruction for m in watcher(env.tick)]
+            env.step(demo.act()[0])
+        return words
+
+    words = said(1.0, failure)
+    if failure == "drop":
+        assert "pick up the dropped cube" in words
+    else:
+        assert words and words[0].startswith("move ")
+    assert said(0.0, None) == []
+    with pytest.raises(ValueError, match="cube task"):
+        WatchingOperator(SimEnv("reach", render=False), "robot0", hz=30)
+    env.close()
+
+
 def test_run_with_failure_prob_pushes_the_same_episodes_whatever_the_policy(tmp_path):
     from hydra import compose, initialize_config_dir
 
@@ -210,3 +243,6 @@ def test_a_hierarchy_evaluation_with_injected_failures_logs_them_and_the_instruc
         chosen = ticks["instruction_source"] == "high_level"
         assert np.isfinite(ticks["correction"][chosen]).all()
     assert (tmp_path / "eval" / "instructions.png").is_file()
+    latency = figures["override_latency_ticks"]  # sync, s = 8: the next chunk follows it
+    assert figures["operator_overrides"] == 2 and latency["followed"] == 2
+    assert 0 <= latency["median"] <= latency["max"] <= 8

@@ -53,3 +53,30 @@ def plot_instructions(run_log: RunLog, path: str | Path, title: str = "") -> Pat
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def override_latencies(run_log: RunLog) -> list[int]:
+    """Ticks from each operator override (the first tick its instruction is in force) to the
+    first executed action of a chunk requested with it: how long the robot takes to act on
+    what it was told. An override that ends before any such action counts as not followed
+    and is left out.
+
+    A tick's ``chunk`` is the executor's running chunk number, the k-th chunk delivered in
+    the episode, so its observation tick is that of the k-th request answered with a chunk.
+    """
+    t, r = run_log.ticks, run_log.requests
+    obs_tick = r["obs_tick"][r["outcome"] == "chunk"]  # (chunks,) in delivery order
+    source, said = t["instruction_source"], t["instruction"]
+    starts = [i for i in range(len(source)) if source[i] == "operator"
+              and (i == 0 or source[i - 1] != "operator" or said[i - 1] != said[i])]  # fmt: skip
+    latencies = []
+    for i in starts:
+        start = t["tick"][i]
+        for j in range(i, len(source)):
+            if source[j] != "operator" or said[j] != said[i]:
+                break
+            k = t["chunk"][j]
+            if 0 <= k < len(obs_tick) and obs_tick[k] >= start:
+                latencies.append(int(t["tick"][j] - start))
+                break
+    return latencies

@@ -26,7 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runtime.analysis.stats import wilson_interval
-from runtime.analysis.timeline import plot_instructions
+from runtime.analysis.timeline import override_latencies, plot_instructions
 from runtime.commands import CommandFailed
 from runtime.curve import ClientCurveKeys, CurveKeys
 from runtime.robot.client import (
@@ -40,7 +40,7 @@ from runtime.robot.controller import Controller, EpisodeResult, run_episodes
 from runtime.robot.drivers import Driver, make_driver
 from runtime.robot.drivers.base import RenamedDriver
 from runtime.robot.executors import EXECUTORS, Executor, make_executor
-from runtime.robot.operator import scripted_operator
+from runtime.robot.operator import WatchingOperator, scripted_operator
 from runtime.robot.runlog import RunLog
 from runtime.serving.hierarchy import make_high_level
 from runtime.wire.info import fit_problems
@@ -104,6 +104,19 @@ def main(cfg: DictConfig) -> dict:
     return figures
 
 
+def _watching_operator(cfg: DictConfig, driver: Driver) -> WatchingOperator | None:
+    """The scripted operator watching the simulated robot (``operator_watch.enabled``)."""
+    watch = cfg.get("operator_watch")
+    if not watch or not watch.enabled:
+        return None
+    env = getattr(driver, "env", None)
+    if env is None:
+        raise ValueError("operator_watch watches a simulated robot: use driver=mujoco")
+    return WatchingOperator(
+        env, cfg.robot_id, cfg.hz, watch.threshold, watch.every, watch.timeout_s
+    )
+
+
 def controller_setup(
     cfg: DictConfig, client: PolicyClient, stop: threading.Event, driver: Driver
 ) -> tuple[Callable[[], Executor], dict]:
@@ -124,6 +137,7 @@ def controller_setup(
         if cfg.get("operator_curve_keys_dir") is None
         else CurveKeys.from_dir(cfg.operator_curve_keys_dir),
         "operator_script": scripted_operator(cfg.operator_script, cfg.robot_id),
+        "operator_watch": _watching_operator(cfg, driver),
         "high_level": make_high_level(
             cfg.high_level,
             cfg.high_level_every,
@@ -166,6 +180,17 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         "videos": videos,
         "high_level": cfg.high_level,
     }
+    latencies = [x for r in results for x in override_latencies(r.log)]
+    overrides = sum(_override_count(r.log) for r in results)
+    if overrides:
+        figures |= {
+            "operator_overrides": overrides,
+            "override_latency_ticks": {
+                "followed": len(latencies),
+                "median": statistics.median(latencies) if latencies else None,
+                "max": max(latencies, default=None),
+            },
+        }
     pushes = getattr(driver, "pushes", None)
     if pushes is not None:
         pushed = [r for r in results if r.seed in pushes]
@@ -187,6 +212,13 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
             "pushed_success_rate_ci95": [round(x, 3) for x in wilson_interval(wins, len(pushed))],
         }
     return figures, [r.log for r in results]
+
+
+def _override_count(run_log: RunLog) -> int:
+    """Operator overrides in an episode: the ticks where an operator instruction starts."""
+    source, said = run_log.ticks["instruction_source"], run_log.ticks["instruction"]
+    changed = np.r_[True, (source[1:] != source[:-1]) | (said[1:] != said[:-1])]
+    return int(((source == "operator") & changed).sum())
 
 
 def episode_video(frames: list, result: EpisodeResult, cfg: DictConfig) -> Path:

@@ -126,6 +126,7 @@ class Controller:
         operator_address: str | None = None,
         operator_curve: CurveKeys | None = None,
         operator_script: Sequence[tuple[int, OperatorMessage]] = (),
+        operator_watch: Callable[[int], Sequence[OperatorMessage]] | None = None,
         high_level: HighLevel | None = None,
         seed: int | None = None,
         stop: threading.Event | None = None,
@@ -135,10 +136,12 @@ class Controller:
         and ``EStop`` messages (module docstring: who may send what); operator_curve:
         CURVE keys for it, laid out as a policy server's (``runtime.curve``);
         operator_script: (tick, message) pairs applied at those ticks
-        of every run, as if they had come in on the socket; high_level: picks the instruction
-        unless an operator overrides it; seed: requests carry seed * 2**20 + request_id
-        (reproducible samples); stop: an event that ends ``run`` (e.g. set by a SIGINT
-        handler)."""
+        of every run, as if they had come in on the socket; operator_watch: called every tick
+        with the tick, returns messages of an operator watching the robot (as if they had
+        come in on the socket; ``runtime.robot.operator.WatchingOperator``); high_level:
+        picks the instruction unless an operator overrides it; seed: requests carry
+        seed * 2**20 + request_id (reproducible samples); stop: an event that ends ``run``
+        (e.g. set by a SIGINT handler)."""
         if clock.simulated and inference_delay_ticks is None:
             raise ValueError(
                 "a simulated clock needs inference_delay_ticks (how many ticks an inference "
@@ -160,6 +163,7 @@ class Controller:
         self.seed = seed
         self.high_level = high_level
         self.stop_event = stop if stop is not None else threading.Event()
+        self.operator_watch = operator_watch  # tick -> messages of a watching operator
         self._script: dict[int, list[OperatorMessage]] = {}
         for tick, message in operator_script:
             self._script.setdefault(tick, []).append(message)
@@ -412,7 +416,9 @@ class Controller:
     def _apply_operator_messages(self, tick: int, scripted: bool = True) -> None:
         """Apply what came on the socket (and, with ``scripted``, the script's messages for
         this tick)."""
-        script = self._script.get(tick, ()) if scripted else ()
+        script = list(self._script.get(tick, ())) if scripted else []
+        if scripted and self.operator_watch is not None:
+            script += self.operator_watch(tick)
         for message in [*self._read_operator_socket(), *script]:
             self._messages.put(message)
         for _ in range(MAX_OPERATOR_MESSAGES):
