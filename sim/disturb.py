@@ -12,8 +12,8 @@ On the cube tasks two more kinds (``KINDS``) are the demonstrators' own failures
 the policy: ``knock`` sets the named cube sliding about 4 cm when the open gripper first comes
 within reach of it, ``drop`` opens the gripper for ``duration_s`` when it first carries the
 named cube clear of the table. Each episode draws one of the configured kinds from its seed;
-``knock`` and ``drop`` fire at the first tick after the window's start where their condition
-holds (never, if it never does).
+``knock`` and ``drop`` fire at the first tick where their condition holds (never, if it never
+does); only a push has a random onset in ``window``.
 
 ``Recovery`` is what the task's scripted demonstrator does about it: move back to where the push
 began, labelled as a correction with direction words ("move left", "move back and up"), then
@@ -48,7 +48,7 @@ class Disturbance:
 
     ``probability``: per-episode chance of a failure; ``kinds``: the kinds to draw from
     (``KINDS``); ``window``: earliest and latest onset of a push as fractions of the episode's
-    ``max_steps`` (knocks and drops wait for their condition from the window's start on).
+    ``max_steps`` (knocks and drops wait for their condition from the episode's start on).
     ``onset`` is the tick the failure began (None before it), ``kind`` this episode's kind,
     ``origin`` where the grip site was when a push began.
     """
@@ -101,7 +101,7 @@ class Disturbance:
         if self.kind == "push":
             self.onset = push_onset
         else:
-            self._armed = lo
+            self._armed = 0
 
     @property
     def active(self) -> bool:

@@ -41,7 +41,7 @@ def test_a_knock_or_a_drop_hits_the_named_cube_and_the_demonstrator_recovers(kin
     from sim.tasks import make_demonstrator
 
     env = SimEnv("pick_place", render=False)
-    failure = Disturbance(env, 1.0, duration_s=0.5, window=(0.0, 0.5), kinds=("push", kind))
+    failure = Disturbance(env, 1.0, duration_s=0.5, kinds=("push", kind))
     seed = next(s for s in range(50)
                 if (failure.reset(np.random.default_rng(s)), failure.kind)[1] == kind)  # fmt: skip
     env.reset(seed=1)
