@@ -85,3 +85,21 @@ def test_mistyped_values_are_refused_before_any_work(tmp_path, capsys, override,
     assert info.value.code == 2
     assert expected in capsys.readouterr().err
     assert not out.exists() and not out.with_name("ds.partial").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["train", "dataset=x", "stpes=3"], "'stpes' is not a setting of rtvla train; did you mean 'steps'?"),
+        (["train", "dataset=x", "policy=state_flow", "policy.widht=3"], "did you mean 'policy.width'?"),
+        (["eval", "checkpoint=x", "disturbance.kind=[push]"], "did you mean 'disturbance.kinds'?"),
+        (["trian"], "unknown command 'trian'; did you mean 'train'?"),
+    ],
+)  # fmt: skip
+def test_a_misspelt_key_or_command_suggests_the_nearest_valid_one(capsys, argv, expected):
+    from runtime.commands.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert expected in capsys.readouterr().err

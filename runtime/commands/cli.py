@@ -9,6 +9,7 @@ run's resolved config and log under ``outputs/runs/<subcommand>/<time>/``.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 import logging
@@ -185,13 +186,64 @@ def main(argv: list[str] | None = None) -> None:
         return
     name, overrides = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"rtvla: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        near = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        print(f"rtvla: unknown command {name!r}{hint}\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
     if name in POSITIONAL and overrides and "=" not in overrides[0] and overrides[0][:1] != "-":
         quoted = overrides[0].replace("\\", "\\\\").replace("'", "\\'")
         overrides[0] = f"{POSITIONAL[name]}='{quoted}'"
+    unknown = unknown_keys(name, overrides)
+    if unknown:
+        print(f"rtvla {name}: error: {unknown}", file=sys.stderr)
+        sys.exit(2)
     sys.argv = [f"rtvla {name}", f"hydra.job.name={name}", *overrides]
     _as_hydra_app(name)()
+
+
+def unknown_keys(name: str, overrides: list[str]) -> str:
+    """'' when every ``key=value`` override names a key of the command's config (with the
+    overrides' group choices), else what is unknown and the nearest valid key, before hydra
+    starts. ``+key`` / ``~key``, hydra's own keys and options are left to hydra."""
+    from hydra import compose, initialize_config_dir
+
+    keys = [o.split("=", 1)[0] for o in overrides if "=" in o and o[:1] not in "+~-"]
+    keys = [k for k in keys if k not in GROUPS and not k.startswith("hydra.")]
+    if not keys:
+        return ""
+    chosen = [o for o in overrides if o.split("=", 1)[0] in GROUPS]
+    if name in POLICY_COMMANDS:
+        register_policy_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=chosen)
+    except Exception:  # a bad group choice: hydra's own message says which
+        return ""
+    valid = _dotted_keys(OmegaConf.to_container(cfg, resolve=False))
+    problems = []
+    for key in keys:
+        if key in valid or any(v.startswith(key + ".") for v in valid):
+            continue
+        parent = key.rsplit(".", 1)[0] if "." in key else None
+        if parent in valid and not isinstance(OmegaConf.select(cfg, parent), DictConfig):
+            continue  # inside a free-form value (e.g. a dict left null by default)
+        near = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        problems.append(f"{key!r} is not a setting of rtvla {name}{hint}")
+    if problems:
+        return "; ".join(problems) + f" ('rtvla {name} --help' lists them)"
+    return ""
+
+
+def _dotted_keys(tree: object, prefix: str = "") -> list[str]:
+    """Every key of a nested dict, dotted: ``policy``, ``policy.width``, ..."""
+    if not isinstance(tree, dict):
+        return []
+    keys = []
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        keys += [key, *_dotted_keys(v, key + ".")]
+    return keys
 
 
 register_configs()
