@@ -90,8 +90,10 @@ def test_mistyped_values_are_refused_before_any_work(tmp_path, capsys, override,
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["train", "dataset=x", "stpes=3"], "'stpes' is not a setting of rtvla train; did you mean 'steps'?"),
-        (["train", "dataset=x", "policy=state_flow", "policy.widht=3"], "did you mean 'policy.width'?"),
+        (["train", "dataset=x", "stpes=3"], "'stpes' is not a setting of rtvla train; did you "
+                                            "mean 'steps'?"),
+        (["train", "dataset=x", "policy=state_flow", "policy.widht=3"],
+         "did you mean 'policy.width'?"),
         (["eval", "checkpoint=x", "disturbance.kind=[push]"], "did you mean 'disturbance.kinds'?"),
         (["trian"], "unknown command 'trian'; did you mean 'train'?"),
     ],
