@@ -10,7 +10,7 @@ a ``Disturbance`` takes over the arm's commands at a random tick and drags the g
 command; afterwards the policy's commands apply again, from wherever the arm was left.
 On the cube tasks two more kinds (``KINDS``) are the demonstrators' own failures, now hitting
 the policy: ``knock`` sets the named cube sliding about 4 cm when the open gripper first comes
-within reach of it, ``drop`` opens the gripper for ``duration_s`` when it first carries the
+down within reach of it (below 10 cm, within 5 cm horizontally), ``drop`` opens the gripper for ``duration_s`` when it first carries the
 named cube clear of the table. Each episode draws one of the configured kinds from its seed;
 ``knock`` and ``drop`` fire at the first tick where their condition holds (never, if it never
 does); only a push has a random onset in ``window``.
@@ -40,6 +40,7 @@ MIN_RADIUS, MAX_RADIUS = 0.08, 0.24  # m, a push never leaves this ring around t
 KINDS = ("push", "knock", "drop")  # failure kinds a Disturbance can inject
 KNOCK_DISTANCE = 0.04  # m, how far a knocked cube slides
 KNOCK_REACH = 0.05  # m, horizontal grip-to-cube distance at which the knock fires
+KNOCK_HEIGHT = 0.10  # m, grip site height below which it fires (approaching, not passing over)
 DROP_HEIGHT = 0.04  # m, cube height above which a held cube counts as carried
 
 
@@ -138,7 +139,7 @@ class Disturbance:
             if task.holding(task.color) and cube[2] > DROP_HEIGHT:
                 self.onset = self.env.tick
             return
-        near = np.linalg.norm((cube - grip)[:2]) < KNOCK_REACH
+        near = np.linalg.norm((cube - grip)[:2]) < KNOCK_REACH and grip[2] < KNOCK_HEIGHT
         if near and not task.holding(task.color):
             self.onset = self.env.tick
             task.push(task.color, self._knock_velocity(cube))
