@@ -228,9 +228,13 @@ def episode_video(frames: list, result: EpisodeResult, cfg: DictConfig) -> Path:
     ticks = result.log.ticks
     n = min(len(frames), len(ticks["tick"]))
     verdict = "success" if result.success else f"failure: {result.failure}"
+    injected = ticks.get("injected", np.full(n, ""))
+    flag = ticks.get("correction", np.full(n, np.nan))
     captions = [
         [str(ticks["instruction"][i]),
          f"tick {i}  seed {result.seed}  {cfg.executor.name}  ({ticks['instruction_source'][i]})"
+         + (f"  P(correction) {flag[i]:.2f}" if np.isfinite(flag[i]) else "")
+         + (f"  INJECTED {injected[i].upper()}" if injected[i] else "")
          + (f"  -> {verdict}" if i == n - 1 else "")]
         for i in range(n)
     ]  # fmt: skip
