@@ -154,7 +154,7 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
     videos: list[str] = []
 
     def save_video(result: EpisodeResult) -> None:
-        if result.episode < cfg.get("video_episodes", 0) and getattr(driver, "frames", None):
+        if result.episode < _video_episodes(cfg) and getattr(driver, "frames", None):
             videos.append(str(episode_video(driver.frames, result, cfg)))
 
     results = run_episodes(
@@ -221,6 +221,11 @@ def _override_count(run_log: RunLog) -> int:
     return int(((source == "operator") & changed).sum())
 
 
+def _video_episodes(cfg: DictConfig) -> int:
+    """How many episodes get a video: all with ``video=true``, else ``video_episodes``."""
+    return cfg.episodes if cfg.get("video", False) else cfg.get("video_episodes", 0)
+
+
 def episode_video(frames: list, result: EpisodeResult, cfg: DictConfig) -> Path:
     """The episode's cameras with its instruction (and who chose it) per tick, as a video."""
     from runtime.analysis.video import write_video
@@ -230,9 +235,13 @@ def episode_video(frames: list, result: EpisodeResult, cfg: DictConfig) -> Path:
     verdict = "success" if result.success else f"failure: {result.failure}"
     injected = ticks.get("injected", np.full(n, ""))
     flag = ticks.get("correction", np.full(n, np.nan))
+    chunk = ticks["chunk"]
+    seam = np.r_[False, (chunk[1:] != chunk[:-1]) & (chunk[1:] >= 0)]  # a new chunk starts
     captions = [
         [str(ticks["instruction"][i]),
          f"tick {i}  seed {result.seed}  {cfg.executor.name}  ({ticks['instruction_source'][i]})"
+         + (f"  chunk {chunk[i]}" if chunk[i] >= 0 else "  hold")
+         + ("  | SEAM" if seam[i] else "")
          + (f"  P(correction) {flag[i]:.2f}" if np.isfinite(flag[i]) else "")
          + (f"  INJECTED {injected[i].upper()}" if injected[i] else "")
          + (f"  -> {verdict}" if i == n - 1 else "")]
@@ -331,7 +340,7 @@ def _make_driver(cfg: DictConfig) -> Driver:
             "seed": cfg.seed,
             "render": cfg.driver.render,
             "action_noise": cfg.task.action_noise,
-            "keep_frames": cfg.get("video_episodes", 0) > 0 and cfg.driver.render,
+            "keep_frames": _video_episodes(cfg) > 0 and cfg.driver.render,
         }
         if failure_prob == 0:
             return make_driver("mujoco", **options)
