@@ -9,8 +9,9 @@ a ``Disturbance`` takes over the arm's commands at a random tick and drags the g
 ``duration_s`` (a bump, or a hand pulling the arm aside), holding the policy's gripper
 command; afterwards the policy's commands apply again, from wherever the arm was left.
 On the cube tasks two more kinds (``KINDS``) are the demonstrators' own failures, now hitting
-the policy: ``knock`` sets the named cube sliding about 4 cm when the open gripper first comes
-down within reach of it (below 10 cm, within 5 cm horizontally), ``drop`` opens the gripper for ``duration_s`` when it first carries the
+the policy: ``knock`` sets the named cube sliding about 4 cm (to a free spot where cubes
+start) when the open gripper first comes down within reach of it (below 10 cm, within 5 cm
+horizontally), ``drop`` opens the gripper for ``duration_s`` when it first carries the
 named cube clear of the table. Each episode draws one of the configured kinds from its seed;
 ``knock`` and ``drop`` fire at the first tick where their condition holds (never, if it never
 does); only a push has a random onset in ``window``.
@@ -31,7 +32,7 @@ from sim.ik import DiffIK, min_jerk
 from sim.robot import GRIPPER_OPEN
 from sim.tasks import Labels, make_demonstrator
 from sim.tasks.base import Step, direction_words
-from sim.tasks.pick_place import CUBE_FRICTION
+from sim.tasks.pick_place import BINS, COLORS, CUBE_FRICTION, in_workspace, wall_distance
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
@@ -41,6 +42,7 @@ KINDS = ("push", "knock", "drop")  # failure kinds a Disturbance can inject
 KNOCK_DISTANCE = 0.04  # m, how far a knocked cube slides
 KNOCK_REACH = 0.05  # m, horizontal grip-to-cube distance at which the knock fires
 KNOCK_HEIGHT = 0.10  # m, grip site height below which it fires (approaching, not passing over)
+KNOCK_CLEARANCE = 0.05  # m, a knocked cube ends at least this far from other cubes and bins
 DROP_HEIGHT = 0.04  # m, cube height above which a held cube counts as carried
 
 
@@ -146,14 +148,24 @@ class Disturbance:
 
     def _knock_velocity(self, cube: np.ndarray) -> np.ndarray:
         """A sliding velocity (3,) carrying the cube ``KNOCK_DISTANCE`` in the episode's drawn
-        direction, turned as little as needed to keep it on the workspace."""
-        for turn in np.linspace(0, 2 * np.pi, 12, endpoint=False):
-            a = self._angle + turn
-            direction = np.array([np.cos(a), np.sin(a)])
-            if MIN_RADIUS <= np.linalg.norm(cube[:2] + KNOCK_DISTANCE * direction) <= MAX_RADIUS:
-                break
+        direction, turned as little as needed to end where cubes start (``in_workspace``) and
+        ``KNOCK_CLEARANCE`` clear of the other cubes and the bins, as the demonstrator's own
+        knocks do (the most clearance if no direction has enough)."""
+        task = self.env.task
+        others = [task.cube_pos(c)[:2] for c in COLORS if c != task.color]
+
+        def clearance(end: np.ndarray) -> float:
+            walls = [wall_distance(end, np.array(center)) for center in BINS.values()]
+            return min([np.linalg.norm(end - o) for o in others] + walls)
+
+        turns = self._angle + np.linspace(0, 2 * np.pi, 12, endpoint=False)
+        ends = [cube[:2] + KNOCK_DISTANCE * np.array([np.cos(a), np.sin(a)]) for a in turns]
+        fits = [
+            i for i, e in enumerate(ends) if in_workspace(e) and clearance(e) >= KNOCK_CLEARANCE
+        ]
+        i = fits[0] if fits else int(np.argmax([clearance(e) for e in ends]))
         speed = np.sqrt(2 * CUBE_FRICTION * 9.81 * KNOCK_DISTANCE)  # v^2 = 2 mu g d
-        return speed * np.array([*direction, 0.0])
+        return speed * np.array([np.cos(turns[i]), np.sin(turns[i]), 0.0])
 
     def _start(self) -> None:
         self._q = self.env.data.qpos[self.env.robot.qpos[:5]].copy()  # (5,) actual joints
