@@ -4,6 +4,7 @@ Reads each run's ``summary.json`` (``rtvla eval`` / ``rtvla run``, ``output_dir=
 JSON line with, per variant, episodes, success and its interval, and, for runs with injected
 failures, the episodes a failure hit, the share recovered from (success despite it) and its
 interval, per failure kind too; with ``--out``, a bar chart of both with their intervals.
+``NAME=DIR1,DIR2`` pools the episodes of several runs of one variant (e.g. more seeds).
 
     uv run python bench/compare_evals.py flat=outputs/eval/A hierarchy=outputs/eval/B --out fig.png
 """
@@ -22,6 +23,40 @@ def read(path: Path) -> dict:
     if not summary.is_file():
         raise SystemExit(f"{summary} does not exist: pass the output_dir= of `rtvla eval`")
     return json.loads(summary.read_text())
+
+
+def pool(summaries: list[dict]) -> dict:
+    """The counts ``row`` reads, summed over several runs of one variant."""
+    if len(summaries) == 1:
+        return summaries[0]
+    out = {"episodes": 0, "success_rate": 0.0, "pushed_episodes": 0, "pushed_success_rate": 0.0,
+           "recovered_by_kind": {}, "operator_overrides": 0, "failures": {}}  # fmt: skip
+    wins = hit = won = 0
+    latencies = []
+    for d in summaries:
+        out["episodes"] += d["episodes"]
+        wins += round(d["success_rate"] * d["episodes"])
+        if d.get("pushed_episodes"):
+            hit += d["pushed_episodes"]
+            won += round(d["pushed_success_rate"] * d["pushed_episodes"])
+        for k, v in d.get("recovered_by_kind", {}).items():
+            slot = out["recovered_by_kind"].setdefault(k, {"episodes": 0, "recovered": 0})
+            slot["episodes"] += v["episodes"]
+            slot["recovered"] += v["recovered"]
+        for k, v in d.get("failures", {}).items():
+            out["failures"][k] = out["failures"].get(k, 0) + v
+        out["operator_overrides"] += d.get("operator_overrides", 0)
+        if d.get("override_latency_ticks"):
+            latencies.append(d["override_latency_ticks"])
+    out["success_rate"] = wins / out["episodes"]
+    out["pushed_episodes"], out["pushed_success_rate"] = hit, (won / hit if hit else None)
+    if latencies:
+        out["override_latency_ticks"] = {
+            "followed": sum(x["followed"] for x in latencies),
+            "max": max(x["max"] for x in latencies if x["max"] is not None),
+            "median_per_run": [x["median"] for x in latencies],
+        }
+    return out
 
 
 def row(d: dict) -> dict:
@@ -89,7 +124,7 @@ def main() -> None:
         name, _, path = spec.partition("=")
         if not path:
             raise SystemExit(f"{spec!r}: pass NAME=EVAL_OUTPUT_DIR")
-        rows[name] = row(read(Path(path)))
+        rows[name] = row(pool([read(Path(p)) for p in path.split(",")]))
     if args.out is not None:
         plot(rows, args.out, args.title)
     print(json.dumps({"bench": "compare_evals", **rows}))
