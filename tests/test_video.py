@@ -59,3 +59,21 @@ def test_video_true_writes_every_episode(tmp_path):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         figures = main(compose(config_name="run", overrides=overrides))
     assert [v[-7:-4] for v in figures["videos"]] == ["000", "001"]
+
+
+def test_a_run_with_injected_failures_still_writes_its_video(tmp_path):
+    pytest.importorskip("mujoco")
+    pytest.importorskip("av")
+    from hydra import compose, initialize_config_dir
+
+    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.run import main
+
+    overrides = [
+        "task=reach", "executor=naive", "executor.execution_horizon=4", "episodes=1",
+        "max_ticks=6", "synthetic.chunk_length=12", "synthetic.num_steps=2", "video=true",
+        "failure_prob=1", "disturbance.window=[0.0,0.0]", f"output_dir={tmp_path}",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        figures = main(compose(config_name="run", overrides=overrides))
+    assert figures["failure_kinds"] == ["push"] and len(figures["videos"]) == 1

@@ -52,4 +52,4 @@ class DisturbedMujocoDriver(MujocoDriver):
         command = push(self._limits.check(action))  # a knock or a drop may fire here
         if push.active and self.env.tick == push.onset:
             self.pushes[self._seed], self.kinds[self._seed] = push.onset, push.kind
-        self._obs = self.env.step(command)
+        self.step_command(command)

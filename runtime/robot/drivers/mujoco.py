@@ -63,7 +63,11 @@ class MujocoDriver(DriverContext):
 
     def act(self, action: np.ndarray) -> None:
         """Step the simulation one control tick towards ``action`` (clipped to the ctrlrange)."""
-        self._obs = self.env.step(self._limits.check(action))
+        self.step_command(self._limits.check(action))
+
+    def step_command(self, command: np.ndarray) -> None:
+        """One control tick with a checked ``command`` (6,), keeping the frame if asked to."""
+        self._obs = self.env.step(command)
         if self.keep_frames:
             cams = [self._obs[k] for k in sorted(self._obs) if k.startswith(IMAGES)]
             if cams:
