@@ -103,7 +103,7 @@ class Disturbance:
         self.kind: str | None = kind if failing else None
         if self.kind == "push":
             self.onset = push_onset
-        else:
+        elif self.kind is not None:
             self._armed = 0
 
     @property
@@ -136,7 +136,7 @@ class Disturbance:
         """Fire a knock or a drop at this tick if its condition holds."""
         task = self.env.task
         cube = task.cube_pos(task.color)  # (3,)
-        grip = self.env.data.site_xpos[task._site]  # (3,)
+        grip = self.env.data.site_xpos[self.env.robot.grip_site]  # (3,)
         if self.kind == "drop":
             if task.holding(task.color) and cube[2] > DROP_HEIGHT:
                 self.onset = self.env.tick
