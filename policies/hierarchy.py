@@ -144,6 +144,7 @@ class HighLevelConfig:
     augment_shift: int = 4  # training only: random image shift of up to this many pixels
     heldout_episodes: float = 0.1  # training: share of episodes held out to score each head
     scene_state: bool = False  # also read observation.environment_state (on without cameras)
+    flag_pos_weight: float = 1.0  # weight of correction frames in the flag loss (they are rare)
     env_state_dim: int = 0  # size of observation.environment_state read (0: none)
 
     def __post_init__(self) -> None:
@@ -236,7 +237,10 @@ class HighLevelModel(nn.Module):
             corrective_ce = F.cross_entropy(out["corrective"][valid], target[valid])
         else:
             corrective_ce = out["step"].sum() * 0.0
-        flag = F.binary_cross_entropy_with_logits(out["correction"], batch["correction"].float())
+        flag = F.binary_cross_entropy_with_logits(
+            out["correction"], batch["correction"].float(),
+            pos_weight=out["correction"].new_tensor(self.config.flag_pos_weight),
+        )  # fmt: skip
         loss = step_ce + corrective_ce + flag
         return loss, {"loss": loss, "step_ce": step_ce, "corrective_ce": corrective_ce,
                       "correction_bce": flag}  # fmt: skip
