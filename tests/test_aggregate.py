@@ -120,6 +120,13 @@ def test_run_with_failure_prob_pushes_the_same_episodes_whatever_the_policy(tmp_
 
     a, b = run(2, "a"), run(3, "b")
     assert a["push_ticks"] == b["push_ticks"]  # drawn from the episode seeds alone
+    from runtime.robot.runlog import RunLog
+
+    ticks = RunLog.from_npz(tmp_path / "a" / "episode_000.npz").ticks
+    states = ticks["observation.state"]  # the joint state at the start of every tick
+    assert states.shape == (len(ticks["tick"]), 6) and np.isfinite(states).all()
+    env = SimEnv("reach", render=False)
+    assert np.allclose(states[0], env.reset(seed=0)["observation.state"])  # episode 0: seed 0
     pushed = [t for t in a["push_ticks"] if t is not None]
     assert 0 < len(pushed) == a["pushed_episodes"] < 4
     assert a["pushed_success_rate"] == 0.0 and len(a["pushed_success_rate_ci95"]) == 2

@@ -569,6 +569,18 @@ def with_injected_failures(run_log: RunLog, driver: object, seed: int) -> RunLog
     return dataclasses.replace(run_log, ticks={**run_log.ticks, "injected": column})
 
 
+def with_sim_states(run_log: RunLog, driver: object) -> RunLog:
+    """The episode's log with an ``observation.state`` tick column (T, S): the joint state at
+    the start of each tick, from a simulator driver that keeps it (``MujocoDriver.states``),
+    so the run can be replayed and compared; the log as it is for other drivers."""
+    states = getattr(driver, "states", None)
+    n = len(run_log.ticks["tick"])
+    if not states or len(states) < n:
+        return run_log
+    column = np.stack(states[:n]).astype(np.float32)
+    return dataclasses.replace(run_log, ticks={**run_log.ticks, "observation.state": column})
+
+
 def run_episodes(
     driver: SimDriver,
     client: PolicyClient,
@@ -596,8 +608,8 @@ def run_episodes(
             ticks = start_episode(
                 controller, driver, seed + k, executor_factory() if k > 0 else None, max_ticks
             )
-            run_log = with_injected_failures(controller.run(ticks, done=driver.success), driver,
-                                             seed + k)  # fmt: skip
+            run_log = controller.run(ticks, done=driver.success)
+            run_log = with_sim_states(with_injected_failures(run_log, driver, seed + k), driver)
             distance, failure = driver.outcome() if hasattr(driver, "outcome") else (None, None)
             result = EpisodeResult(
                 k, seed + k, driver.success(), len(run_log.ticks["tick"]), run_log,

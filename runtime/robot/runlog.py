@@ -28,7 +28,9 @@ class RunLog:
     planned, hold_reason ('' when planned), in_flight, lateness_ms, instruction (as sent)
     instruction_source (who chose it: 'task', 'high_level' or 'operator') and correction (the
     high level's smoothed correction probability; NaN without one). Runs with injected
-    failures add ``injected`` (``controller.with_injected_failures``).
+    failures add ``injected`` (``controller.with_injected_failures``), simulator runs
+    ``observation.state`` (T, S), the joint state at the start of each tick
+    (``controller.with_sim_states``).
     requests: request_id, obs_tick, arrival_tick (-1 unless a chunk came), delay,
     execution_horizon, prev_len (-1: no prev_actions), round_trip_ms, server_ms (NaN unless
     a chunk came), outcome ('chunk', 'error', 'timeout' or 'abandoned').

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.robot.drivers.base import ActionLimits, DriverContext, Observation
-from runtime.wire.keys import IMAGES
+from runtime.wire.keys import IMAGES, STATE
 from sim import JOINT_NAMES, SimEnv
 
 # Rate limits, a little above the scripted demonstrators' fastest commands (joints capped at
@@ -41,6 +41,7 @@ class MujocoDriver(DriverContext):
         self.seed = seed
         self.keep_frames = keep_frames  # keep this episode's camera frames, one per tick
         self.frames: list[np.ndarray] = []  # (h, n_cams * w, 3) uint8, cameras side by side
+        self.states: list[np.ndarray] = []  # observation.state at the start of every tick
         self.env = SimEnv(
             task,
             image_size=image_size,
@@ -68,6 +69,7 @@ class MujocoDriver(DriverContext):
     def step_command(self, command: np.ndarray) -> None:
         """One control tick with a checked ``command`` (6,), keeping the frame if asked to."""
         self._obs = self.env.step(command)
+        self.states.append(np.asarray(self._obs[STATE], np.float32))
         if self.keep_frames:
             cams = [self._obs[k] for k in sorted(self._obs) if k.startswith(IMAGES)]
             if cams:
@@ -87,6 +89,7 @@ class MujocoDriver(DriverContext):
         """Start a new episode (a new scene and instruction drawn from ``seed``)."""
         self._obs = self.env.reset(seed=seed)
         self.frames = []
+        self.states = [np.asarray(self._obs[STATE], np.float32)]
         return self._obs
 
     def success(self) -> bool:
