@@ -43,7 +43,8 @@ def test_no_video_without_cameras(tmp_path):
     assert figures["videos"] == []
 
 
-def test_video_true_writes_every_episode(tmp_path):
+def run_reach(tmp_path, *extra: str) -> dict:
+    """``rtvla run`` on reach with the synthetic policy, 6 ticks per episode, videos on."""
     pytest.importorskip("mujoco")
     pytest.importorskip("av")
     from hydra import compose, initialize_config_dir
@@ -52,28 +53,19 @@ def test_video_true_writes_every_episode(tmp_path):
     from runtime.commands.run import main
 
     overrides = [
-        "task=reach", "executor=naive", "executor.execution_horizon=4", "episodes=2",
-        "max_ticks=6", "synthetic.chunk_length=12", "synthetic.num_steps=2", "video=true",
-        f"output_dir={tmp_path}",
+        "task=reach", "executor=naive", "executor.execution_horizon=4", "max_ticks=6",
+        "synthetic.chunk_length=12", "synthetic.num_steps=2", "video=true",
+        f"output_dir={tmp_path}", *extra,
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        figures = main(compose(config_name="run", overrides=overrides))
+        return main(compose(config_name="run", overrides=overrides))
+
+
+def test_video_true_writes_every_episode(tmp_path):
+    figures = run_reach(tmp_path, "episodes=2")
     assert [v[-7:-4] for v in figures["videos"]] == ["000", "001"]
 
 
 def test_a_run_with_injected_failures_still_writes_its_video(tmp_path):
-    pytest.importorskip("mujoco")
-    pytest.importorskip("av")
-    from hydra import compose, initialize_config_dir
-
-    from runtime.commands.cli import CONFIG_DIR
-    from runtime.commands.run import main
-
-    overrides = [
-        "task=reach", "executor=naive", "executor.execution_horizon=4", "episodes=1",
-        "max_ticks=6", "synthetic.chunk_length=12", "synthetic.num_steps=2", "video=true",
-        "failure_prob=1", "disturbance.window=[0.0,0.0]", f"output_dir={tmp_path}",
-    ]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        figures = main(compose(config_name="run", overrides=overrides))
+    figures = run_reach(tmp_path, "episodes=1", "failure_prob=1", "disturbance.window=[0.0,0.0]")
     assert figures["failure_kinds"] == ["push"] and len(figures["videos"]) == 1
