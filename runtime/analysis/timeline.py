@@ -55,6 +55,13 @@ def plot_instructions(run_log: RunLog, path: str | Path, title: str = "") -> Pat
     return Path(path)
 
 
+def override_starts(run_log: RunLog) -> list[int]:
+    """Rows where an operator override comes into force (a new operator instruction)."""
+    source, said = run_log.ticks["instruction_source"], run_log.ticks["instruction"]
+    changed = np.r_[True, (source[1:] != source[:-1]) | (said[1:] != said[:-1])]
+    return np.flatnonzero((source == "operator") & changed).tolist()
+
+
 def override_latencies(run_log: RunLog) -> list[int]:
     """Ticks from each operator override (the first tick its instruction is in force) to the
     first executed action of a chunk requested with it: how long the robot takes to act on
@@ -67,10 +74,8 @@ def override_latencies(run_log: RunLog) -> list[int]:
     t, r = run_log.ticks, run_log.requests
     obs_tick = r["obs_tick"][r["outcome"] == "chunk"]  # (chunks,) in delivery order
     source, said = t["instruction_source"], t["instruction"]
-    starts = [i for i in range(len(source)) if source[i] == "operator"
-              and (i == 0 or source[i - 1] != "operator" or said[i - 1] != said[i])]  # fmt: skip
     latencies = []
-    for i in starts:
+    for i in override_starts(run_log):
         start = t["tick"][i]
         for j in range(i, len(source)):
             if source[j] != "operator" or said[j] != said[i]:

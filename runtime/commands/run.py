@@ -26,7 +26,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from runtime.analysis.stats import wilson_interval
-from runtime.analysis.timeline import override_latencies, plot_instructions
+from runtime.analysis.timeline import override_latencies, override_starts, plot_instructions
 from runtime.commands import CommandFailed
 from runtime.curve import ClientCurveKeys, CurveKeys
 from runtime.robot.client import (
@@ -181,7 +181,7 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
         "high_level": cfg.high_level,
     }
     latencies = [x for r in results for x in override_latencies(r.log)]
-    overrides = sum(_override_count(r.log) for r in results)
+    overrides = sum(len(override_starts(r.log)) for r in results)
     if overrides:
         figures |= {
             "operator_overrides": overrides,
@@ -212,13 +212,6 @@ def _run_episodes(cfg, driver, client, executor_factory, options) -> tuple[dict,
             "pushed_success_rate_ci95": [round(x, 3) for x in wilson_interval(wins, len(pushed))],
         }
     return figures, [r.log for r in results]
-
-
-def _override_count(run_log: RunLog) -> int:
-    """Operator overrides in an episode: the ticks where an operator instruction starts."""
-    source, said = run_log.ticks["instruction_source"], run_log.ticks["instruction"]
-    changed = np.r_[True, (source[1:] != source[:-1]) | (said[1:] != said[:-1])]
-    return int(((source == "operator") & changed).sum())
 
 
 def _video_episodes(cfg: DictConfig) -> int:
