@@ -32,7 +32,7 @@ from sim.ik import DiffIK, min_jerk
 from sim.robot import GRIPPER_OPEN
 from sim.tasks import Labels, make_demonstrator
 from sim.tasks.base import Step, direction_words
-from sim.tasks.pick_place import BINS, COLORS, CUBE_FRICTION, in_workspace, wall_distance
+from sim.tasks.pick_place import clearance, in_workspace, slide_speed, words_towards_cube
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
@@ -152,20 +152,12 @@ class Disturbance:
         ``KNOCK_CLEARANCE`` clear of the other cubes and the bins, as the demonstrator's own
         knocks do (the most clearance if no direction has enough)."""
         task = self.env.task
-        others = [task.cube_pos(c)[:2] for c in COLORS if c != task.color]
-
-        def clearance(end: np.ndarray) -> float:
-            walls = [wall_distance(end, np.array(center)) for center in BINS.values()]
-            return min([np.linalg.norm(end - o) for o in others] + walls)
-
         turns = self._angle + np.linspace(0, 2 * np.pi, 12, endpoint=False)
         ends = [cube[:2] + KNOCK_DISTANCE * np.array([np.cos(a), np.sin(a)]) for a in turns]
-        fits = [
-            i for i, e in enumerate(ends) if in_workspace(e) and clearance(e) >= KNOCK_CLEARANCE
-        ]
-        i = fits[0] if fits else int(np.argmax([clearance(e) for e in ends]))
-        speed = np.sqrt(2 * CUBE_FRICTION * 9.81 * KNOCK_DISTANCE)  # v^2 = 2 mu g d
-        return speed * np.array([np.cos(turns[i]), np.sin(turns[i]), 0.0])
+        room = [clearance(task, [e]) for e in ends]
+        fits = [i for i, e in enumerate(ends) if in_workspace(e) and room[i] >= KNOCK_CLEARANCE]
+        i = fits[0] if fits else int(np.argmax(room))
+        return slide_speed(KNOCK_DISTANCE) * np.array([np.cos(turns[i]), np.sin(turns[i]), 0.0])
 
     def _start(self) -> None:
         self._q = self.env.data.qpos[self.env.robot.qpos[:5]].copy()  # (5,) actual joints
@@ -227,7 +219,5 @@ def recovery_fix(env: SimEnv, kind: str) -> str:
     if kind == "drop":
         return "pick up the dropped cube"
     task = env.task
-    error = (task.cube_pos(task.color) - env.data.site_xpos[env.robot.grip_site])[:2]
-    if np.linalg.norm(error) < 0.01:
-        return f"move above the {task.color} cube"
-    return direction_words(error)
+    site = env.data.site_xpos[env.robot.grip_site]
+    return words_towards_cube(task, site, fallback=f"move above the {task.color} cube")

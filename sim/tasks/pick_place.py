@@ -221,6 +221,26 @@ RELEASE_Z = 0.05  # m, grip site height when letting go above a bin
 FINGER_REACH = 0.034  # m, open finger centre from the grip site along the closing axis
 
 
+def words_towards_cube(task: PickPlace, site: np.ndarray, fallback: str) -> str:
+    """Words from the grip ``site`` (3,) towards the named cube ("move left", ...), or
+    ``fallback`` within 1 cm of above it (the demonstrator's and a takeover's correction)."""
+    error = (task.cube_pos(task.color) - site)[:2]
+    return direction_words(error) if np.linalg.norm(error) >= 0.01 else fallback
+
+
+def clearance(task: PickPlace, points: list[np.ndarray]) -> float:
+    """Smallest horizontal distance from ``points`` (2,) to a distractor cube or a bin wall."""
+    others = [task.cube_pos(c)[:2] for c in COLORS if c != task.color]
+    cubes = [np.linalg.norm(p - o) for p in points for o in others]
+    walls = [wall_distance(p, np.array(c)) for p in points for c in BINS.values()]
+    return min(cubes + walls)
+
+
+def slide_speed(distance: float) -> float:
+    """The speed (m/s) at which a cube slides ``distance`` m on the table (v^2 = 2 mu g d)."""
+    return math.sqrt(2 * CUBE_FRICTION * 9.81 * distance)
+
+
 def wall_distance(xy: np.ndarray, center: np.ndarray) -> float:
     """Horizontal distance from ``xy`` (2,) to the walls of the bin centred at ``center`` (2,)."""
     d = np.abs(xy - center)
@@ -311,8 +331,7 @@ class PickPlaceDemonstrator(Demonstrator):
 
     def _towards_cube(self, fallback: str) -> str:
         """Words towards the cube ("move left", ...), or ``fallback`` if already above it."""
-        error = (self.task.cube_pos(self.task.color) - self.site_pos())[:2]
-        return direction_words(error) if np.linalg.norm(error) >= 0.01 else fallback
+        return words_towards_cube(self.task, self.site_pos(), fallback)
 
     def _others(self) -> list[np.ndarray]:
         """Horizontal positions of the distractor cubes."""
@@ -320,9 +339,7 @@ class PickPlaceDemonstrator(Demonstrator):
 
     def _clearance(self, points: list[np.ndarray]) -> float:
         """Smallest horizontal distance from ``points`` to a distractor cube or a bin wall."""
-        cubes = [np.linalg.norm(p - o) for p in points for o in self._others()]
-        walls = [wall_distance(p, np.array(c)) for p in points for c in BINS.values()]
-        return min(cubes + walls)
+        return clearance(self.task, points)
 
     def _grasp_yaw(self, cube: np.ndarray) -> float:
         """Closing-axis yaw for a grasp: along a pair of faces, fingers clear of distractors,
@@ -355,7 +372,7 @@ class PickPlaceDemonstrator(Demonstrator):
             return min(self._clearance([end]), 0.08) + 0.1 * in_workspace(end)
 
         a = max(angles, key=score)
-        speed = math.sqrt(2 * CUBE_FRICTION * 9.81 * 0.04)  # v^2 = 2 mu g d
+        speed = slide_speed(0.04)
         return speed * np.array([np.cos(a), np.sin(a), 0.0])
 
     def _drop_point(self, start: np.ndarray, bin_pos: np.ndarray) -> np.ndarray:
