@@ -352,7 +352,7 @@ def sweep_tables(sweep: dict) -> list[str]:
     if isinstance(seams, dict) and seams:
         parts.append(
             f"Seams between chunks{where} (joint change at a seam over within-chunk "
-            f"changes; jerk in rad/s^3):\n\n" + seams_table(seams)
+            f"changes; jerk in action units/s^3):\n\n" + seams_table(seams)
         )
     if isinstance(by_delay, dict) and by_delay:
         rows = [[executor, f"{d}", cell.get("chunk_ms_p50"), cell.get("chunk_ms_p99")]

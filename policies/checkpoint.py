@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from policies.fast import FastTokenizer
-from policies.features import ACTION
+from policies.features import ACTION, STATE
 from policies.normalize import Normalizer
 from policies.vla import VLA, VLAConfig
 
@@ -247,10 +247,13 @@ INFERENCE_FILES = (
 )
 
 
-def export_checkpoint(path: str | Path, output: str | Path) -> Path:
+def export_checkpoint(
+    path: str | Path, output: str | Path, convert: Callable[[Path], None] | None = None
+) -> Path:
     """Copy what inference needs from a checkpoint (or a run's newest) to ``output``: the EMA
     weights, normalization stats, tokenizer and config (and ``hf_backbone/``), without the
-    optimizer state that ``resume`` needs. Written atomically; an existing ``output`` is refused."""
+    optimizer state that ``resume`` needs. ``convert`` may rewrite the copy before it is moved
+    into place. Written atomically; an existing ``output`` is refused."""
     folder, output = resolve_checkpoint(path), Path(output)
     if output.exists():
         raise FileExistsError(f"output={output} exists: remove it or choose another folder")
@@ -262,6 +265,8 @@ def export_checkpoint(path: str | Path, output: str | Path) -> Path:
             shutil.copy2(folder / name, tmp / name)
         elif (folder / name).is_dir():
             shutil.copytree(folder / name, tmp / name)
+    if convert is not None:
+        convert(tmp)
     durable_rename(tmp, output)
     return output
 
@@ -345,6 +350,14 @@ def wire_features(features: dict[str, dict]) -> dict[str, dict]:
     """A dataset's observation features as observations carry them on the wire."""
     return {k: {"dtype": _wire_dtype(v["dtype"]), "shape": tuple(v["shape"])}
             for k, v in features.items() if k.startswith("observation.")}  # fmt: skip
+
+
+def joint_names(features: dict[str, dict]) -> dict[str, tuple[str, ...]] | None:
+    """The dataset's joint names of ``observation.state`` and ``action`` (None: none named)."""
+    names = {key: tuple(features[key]["names"]) for key in (STATE, ACTION)
+             if key in features and isinstance(features[key].get("names"), list | tuple)
+             and all(isinstance(n, str) for n in features[key]["names"])}  # fmt: skip
+    return names or None
 
 
 def _wire_dtype(dtype: str) -> str:

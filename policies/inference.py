@@ -44,8 +44,12 @@ class FlowPolicy:
         model_id: str,
         fps: float,
         features: dict[str, dict],
+        joint_names: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
+        """features: the observations read, as the wire carries them; joint_names: the
+        dataset's names of the state and action joints (``policies.checkpoint.joint_names``)."""
         self.model = model.eval()
+        self.joint_names = joint_names
         self.preprocess = preprocess
         self.normalizer = normalizer
         self.model_id, self.fps, self.features = model_id, fps, features
@@ -70,7 +74,13 @@ class FlowPolicy:
 
 def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> FlowPolicy:
     """Any flow policy kind's checkpoint (a run, ``checkpoints/step_N`` or an exported folder)."""
-    from policies.checkpoint import load_checkpoint, read_json, resolve_checkpoint, wire_features
+    from policies.checkpoint import (
+        joint_names,
+        load_checkpoint,
+        read_json,
+        resolve_checkpoint,
+        wire_features,
+    )
 
     folder = resolve_checkpoint(path)
     kind = read_json(folder / "config.json").get("kind", "vla")
@@ -87,6 +97,7 @@ def load_flow_policy(path: str | Path, device: str | torch.device = "cpu") -> Fl
                         ckpt.model.tokenize_instructions, ckpt.model.config.image_size),
         ckpt.normalizer,
         model_id=ckpt.model_id, fps=ckpt.fps, features=features,
+        joint_names=joint_names(ckpt.features),
     )  # fmt: skip
 
 

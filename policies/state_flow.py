@@ -279,6 +279,7 @@ def load_state_flow(folder: Path, device: str | torch.device = "cpu"):
 
     from policies.checkpoint import (
         checkpoint_model_id,
+        joint_names,
         load_normalizer,
         load_weights,
         read_json,
@@ -295,4 +296,5 @@ def load_state_flow(folder: Path, device: str | torch.device = "cpu"):
         model_id=checkpoint_model_id(folder), fps=meta["fps"],
         features=wire_features({k: v for k, v in meta["features"].items()
                                 if k in (STATE, ENV_STATE)}),
+        joint_names=joint_names(meta["features"]),
     )  # fmt: skip

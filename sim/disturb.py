@@ -33,6 +33,7 @@ from sim.robot import GRIPPER_OPEN
 from sim.tasks import Labels, make_demonstrator
 from sim.tasks.base import Step, direction_words
 from sim.tasks.pick_place import clearance, in_workspace, slide_speed, words_towards_cube
+from sim.units import gripper, to_follower
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
@@ -123,14 +124,14 @@ class Disturbance:
         if not self.active:
             return action
         if self.kind == "drop":
-            return np.r_[action[:5], GRIPPER_OPEN].astype(np.float32)
+            return np.r_[action[:5], gripper(GRIPPER_OPEN)].astype(np.float32)
         if self.kind == "knock":
             return action
         if self.env.tick == self.onset:
             self._start()
         s = min_jerk((self.env.tick - self.onset + 1) / self.ticks)
         self._q = self._ik.solve(self._q, self.origin + s * self._push, self._rot)
-        return np.r_[self._q, action[5]].astype(np.float32)
+        return np.r_[to_follower(np.r_[self._q, 0.0])[:5], action[5]].astype(np.float32)
 
     def _trigger(self) -> None:
         """Fire a knock or a drop at this tick if its condition holds."""

@@ -1,14 +1,17 @@
 """The simulated SO-100 environment: one task, fixed-rate control ticks, camera observations.
 
 Observations (``observe``):
-    observation.state              float32 (6,)     joint positions in JOINT_NAMES order; the
-                                                    gripper is the finger opening in metres
+    observation.state              float32 (6,)     joint positions (``sim.units.FEATURE_NAMES``)
+                                                    in lerobot's SO-101 follower units: arm
+                                                    joints in degrees, gripper 0 (closed) to 100
     observation.environment_state  float32 (n,)     the task's scene state (object poses, see
                                                     ``Task.environment_state``); n per task
     observation.images.<cam>       uint8 (H, W, 3)  one per camera, absent when render=False
 
-Actions (``step``): float32 (6,) absolute joint targets in JOINT_NAMES order, clipped to the
-actuators' ctrlrange. One step is one control tick of ``n_substeps`` physics steps.
+Actions (``step``): float32 (6,) absolute joint targets in the same order and units, clipped to
+the actuators' ctrlrange (``action_low``/``action_high``, also in follower units). One step is
+one control tick of ``n_substeps`` physics steps. The physics works in radians and metres;
+``sim.units`` converts at this boundary and nowhere else.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sim.render import CameraRenderer
 from sim.robot import CAMERAS, GRIPPER_OPEN, JOINT_NAMES, RobotIndex, build_scene
 from sim.tasks import TASKS, Task, make_demonstrator
 from sim.tasks.base import CONTROL_HZ_REF
+from sim.units import FEATURE_NAMES, from_follower, to_follower
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +93,9 @@ class SimEnv:
         self.data = mujoco.MjData(self.model)
         self.robot = RobotIndex.from_model(self.model)
         task.bind(self.model, self.data)
-        low, high = self.model.actuator_ctrlrange[self.robot.actuators].T
-        self.action_low, self.action_high = low.astype(np.float32), high.astype(np.float32)
+        low, high = self.model.actuator_ctrlrange[self.robot.actuators].T  # rad and m
+        self._ctrlrange = (low, high)
+        self.action_low, self.action_high = to_follower(low), to_follower(high)
         self._mirror_qpos = self.model.joint("gripper_mirror").qposadr[0]
         ik = DiffIK(self.model, self.robot)
         seed = np.array([0.0, 0.0, 0.0, math.pi / 2, 0.0])
@@ -121,20 +126,22 @@ class SimEnv:
         return self.observe()
 
     def step(self, action: np.ndarray) -> dict[str, np.ndarray]:
-        """Apply absolute joint targets ``action`` (6,) for one control tick."""
+        """Apply absolute joint targets ``action`` (6,), in follower units, for one control tick."""
         action = np.asarray(action, dtype=np.float32)
         if action.shape != (len(JOINT_NAMES),):
             raise ValueError(
                 f"action has shape {action.shape}, expected ({len(JOINT_NAMES)},): "
-                f"absolute joint targets for {JOINT_NAMES}"
+                f"absolute joint targets for {FEATURE_NAMES}"
             )
         if not np.all(np.isfinite(action)):
             raise ValueError(f"action {action} has non-finite values")
+        action = np.clip(action, self.action_low, self.action_high)
+        action = from_follower(action)  # (6,) rad and m
         if self.action_noise > 0:
             scale = np.ones_like(action)
             scale[JOINT_NAMES.index("gripper")] = GRIPPER_NOISE_SCALE
             action = action + scale * self._noise.normal(0.0, self.action_noise, size=action.shape)
-        self.data.ctrl[self.robot.actuators] = np.clip(action, self.action_low, self.action_high)
+        self.data.ctrl[self.robot.actuators] = np.clip(action, *self._ctrlrange)
         self.task.advance(1.0 / self.control_hz)
         mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
         self.task.after_step()
@@ -144,7 +151,7 @@ class SimEnv:
     def observe(self) -> dict[str, np.ndarray]:
         """Joint positions, the scene state and (when rendering) one image per camera."""
         obs = {
-            STATE: self.data.qpos[self.robot.qpos].astype(np.float32),
+            STATE: to_follower(self.data.qpos[self.robot.qpos]),
             ENV_STATE: self.task.environment_state(),
         }
         if self._renderer is not None:
@@ -168,7 +175,7 @@ class SimEnv:
     def feature_spec(self) -> dict[str, dict[str, Any]]:
         """LeRobot-style features of observations and actions."""
         features: dict[str, dict[str, Any]] = {
-            key: {"dtype": "float32", "shape": (len(JOINT_NAMES),), "names": list(JOINT_NAMES)}
+            key: {"dtype": "float32", "shape": (len(FEATURE_NAMES),), "names": list(FEATURE_NAMES)}
             for key in (STATE, "action")
         }
         names = self.task.environment_names()

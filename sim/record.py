@@ -46,8 +46,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from sim.env import SimEnv
+from sim.env import ENV_STATE, SimEnv
 from sim.tasks import Labels, make_demonstrator
+from sim.units import ROBOT_TYPE
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +86,20 @@ class RecordingSummary:
         }
 
 
-def dataset_features(env: SimEnv, video: bool = False) -> dict[str, dict]:
-    """lerobot feature spec of a recording: the env's features plus the hierarchy labels."""
+def dataset_features(env: SimEnv, video: bool = False, extras: bool = True) -> dict[str, dict]:
+    """lerobot feature spec of a recording: the env's features plus the hierarchy labels.
+
+    extras=False keeps only what a real SO-101 recording (lerobot-record) has: the joint state,
+    the action and the cameras, without ``observation.environment_state`` and the labels, so
+    that the dataset merges with real ones through lerobot's ``aggregate_datasets``."""
     features = {k: dict(v) for k, v in env.feature_spec().items()}
     if video:
         for spec in features.values():
             if spec["dtype"] == "image":
                 spec["dtype"] = "video"
+    if not extras:
+        features.pop(ENV_STATE, None)
+        return features
     return {**features, **LABEL_FEATURES}
 
 
@@ -162,6 +170,7 @@ def record_dataset(
     failure_prob: float = 0.0,
     repo_id: str = "local/rtvla",
     video: bool = False,
+    extras: bool = True,
     max_attempts: int | None = None,
     progress: bool = True,
 ) -> RecordingSummary:
@@ -169,14 +178,15 @@ def record_dataset(
 
     Episode attempt k is reset with seed ``seed + k``; attempts where the demonstrator fails are
     discarded (and counted), up to ``max_attempts`` (default ``2 * episodes``). A leftover
-    ``<output>.partial`` of the same recording is resumed (module docstring).
+    ``<output>.partial`` of the same recording is resumed (module docstring). extras=False:
+    only the features a real SO-101 recording has (``dataset_features``).
     """
     if episodes < 1:
         raise ValueError(f"episodes={episodes}: record at least 1 episode.")
     if not 0.0 <= failure_prob <= 1.0:
         raise ValueError(f"failure_prob={failure_prob} must be a probability in [0, 1].")
     output = Path(output)
-    features = _jsonable(dataset_features(env, video))
+    features = _jsonable(dataset_features(env, video, extras))
     settings = {"task": env.task.name, "seed": seed, "failure_prob": failure_prob, "video": video,
                 "repo_id": repo_id, "features": features, "fps": round(env.control_hz)}  # fmt: skip
     kept = check_output(output, settings)
@@ -198,7 +208,14 @@ def record_dataset(
     try:
         while saved < episodes and attempt < max_attempts:
             ok, n, failed = _record_episode(
-                env, staging / "episodes", saved, seed + attempt, failure_prob, repo_id, video
+                env,
+                staging / "episodes",
+                saved,
+                seed + attempt,
+                failure_prob,
+                repo_id,
+                video,
+                extras,
             )
             attempt += 1
             injected += failed
@@ -244,6 +261,7 @@ def _record_episode(
     failure_prob: float,
     repo_id: str,
     video: bool,
+    extras: bool = True,
 ) -> tuple[bool, int, bool]:
     """One demonstrator episode; a successful one becomes ``folder/episode_<index>``, a
     complete dataset, durably. Returns (success, frames, failure injected)."""
@@ -259,7 +277,7 @@ def _record_episode(
     final = folder / f"episode_{index:06d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    dataset = create_dataset(env, tmp, repo_id=repo_id, video=video)
+    dataset = create_dataset(env, tmp, repo_id=repo_id, video=video, extras=extras)
     for obs, action, labels in steps:
         add_frame(dataset, obs, action, labels, env.instruction)
     dataset.save_episode()
@@ -269,8 +287,11 @@ def _record_episode(
     return True, len(steps), demonstrator.failure is not None
 
 
-def create_dataset(env: SimEnv, root: Path, *, repo_id: str, video: bool = False):
-    """An empty LeRobotDataset at ``root`` for ``env``'s frames and the hierarchy labels."""
+def create_dataset(
+    env: SimEnv, root: Path, *, repo_id: str, video: bool = False, extras: bool = True
+):
+    """An empty LeRobotDataset at ``root`` for ``env``'s frames and (extras) the hierarchy
+    labels, with the SO-101 follower's ``robot_type`` (``sim.units``)."""
     from datasets.utils.logging import disable_progress_bar
     from lerobot.datasets import LeRobotDataset  # heavy import, only needed here
 
@@ -278,9 +299,9 @@ def create_dataset(env: SimEnv, root: Path, *, repo_id: str, video: bool = False
     return LeRobotDataset.create(
         repo_id=repo_id,
         fps=round(env.control_hz),
-        features=dataset_features(env, video),
+        features=dataset_features(env, video, extras),
         root=root,
-        robot_type="so100_sim",
+        robot_type=ROBOT_TYPE,
         use_videos=video,
         image_writer_threads=2,
         video_backend="pyav",
@@ -288,17 +309,16 @@ def create_dataset(env: SimEnv, root: Path, *, repo_id: str, video: bool = False
 
 
 def add_frame(dataset, obs: dict, action: np.ndarray, labels: Labels, task: str) -> None:
-    """One frame into the dataset's episode buffer: observation, action, instruction, labels."""
-    dataset.add_frame(
-        {
-            **obs,
-            "action": np.asarray(action, dtype=np.float32),
-            "task": task,
-            "step_instruction": labels.step_instruction,
-            "corrective_instruction": labels.corrective_instruction,
-            "correction": np.array([labels.correction]),
-        }
-    )
+    """One frame into the dataset's episode buffer: observation, action, instruction and the
+    labels, each only where the dataset has the feature (``dataset_features``'s extras)."""
+    frame = {
+        **obs,
+        "action": np.asarray(action, dtype=np.float32),
+        "step_instruction": labels.step_instruction,
+        "corrective_instruction": labels.corrective_instruction,
+        "correction": np.array([labels.correction]),
+    }
+    dataset.add_frame({**{k: v for k, v in frame.items() if k in dataset.features}, "task": task})
 
 
 def finish_dataset(dataset, staging: Path, output: Path, saved: int) -> None:

@@ -210,7 +210,13 @@ def test_mujoco_driver_shapes_and_limits(mujoco):
             assert image.shape == (32, 32, 3) and image.dtype == np.uint8
         assert driver.feature_spec()["action"]["names"] == list(driver.limits().names)
         limits = driver.limits()
-        np.testing.assert_allclose(limits.max_delta[:5], mujoco.ARM_SPEED / 30.0, rtol=1e-6)
+        # follower units: degrees per tick for the arm, the gripper's 0-100 in GRIPPER_STROKE_S
+        degrees = np.degrees(mujoco.ARM_SPEED) / 30.0
+        np.testing.assert_allclose(limits.max_delta[:5], degrees, rtol=1e-6)
+        np.testing.assert_allclose(limits.max_delta[5], 100 / mujoco.GRIPPER_STROKE_S / 30, 1e-5)
+        motors = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")
+        assert limits.names == tuple(f"{n}.pos" for n in (*motors, "gripper"))
+        assert limits.low[5] == 0 and limits.high[5] == 100
         assert np.all(limits.low < limits.high)
         assert isinstance(driver.instruction, str) and driver.instruction
         assert driver.max_steps > 0 and isinstance(driver.success(), bool)

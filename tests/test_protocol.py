@@ -87,6 +87,7 @@ def valid_messages() -> list:
         ErrorReply(request_id=None, code="internal", message="server failure: retry"),
         MetadataRequest(request_id=0),
         metadata_reply(),
+        metadata_reply(joint_names={"action": ("shoulder_pan.pos", "gripper.pos")}),
         OperatorInstruction(robot_id="r1", instruction="move left", timeout_s=2.0, release=False),
         OperatorInstruction(robot_id="r1", instruction="", timeout_s=0.0, release=True),
         EStop(robot_id="r1", reason="operator pressed stop", engage=True),
@@ -292,6 +293,12 @@ def test_other_message_fields():
         encode(metadata_reply(latency_edges_ms=np.zeros(21)))
     with pytest.raises(ProtocolError, match="features"):
         encode(metadata_reply(features={"action": {"dtype": "float32", "shape": (-1,)}}))
+    with pytest.raises(ProtocolError, match="joint_names"):
+        encode(metadata_reply(joint_names={"action": ()}))
+    with pytest.raises(ProtocolError, match="joint_names"):
+        encode(metadata_reply(joint_names={"action": ("a b",)}))
+    with pytest.raises(ProtocolError, match="joint_names"):
+        encode(metadata_reply(joint_names=["action"]))
     with pytest.raises(ProtocolError, match="cannot encode"):
         encode("not a message")
 

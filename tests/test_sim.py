@@ -21,6 +21,7 @@ from sim.tasks.conveyor import ConveyorDemonstrator
 from sim.tasks.pick_place import PickPlaceDemonstrator
 from sim.tasks.reach import ReachDemonstrator
 from sim.tasks.track import TrackDemonstrator
+from sim.units import to_follower
 
 
 def run_episode(env: SimEnv, seed: int, failure: str | None = None) -> list[Labels]:
@@ -90,8 +91,9 @@ def test_task_builds_steps_and_renders(task: str) -> None:
 def test_feature_spec() -> None:
     env = SimEnv("reach", image_size=32, cameras=("front",))
     spec = env.feature_spec()
-    assert spec["action"] == {"dtype": "float32", "shape": (6,), "names": list(JOINT_NAMES)}
-    assert spec["observation.state"]["names"] == list(JOINT_NAMES)
+    follower = [f"{name}.pos" for name in JOINT_NAMES]  # lerobot's SO-101 follower names
+    assert spec["action"] == {"dtype": "float32", "shape": (6,), "names": follower}
+    assert spec["observation.state"]["names"] == follower
     assert spec["observation.images.front"]["shape"] == (32, 32, 3)
     assert "observation.images.wrist" not in spec
     assert spec["observation.environment_state"] == {
@@ -111,10 +113,13 @@ def test_actions_are_clipped(envs: dict[str, SimEnv]) -> None:
     env.reset(seed=0)
     assert env.action_low.shape == env.action_high.shape == (6,)
     assert np.all(env.action_low < env.action_high)
-    env.step(np.full(6, 100.0, dtype=np.float32))
-    np.testing.assert_allclose(env.data.ctrl[env.robot.actuators], env.action_high)
-    env.step(np.full(6, -100.0, dtype=np.float32))
-    np.testing.assert_allclose(env.data.ctrl[env.robot.actuators], env.action_low)
+    ctrl_low, ctrl_high = env.model.actuator_ctrlrange[env.robot.actuators].T  # rad and m
+    np.testing.assert_allclose(env.action_high, to_follower(ctrl_high))
+    assert env.action_low[5] == 0 and env.action_high[5] == 100  # the follower's gripper range
+    env.step(np.full(6, 1e4, dtype=np.float32))
+    np.testing.assert_allclose(env.data.ctrl[env.robot.actuators], ctrl_high, rtol=1e-6)
+    env.step(np.full(6, -1e4, dtype=np.float32))
+    np.testing.assert_allclose(env.data.ctrl[env.robot.actuators], ctrl_low, rtol=1e-6)
     with pytest.raises(ValueError, match="expected \\(6,\\)"):
         env.step(np.zeros(5))
     with pytest.raises(ValueError, match="non-finite"):

@@ -115,3 +115,63 @@ def test_one_episode_with_the_rtc_executor(state_run, tmp_path):
     assert figures["episodes"] == 1 and figures["ticks"] == 20
     log = np.load(tmp_path / "episode_000.npz")
     assert len(log.files) > 0
+
+
+def test_a_radian_checkpoint_converts_to_follower_units(state_run, tmp_path):
+    """A checkpoint from the sim's older radian/metre datasets is refused by a follower-unit
+    robot, and ``rtvla export units=follower`` turns it into one that acts exactly as it did,
+    in degrees and 0-100 gripper units."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from policies.checkpoint import export_checkpoint
+    from policies.normalize import MIN_STD
+    from runtime.commands.export import to_follower_units
+    from runtime.serving.loader import load_policy
+    from runtime.wire.info import fit_problems
+    from sim import JOINT_NAMES, SimEnv
+    from sim.units import FEATURE_NAMES, SCALE, to_follower
+
+    old = export_checkpoint(state_run, tmp_path / "old")  # made as the old sim would have
+    meta = json.loads((old / "config.json").read_text())
+    for key in ("observation.state", "action"):
+        meta["features"][key]["names"] = list(JOINT_NAMES)
+    (old / "config.json").write_text(json.dumps(meta))
+    stats = load_file(old / "normalizer.safetensors")
+    for name in [n for n in stats if n.startswith(("observation.state.", "action."))]:
+        stats[name] = (stats[name].double() / torch.as_tensor(SCALE)).float()
+        if name.endswith(".std"):  # as saved: floored (Normalizer's MIN_STD)
+            stats[name] = stats[name].clamp(min=MIN_STD)
+    save_file(stats, old / "normalizer.safetensors")
+
+    old_policy = load_policy(old)
+    env = SimEnv("reach", render=False)
+    spec = env.feature_spec()
+    problems = fit_problems(old_policy.info.features, 30.0, 6, spec, 30.0,
+                            old_policy.info.joint_names)  # fmt: skip
+    assert [p.split(" joints")[0] for p in problems] == [
+        "the policy's action", "the policy's observation.state"]  # fmt: skip
+    assert all("units=follower" in p and "shoulder_pan.pos" in p for p in problems)
+
+    new = export_checkpoint(old, tmp_path / "new", convert=to_follower_units)
+    new_policy = load_policy(new)
+    assert new_policy.info.joint_names["action"] == FEATURE_NAMES
+    assert fit_problems(new_policy.info.features, 30.0, 6, spec, 30.0,
+                        new_policy.info.joint_names) == []  # fmt: skip
+    obs = env.reset(seed=5)
+    env.close()
+    si_state = obs["observation.state"] / SCALE  # the old sim's radians and metres
+    old_req, new_req = request(old_policy), request(new_policy)
+    scene = obs["observation.environment_state"]
+    old_req.observation.update(
+        {"observation.state": si_state.astype(np.float32), "observation.environment_state": scene}
+    )
+    new_req.observation.update(
+        {"observation.state": obs["observation.state"], "observation.environment_state": scene}
+    )
+    old_chunk = old_policy.infer([old_req])[0]  # (H, 6) rad and m
+    new_chunk = new_policy.infer([new_req])[0]  # (H, 6) degrees and 0-100
+    np.testing.assert_allclose(new_chunk, to_follower(old_chunk), rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="already in follower units"):
+        export_checkpoint(new, tmp_path / "again", convert=to_follower_units)

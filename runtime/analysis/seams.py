@@ -14,7 +14,8 @@ each episode on its own:
   Chunking Flow Policies").
 - ``mean_jerk`` = the mean absolute third finite difference of the executed actions times
   hz^3, over runs of consecutive executed ticks only (a hold breaks a run). Actions are joint
-  position targets, so it is in rad/s^3 (m/s^3 for the gripper's finger opening).
+  position targets, so it is in the action's units per s^3 (the sim's, like an SO-101
+  follower's: degrees, and 0-100 for the gripper).
 
 Every figure is None when there is nothing to measure it on (e.g. no seam in the run).
 """
@@ -67,7 +68,7 @@ def seam_metrics(logs: RunLog | Sequence[RunLog]) -> dict[str, float | int | Non
 
     seams: how many; seam_change_max / seam_change_mean: the largest / mean seam change
     (max over joints); within_p99: 99th percentile of within-chunk changes (same norm);
-    seam_ratio: seam_change_max / within_p99; mean_jerk: rad/s^3 (module docstring).
+    seam_ratio: seam_change_max / within_p99; mean_jerk: action units/s^3 (module docstring).
     """
     logs = [logs] if isinstance(logs, RunLog) else list(logs)
     if not logs:

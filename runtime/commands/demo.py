@@ -33,9 +33,9 @@ from runtime.commands import CommandFailed, make_sim_env
 from runtime.commands import run as run_command
 from runtime.robot.client import RequestTimeout, ZmqPolicyClient
 from runtime.robot.runlog import RunLog
-from sim import JOINT_NAMES
 from sim.record import record_dataset
 from sim.replay import replay_dataset
+from sim.units import FEATURE_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,10 @@ def main(cfg: DictConfig) -> dict:
     logs = [RunLog.from_npz(p) for p in sorted((out / "run").glob("episode_*.npz"))]
     seams = seam_metrics(logs)
     plot = plot_seams(
-        {cfg.executor.name: logs}, out / "seams.png", joint=cfg.plot_joint, joint_names=JOINT_NAMES
+        {cfg.executor.name: logs},
+        out / "seams.png",
+        joint=cfg.plot_joint,
+        joint_names=FEATURE_NAMES,
     )
     figures = {
         "demonstrations": demos,

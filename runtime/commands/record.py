@@ -19,6 +19,7 @@ def main(cfg: DictConfig) -> dict:
             failure_prob=cfg.failure_prob,
             repo_id=cfg.repo_id,
             video=cfg.video,
+            extras=cfg.extras,
             max_attempts=cfg.max_attempts,
         )
     finally:

@@ -297,7 +297,9 @@ def check_fit(meta: MetadataReply, driver: Driver, hz: float) -> None:
     """Refuse a policy whose features, actions or fps differ from the driver's and the control
     rate's (``runtime.wire.info.fit_problems``), saying what to change."""
     action_dim = len(driver.limits().names)
-    problems = fit_problems(meta.features, meta.fps, meta.action_dim, driver.feature_spec(), hz)
+    problems = fit_problems(
+        meta.features, meta.fps, meta.action_dim, driver.feature_spec(), hz, meta.joint_names
+    )
     if meta.action_dim != action_dim and not any("actions" in p for p in problems):
         problems.append(
             f"the policy predicts {meta.action_dim} actions, the driver takes {action_dim}: "

@@ -589,7 +589,7 @@ def _log_tables(figures: dict) -> None:
             log.info("%-12s %s", name, " ".join(cells))
     if seams:
         log.info("seams at d=%s: %-12s %10s %14s", figures["seams"]["delay"], "executor",
-                 "seam ratio", "jerk rad/s^3")  # fmt: skip
+                 "seam ratio", "jerk (units/s^3)")  # fmt: skip
         for name, m in seams.items():
             ratio, jerk = m["seam_ratio"], m["mean_jerk"]
             log.info("%-12s %10s %14s", name, "-" if ratio is None else f"{ratio:.2f}",

@@ -59,5 +59,8 @@ def load_policy(
             "sampling %s with num_steps=%d, not the %d its config stores", flow.model_id,
             num_steps, trained_steps,
         )  # fmt: skip
-    info = PolicyInfo(flow.model_id, flow.chunk_length, flow.action_dim, flow.fps, flow.features)
+    info = PolicyInfo(
+        flow.model_id, flow.chunk_length, flow.action_dim, flow.fps, flow.features,
+        joint_names=flow.joint_names,
+    )  # fmt: skip
     return FlowChunkPolicy(flow, num_steps=num_steps or trained_steps, beta=beta, info=info)

@@ -72,8 +72,10 @@ class GaussianChunkModel:
         time_constant_s: float = 0.5,  # mu approaches the goal as 1 - exp(-t / time_constant_s)
         goal_period_s: float = 4.0,  # the goal moves on a sine of this period
         goal_amplitude: float = 1.0,  # and this amplitude (normalized units)
-        action_offset: float = 0.25,  # absolute = action_offset + action_scale * normalized
-        action_scale: float = 0.5,
+        # absolute = action_offset + action_scale * normalized, in the robot's units: degrees
+        # (and 0-100 for the gripper) on the sim and an SO-101 follower
+        action_offset: float = 15.0,
+        action_scale: float = 30.0,
     ) -> None:
         if sigma < 0 or sigma_floor <= 0:
             raise ValueError(

@@ -29,6 +29,8 @@ class PolicyInfo:
     fps: float  # control rate the policy was trained at
     features: dict[str, dict] = field(default_factory=dict)  # key -> {"dtype", "shape"}
     sampling: tuple[str, ...] | None = None  # methods served; None: all (a flow model)
+    # observation.state / action -> the joint names trained on (dataset feature names)
+    joint_names: dict[str, tuple[str, ...]] | None = None
 
 
 class UnsupportedRequest(ValueError):
@@ -103,17 +105,34 @@ def metadata_reply(
         uptime_s=uptime_s,
         requests_served=requests_served,
         sampling=info.sampling,
+        joint_names=info.joint_names,
     )
 
 
 def fit_problems(
-    features: dict[str, dict], fps: float, action_dim: int, driver_spec: dict[str, dict], hz: float
+    features: dict[str, dict],
+    fps: float,
+    action_dim: int,
+    driver_spec: dict[str, dict],
+    hz: float,
+    joint_names: dict[str, tuple[str, ...]] | None = None,
 ) -> list[str]:
-    """What keeps a policy (its observation ``features``, training ``fps`` and ``action_dim``,
-    as a ``MetadataReply`` carries them) from driving a robot (its driver's ``feature_spec()``,
-    lerobot-style, at a control rate of ``hz``); each item says what differs and what to change.
-    Empty when they fit. A driver's "image" and "video" features arrive as uint8 arrays."""
+    """What keeps a policy (its observation ``features``, training ``fps``, ``action_dim`` and
+    ``joint_names``, as a ``MetadataReply`` carries them) from driving a robot (its driver's
+    ``feature_spec()``, lerobot-style, at a control rate of ``hz``); each item says what differs
+    and what to change. Empty when they fit. A driver's "image" and "video" features arrive as
+    uint8 arrays. Joint names are compared where both sides give them: they carry the order
+    and, by lerobot's convention (``shoulder_pan.pos``: degrees), the units."""
     problems = []
+    for key, want in sorted((joint_names or {}).items()):
+        have = driver_spec.get(key, {}).get("names")
+        if have is not None and tuple(have) != tuple(want):
+            problems.append(
+                f"the policy's {key} joints are {list(want)}, the driver's {list(have)}: order "
+                "and units must match. A checkpoint trained on sim data recorded before the sim "
+                "spoke SO-101 follower units converts with `rtvla export checkpoint=OLD "
+                "output=NEW units=follower`; otherwise serve a policy trained for this robot"
+            )
     for key, spec in sorted(features.items()):
         want_shape, want_dtype = tuple(spec["shape"]), spec["dtype"]
         if key not in driver_spec:

@@ -229,6 +229,10 @@ class MetadataReply:
     # The sampling methods the policy serves; None (or absent, from older servers): all of
     # this version's, as a flow model does. A policy that is not one serves ("plain",).
     sampling: tuple[str, ...] | None = None
+    # The joint names of observation.state and action the policy was trained on (dataset
+    # feature names, e.g. "shoulder_pan.pos"), so a controller refuses a robot whose joints
+    # differ in order or units; None (or absent, from older servers): unknown.
+    joint_names: dict[str, tuple[str, ...]] | None = None
 
     @classmethod
     def _parse(cls, f: dict[str, Any], lim: Limits) -> Self:
@@ -254,7 +258,26 @@ class MetadataReply:
             uptime_s=_float("uptime_s", f["uptime_s"], lo=0.0),
             requests_served=_int("requests_served", f["requests_served"]),
             sampling=_sampling_list(f.get("sampling"), lim),
+            joint_names=_joint_names(f.get("joint_names"), lim),
         )
+
+
+def _joint_names(v: Any, lim: Limits) -> dict[str, tuple[str, ...]] | None:
+    """MetadataReply.joint_names: None, or feature key -> 1 to max_action_dim joint names."""
+    if v is None:
+        return None
+    if not isinstance(v, dict) or not 1 <= len(v) <= lim.max_features:
+        raise ProtocolError(f"joint_names must map feature keys to names, got {_describe(v)}")
+    out = {}
+    for key, names in v.items():
+        key = _name("joint_names key", key, lim)
+        if not isinstance(names, list | tuple) or not 1 <= len(names) <= lim.max_action_dim:
+            raise ProtocolError(
+                f"joint_names[{key!r}] must list 1 to {lim.max_action_dim} names, got "
+                f"{_describe(names)}"
+            )
+        out[key] = tuple(_name(f"joint_names[{key!r}]", name, lim) for name in names)
+    return out
 
 
 def _sampling_list(v: Any, lim: Limits) -> tuple[str, ...] | None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from sim.ik import DiffIK, down_rotation, min_jerk
 from sim.robot import GRIPPER_OPEN, NO_CONTACT
+from sim.units import to_follower
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
@@ -287,4 +288,5 @@ class Demonstrator(ABC):
         return self._action(), labels
 
     def _action(self) -> np.ndarray:
-        return np.r_[self._q, self._grip].astype(np.float32)  # (6,)
+        """The command float32 (6,) in the env's (follower) units."""
+        return to_follower(np.r_[self._q, self._grip])

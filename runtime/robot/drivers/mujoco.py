@@ -10,13 +10,14 @@ import numpy as np
 
 from runtime.robot.drivers.base import ActionLimits, DriverContext, Observation
 from runtime.wire.keys import IMAGES, STATE
-from sim import JOINT_NAMES, SimEnv
+from sim import SimEnv
+from sim.units import FEATURE_NAMES, SCALE
 
 # Rate limits, a little above the scripted demonstrators' fastest commands (joints capped at
 # 3 rad/s, finger opening peaking near 0.15 m/s), so that clamping flags a policy moving faster
 # than any demonstration and never a faithful one. An SO-100's STS3215 servos reach about
 # 4.7 rad/s.
-ARM_SPEED = 3.5  # rad/s, fastest commanded arm joint motion
+ARM_SPEED = 3.5  # rad/s (about 200 deg/s), fastest commanded arm joint motion
 GRIPPER_STROKE_S = 0.15  # s, shortest time to command the gripper from closed to fully open
 
 
@@ -114,8 +115,8 @@ class MujocoDriver(DriverContext):
 
 def _limits(env: SimEnv) -> ActionLimits:
     """The actuators' ctrlrange; ``max_delta`` from ``ARM_SPEED`` and ``GRIPPER_STROKE_S``."""
-    low, high = env.action_low, env.action_high
-    speed = np.full(len(JOINT_NAMES), ARM_SPEED)  # (6,) per second
-    gripper = JOINT_NAMES.index("gripper")
+    low, high = env.action_low, env.action_high  # follower units (sim.units)
+    speed = np.full(len(FEATURE_NAMES), ARM_SPEED) * SCALE  # (6,) follower units per second
+    gripper = len(FEATURE_NAMES) - 1
     speed[gripper] = (high[gripper] - low[gripper]) / GRIPPER_STROKE_S
-    return ActionLimits(low=low, high=high, max_delta=speed / env.control_hz, names=JOINT_NAMES)
+    return ActionLimits(low=low, high=high, max_delta=speed / env.control_hz, names=FEATURE_NAMES)
