@@ -37,6 +37,7 @@ from runtime.robot.client import (
 )
 from runtime.robot.clock import make_clock
 from runtime.robot.controller import Controller, EpisodeResult, run_episodes
+from runtime.robot.display import Display
 from runtime.robot.drivers import Driver, make_driver
 from runtime.robot.drivers.base import RenamedDriver
 from runtime.robot.executors import EXECUTORS, Executor, make_executor
@@ -70,7 +71,11 @@ def main(cfg: DictConfig) -> dict:
         try:
             factory, options = controller_setup(cfg, client, stop, driver)
             run = _run_episodes if simulator else _run_robot
-            figures, logs = run(cfg, driver, client, factory, options)
+            try:
+                figures, logs = run(cfg, driver, client, factory, options)
+            finally:
+                if options["display"] is not None:
+                    options["display"].close()
         finally:
             client.close()
     finally:
@@ -117,6 +122,27 @@ def _watching_operator(cfg: DictConfig, driver: Driver) -> WatchingOperator | No
     )
 
 
+def make_display(cfg: DictConfig, driver: Driver) -> Display | None:
+    """The live display a run config asks for (``display=rerun``), or None."""
+    kind = cfg.get("display")
+    if kind is None or kind == "none":
+        return None
+    if kind != "rerun":
+        raise ValueError(f"display={kind!r}: use display=rerun, or leave it null for none")
+    import importlib.util
+
+    from runtime.robot.display import RerunDisplay
+
+    if importlib.util.find_spec("rerun") is None:
+        raise ValueError(
+            "display=rerun needs rerun-sdk, from the optional viz group: run `uv sync --group "
+            "viz` once (or `uv run --group viz rtvla ...`)"
+        )
+    return RerunDisplay(
+        driver.limits().names, cfg.get("display_target") or "spawn", cfg.get("display_camera_every", 1)
+    )
+
+
 def controller_setup(
     cfg: DictConfig, client: PolicyClient, stop: threading.Event, driver: Driver
 ) -> tuple[Callable[[], Executor], dict]:
@@ -146,6 +172,7 @@ def controller_setup(
             cfg.get("high_level_corrections", True),
         ),
         "stop": stop,
+        "display": make_display(cfg, driver),
     }
     return functools.partial(make_executor, cfg.executor.name, chunk_length, **params), options
 

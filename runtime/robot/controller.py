@@ -62,6 +62,7 @@ from runtime.logs import RateLimitedLog
 from runtime.robot.client import PolicyClient, Reply, RequestTimeout
 from runtime.robot.clock import Clock
 from runtime.robot.drivers.base import Driver, Observation
+from runtime.robot.display import Display
 from runtime.robot.executors import Executor, PlannedAction
 from runtime.robot.operator import OperatorMessage
 from runtime.robot.runlog import RunLog, RunRecorder
@@ -130,6 +131,7 @@ class Controller:
         high_level: HighLevel | None = None,
         seed: int | None = None,
         stop: threading.Event | None = None,
+        display: Display | None = None,
     ) -> None:
         """inference_delay_ticks: simulated-clock mode (module docstring), required with a
         simulated clock; operator_address: bind a PULL socket there for ``OperatorInstruction``
@@ -141,7 +143,8 @@ class Controller:
         come in on the socket; ``runtime.robot.operator.WatchingOperator``); high_level:
         picks the instruction unless an operator overrides it; seed: requests carry
         seed * 2**20 + request_id (reproducible samples); stop: an event that ends ``run``
-        (e.g. set by a SIGINT handler)."""
+        (e.g. set by a SIGINT handler); display: told every tick, to show the run live
+        (``runtime.robot.display``)."""
         if clock.simulated and inference_delay_ticks is None:
             raise ValueError(
                 "a simulated clock needs inference_delay_ticks (how many ticks an inference "
@@ -162,6 +165,7 @@ class Controller:
         self.max_backoff_ticks = max_backoff_ticks
         self.seed = seed
         self.high_level = high_level
+        self.display = display
         self.stop_event = stop if stop is not None else threading.Event()
         self.operator_watch = operator_watch  # tick -> messages of a watching operator
         self._script: dict[int, list[OperatorMessage]] = {}
@@ -268,6 +272,8 @@ class Controller:
         recorder = self._recorder = RunRecorder(len(self.driver.limits().names), self.clock.hz)
         if self.high_level is not None:
             self.high_level.reset(self.instruction)
+        if self.display is not None:
+            self.display.start_episode(self.instruction)
         self.clock.start()
         for tick in range(max_ticks):
             lateness = self.clock.wait_next_tick()
@@ -296,6 +302,9 @@ class Controller:
                 instruction_source=self.instruction_source,
                 correction=getattr(self.high_level, "correction", None),
             )
+            if self.display is not None:
+                self.display.tick(tick, self.driver.observe, planned, reason,
+                                  self.current_instruction, self.instruction_source)  # fmt: skip
             if stopping or (done is not None and done()):
                 break
         self._abandon_in_flight()
