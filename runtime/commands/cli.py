@@ -54,7 +54,8 @@ def usage() -> str:
     return (
         "usage: rtvla <command> [key=value ...] [hydra options]\n\ncommands:\n"
         + "\n".join(lines)
-        + "\n\n'rtvla <command> --cfg job' prints a command's resolved configuration."
+        + "\n\n'rtvla <command> --help' lists its settings with their values and descriptions;"
+        + "\n'rtvla <command> --cfg job' prints its resolved configuration."
     )
 
 
@@ -193,12 +194,40 @@ def main(argv: list[str] | None = None) -> None:
     if name in POSITIONAL and overrides and "=" not in overrides[0] and overrides[0][:1] != "-":
         quoted = overrides[0].replace("\\", "\\\\").replace("'", "\\'")
         overrides[0] = f"{POSITIONAL[name]}='{quoted}'"
+    if any(o in ("--help", "-h") for o in overrides):
+        print(command_help(name, [o for o in overrides if o not in ("--help", "-h")]))
+        return
     unknown = unknown_keys(name, overrides)
     if unknown:
         print(f"rtvla {name}: error: {unknown}", file=sys.stderr)
         sys.exit(2)
     sys.argv = [f"rtvla {name}", f"hydra.job.name={name}", *overrides]
     _as_hydra_app(name)()
+
+
+def command_help(name: str, overrides: list[str]) -> str:
+    """``rtvla <name> --help``: each setting with its value (after ``overrides``) and its
+    description (``runtime.commands.help``)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+
+    from runtime.commands.help import descriptions, render_help
+
+    if name in POLICY_COMMANDS:
+        register_policy_configs()
+    settings = [o for o in overrides if "=" in o and o[:1] != "-"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=settings)
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    stored = ConfigStore.instance().repo
+    groups = {}
+    for group in GROUPS:
+        if not isinstance(tree.get(group), dict):
+            continue
+        options = {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
+        options |= {n.removesuffix(".yaml") for n in stored.get(group, {})}
+        groups[group] = (tree[group].get("name"), sorted(options))
+    return render_help(name, COMMANDS[name], tree, descriptions(CONFIG_DIR, name), groups)
 
 
 def unknown_keys(name: str, overrides: list[str]) -> str:

@@ -139,7 +139,9 @@ def make_display(cfg: DictConfig, driver: Driver) -> Display | None:
             "viz` once (or `uv run --group viz rtvla ...`)"
         )
     return RerunDisplay(
-        driver.limits().names, cfg.get("display_target") or "spawn", cfg.get("display_camera_every", 1)
+        driver.limits().names,
+        cfg.get("display_target") or "spawn",
+        cfg.get("display_camera_every", 1),
     )
 
 

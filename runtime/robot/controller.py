@@ -61,8 +61,8 @@ from runtime.curve import CurveKeys, is_loopback, secure_server
 from runtime.logs import RateLimitedLog
 from runtime.robot.client import PolicyClient, Reply, RequestTimeout
 from runtime.robot.clock import Clock
-from runtime.robot.drivers.base import Driver, Observation
 from runtime.robot.display import Display
+from runtime.robot.drivers.base import Driver, Observation
 from runtime.robot.executors import Executor, PlannedAction
 from runtime.robot.operator import OperatorMessage
 from runtime.robot.runlog import RunLog, RunRecorder

@@ -64,6 +64,16 @@ EXECUTORS = {  # name -> the sampling method its requests ask the server for
 }
 DELAY_WINDOW = 10  # b, measured delays the estimate is the maximum of
 
+# What each executor setting means (``rtvla run --help`` shows these next to the values).
+SETTING_DOCS = {
+    "execution_horizon": "s: actions executed from each chunk before the next one takes over "
+    "(sync: null = H // 2; the others: the minimum s, raised to the measured delay)",
+    "initial_delay": "inference delay d in ticks assumed until one is measured",
+    "delay_window": "the delay estimate is the largest of this many measured delays",
+    "coeff": "temporal ensembling: the i-th oldest chunk weighs exp(-coeff * i) (ACT's m)",
+    "samples": "N: chunks drawn per request, one batch on the server; the most coherent is kept",
+}
+
 
 @dataclass(frozen=True)
 class RequestFields:
