@@ -249,6 +249,19 @@ class InMemoryChunks(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.episode)
 
+    def relative_action_stats(self, mask: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and std (A,) of every chunk's actions taken relative to its frame's state on
+        the ``mask`` dims (``policies.state_flow.relative_mask``), over the steps inside the
+        episode: the normalization of a policy of relative actions."""
+        n = len(self.episode)
+        query = np.arange(n)[:, None] + self.offsets  # (N, H)
+        inside = query < self.ep_end[:, None]
+        index = np.minimum(query, self.ep_end[:, None] - 1)
+        offsets = self.state.numpy() * np.asarray(mask, dtype=np.float32)  # (N, A)
+        rel = self.action.numpy()[index] - offsets[:, None, :]  # (N, H, A)
+        rel = rel[inside].astype(np.float64)  # (M, A)
+        return rel.mean(axis=0), rel.std(axis=0)
+
     def frame_in_episode(self) -> np.ndarray:
         """Each item's frame index within its episode (N,) (0 at an episode's first frame)."""
         return np.arange(len(self.episode)) - self.ep_start

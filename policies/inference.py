@@ -45,11 +45,15 @@ class FlowPolicy:
         fps: float,
         features: dict[str, dict],
         joint_names: dict[str, tuple[str, ...]] | None = None,
+        relative_mask: Sequence[bool] = (),
     ) -> None:
         """features: the observations read, as the wire carries them; joint_names: the
-        dataset's names of the state and action joints (``policies.checkpoint.joint_names``)."""
+        dataset's names of the state and action joints (``policies.checkpoint.joint_names``);
+        relative_mask: the action dims the model predicts as offsets from the observed state
+        (``action_offsets``; empty: absolute actions)."""
         self.model = model.eval()
         self.joint_names = joint_names
+        self.relative_mask = tuple(bool(m) for m in relative_mask)
         self.preprocess = preprocess
         self.normalizer = normalizer
         self.model_id, self.fps, self.features = model_id, fps, features
@@ -62,6 +66,15 @@ class FlowPolicy:
             [r.observation for r in requests], [r.instruction for r in requests]
         )
         return self.model.velocity_fn({k: v.to(self.device) for k, v in batch.items()})
+
+    def action_offsets(self, requests: Sequence[HasObservation]) -> np.ndarray | None:
+        """(B, A) what each request's actions are relative to: its observed state on the
+        relative dims, 0 elsewhere; None for a model of absolute actions. The sampler adds
+        them to the unnormalized chunk and subtracts them from a previous chunk."""
+        if not any(self.relative_mask):
+            return None
+        mask = np.asarray(self.relative_mask, dtype=np.float32)
+        return np.stack([np.asarray(r.observation[STATE], np.float32) * mask for r in requests])
 
     def normalize_actions(self, actions: np.ndarray) -> Tensor:
         tensor = torch.as_tensor(np.asarray(actions, dtype=np.float32), device=self.device)

@@ -16,7 +16,7 @@ from policies.vla import VLAConfig
 
 KINDS = {  # name -> (config dataclass, fields taken from the dataset)
     "vla": (VLAConfig, ("image_keys", "state_dim", "action_dim", "env_state_dim")),
-    "state_flow": (StateFlowConfig, ("state_dim", "env_state_dim", "action_dim")),
+    "state_flow": (StateFlowConfig, ("state_dim", "env_state_dim", "action_dim", "relative_mask")),
     "high_level": (
         HighLevelConfig,
         (

@@ -55,8 +55,13 @@ class StateFlowConfig:
     time_beta: float = 1.0
     max_tau: float = 0.999  # largest training flow time
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K}; 0: off
+    relative_actions: bool = (
+        False  # predict joint targets as offsets from the current state (not the gripper)
+    )
+    relative_mask: tuple[bool, ...] = ()  # from the dataset: the action dims that are relative
 
     def __post_init__(self) -> None:
+        self.relative_mask = tuple(bool(m) for m in self.relative_mask)
         if not 0 <= self.rtc_training_max_delay < self.chunk_length:
             raise ValueError(
                 f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
@@ -239,24 +244,55 @@ def state_flow_config(features: dict[str, dict], policy: Mapping) -> StateFlowCo
         state_dim=features[STATE]["shape"][0],
         env_state_dim=features[ENV_STATE]["shape"][0],
         action_dim=features[ACTION]["shape"][0],
+        relative_mask=relative_mask(features) if policy.get("relative_actions") else (),
     )
+
+
+def relative_mask(features: dict[str, dict]) -> tuple[bool, ...]:
+    """Which action dims ``relative_actions`` makes offsets from the state: every joint but a
+    gripper (whose command is an opening, not a place to go). Needs the state and the action
+    to name the same joints in the same order."""
+    state, action = features[STATE].get("names"), features[ACTION].get("names")
+    if not action or list(state or []) != list(action):
+        raise ValueError(
+            f"policy.relative_actions=true needs {STATE} and {ACTION} to name the same joints in "
+            f"the same order (they name {state} and {action}): train with relative_actions=false"
+        )
+    return tuple("gripper" not in str(name).lower() for name in action)
+
+
+def action_offsets(mask: Sequence[bool], state: np.ndarray | Tensor):
+    """The offsets relative actions are taken from: state (..., A) on the masked dims, else 0."""
+    if isinstance(state, Tensor):
+        return state * torch.as_tensor(mask, dtype=state.dtype, device=state.device)
+    return np.asarray(state, dtype=np.float32) * np.asarray(mask, dtype=np.float32)
 
 
 class StateCollator:
     """Dataset items -> the training batch, through the serving preprocessor."""
 
-    def __init__(self, preprocessor: StatePreprocessor, instruction: str = "task") -> None:
+    def __init__(
+        self,
+        preprocessor: StatePreprocessor,
+        instruction: str = "task",
+        relative_mask: Sequence[bool] = (),
+    ) -> None:
+        """relative_mask: the action dims taken as offsets from the state (relative_actions)."""
         self.preprocessor, self.instruction = preprocessor, instruction
+        self.relative_mask = tuple(relative_mask)
 
     def __call__(self, items: list[dict]) -> dict[str, Tensor]:
         from policies.data import instruction_of
 
+        state = torch.stack([it[STATE] for it in items])  # (B, S)
         batch = self.preprocessor(
-            torch.stack([it[STATE] for it in items]),  # (B, S)
+            state,
             torch.stack([it[ENV_STATE] for it in items]),  # (B, E)
             [instruction_of(it, self.instruction) for it in items],
         )
         actions = torch.stack([it[ACTION] for it in items])  # (B, H, A)
+        if self.relative_mask:
+            actions = actions - action_offsets(self.relative_mask, state)[:, None, :]
         batch[ACTION] = self.preprocessor.normalizer.normalize(ACTION, actions)
         batch["action_is_pad"] = torch.stack([it["action_is_pad"] for it in items])  # (B, H)
         return batch
@@ -291,10 +327,12 @@ def load_state_flow(folder: Path, device: str | torch.device = "cpu"):
     model = StateFlow(StateFlowConfig(**meta["state_flow_config"]))
     load_weights(model, folder / "model.safetensors")
     normalizer = load_normalizer(folder / "normalizer.safetensors")
+    mask = model.config.relative_mask if model.config.relative_actions else ()
     return FlowPolicy(
         model.to(device), StatePreprocessor(normalizer).observations, normalizer,
         model_id=checkpoint_model_id(folder), fps=meta["fps"],
         features=wire_features({k: v for k, v in meta["features"].items()
                                 if k in (STATE, ENV_STATE)}),
         joint_names=joint_names(meta["features"]),
+        relative_mask=mask,
     )  # fmt: skip

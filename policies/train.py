@@ -84,13 +84,22 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
     if kind == "state_flow":
         config = state_flow.state_flow_config(features, policy_cfg)
         normalizer = Normalizer.from_stats(stats, state_flow.NORMALIZED)
+        if config.relative_actions and cfg["data"] != "memory":
+            raise ValueError("policy.relative_actions=true needs data=memory (its action "
+                             "statistics are computed over the decoded dataset)")  # fmt: skip
         items = (InMemoryChunks(dataset, H, (), rename_map=rename) if cfg["data"] == "memory"
                  else Renamed(dataset, rename))  # fmt: skip
+        if config.relative_actions:  # normalize the offsets, not the absolute targets
+            mean, std = items.relative_action_stats(config.relative_mask)
+            normalizer = Normalizer({**normalizer.mean, ACTION: mean},
+                                    {**normalizer.std, ACTION: std})  # fmt: skip
         return Setup(
             model=state_flow.StateFlow(config),
             items=items,
             collate=state_flow.StateCollator(
-                state_flow.StatePreprocessor(normalizer), cfg["instruction"]
+                state_flow.StatePreprocessor(normalizer),
+                cfg["instruction"],
+                config.relative_mask if config.relative_actions else (),
             ),
             meta={"fps": fps, **state_flow.checkpoint_meta(config), "features": features},
             write_extra=state_flow.write_extra(normalizer),

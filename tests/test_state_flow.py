@@ -175,3 +175,68 @@ def test_a_radian_checkpoint_converts_to_follower_units(state_run, tmp_path):
     np.testing.assert_allclose(new_chunk, to_follower(old_chunk), rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="already in follower units"):
         export_checkpoint(new, tmp_path / "again", convert=to_follower_units)
+
+
+def test_relative_action_stats_count_every_step_inside_its_episode():
+    from policies.data import InMemoryChunks
+
+    items = object.__new__(InMemoryChunks)  # the fields the statistics read
+    items.episode = np.array([0, 0, 0, 1, 1])
+    items.ep_end = np.array([3, 3, 3, 5, 5])
+    items.offsets = np.arange(2)
+    items.state = torch.tensor([[1.0, 5], [2, 5], [3, 5], [10, 5], [20, 5]])
+    items.action = torch.tensor([[2.0, 1], [3, 2], [4, 3], [11, 4], [21, 5]])
+    mean, std = items.relative_action_stats([True, False])
+    # steps inside: (0,0) (0,1) (1,1) (1,2) (2,2) (3,3) (3,4) (4,4): frame t, chunk step t + k
+    rel = [2 - 1, 3 - 1, 3 - 2, 4 - 2, 4 - 3, 11 - 10, 21 - 10, 21 - 20]
+    grip = [1, 2, 2, 3, 3, 4, 5, 5]  # not relative: the action itself
+    np.testing.assert_allclose(mean, [np.mean(rel), np.mean(grip)])
+    np.testing.assert_allclose(std, [np.std(rel), np.std(grip)])
+
+
+def test_relative_actions_are_offsets_from_the_observed_state(state_run):
+    """A model of relative actions and the same model of absolute ones, given the same noise,
+    give chunks that differ by exactly the observed state on the relative dims; a previous
+    chunk is taken relative to the new observation before guidance compares with it."""
+    from runtime.serving.loader import load_policy
+
+    policy = load_policy(state_run)
+    flow = policy.model
+    with torch.no_grad():
+        flow.model.action_out.weight.zero_()  # velocity 0: a chunk is its unnormalized noise
+        flow.model.action_out.bias.zero_()
+    req = request(policy)
+    state = np.array([10.0, -20, 30, 40, 50, 60], np.float32)
+    req.observation["observation.state"] = state
+    first = policy.infer([req])[0]
+    flow.relative_mask = (True,) * 5 + (False,)
+    second = policy.infer([req])[0]
+    np.testing.assert_allclose(second - first, np.tile(np.r_[state[:5], 0], (8, 1)), atol=1e-4)
+    prev = np.tile(state + 1, (6, 1)).astype(np.float32)
+    guided = request(policy, "guided:exp", prev=prev)
+    guided.observation["observation.state"] = state
+    expected = flow.normalize_actions(np.tile(np.r_[np.ones(5), state[5] + 1], (6, 1)))
+    torch.testing.assert_close(policy._previous([guided])[0, :6], expected.float())
+
+
+def test_a_relative_action_policy_trains_and_serves(state_run, tmp_path):
+    from policies.train import train
+    from runtime.serving.loader import load_policy
+
+    dataset = state_run.parent / "reach"
+    out = tmp_path / "relative"
+    cfg = {
+        "dataset": str(dataset), "output": str(out), "steps": 2, "batch_size": 8, "lr": 1e-3,
+        "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 1, "min_lr_ratio": 0.1,
+        "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0, "resume": False, "data": "memory",
+        "num_workers": 0, "log_every": 1, "save_every": 2, "instruction": "task",
+        "fast_tokenizer": None, "fast_fit_chunks": 8, "device": "cpu",
+        "policy": {**TINY, "relative_actions": True},
+    }  # fmt: skip
+    train(cfg)
+    policy = load_policy(out)
+    assert policy.model.relative_mask == (True,) * 5 + (False,)  # every joint but the gripper
+    chunk = policy.infer([request(policy, "guided:exp", prev=np.zeros((8, 6), np.float32))])[0]
+    assert chunk.shape == (8, 6) and np.isfinite(chunk).all()
+    with pytest.raises(ValueError, match="data=memory"):
+        train({**cfg, "output": str(tmp_path / "lerobot"), "data": "lerobot"})

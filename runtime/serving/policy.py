@@ -38,3 +38,8 @@ class FlowModel(Protocol):
     def unnormalize_actions(self, actions: Tensor) -> np.ndarray:
         """Normalized (..., A) -> absolute float32 actions."""
         ...
+
+    # Optional: ``action_offsets(requests) -> (B, A) array | None``. A model of actions
+    # relative to the observed state (``policies.inference.FlowPolicy.action_offsets``)
+    # normalizes and unnormalizes offsets; the sampler adds these to its chunks and takes
+    # them off a previous chunk before guiding towards it.

@@ -96,8 +96,12 @@ class FlowChunkPolicy:
         chunks: list[np.ndarray] = [np.empty(0, np.float32)] * len(requests)
         for sampler in dict.fromkeys(samplers):
             index = [i for i, s in enumerate(samplers) if s == sampler]
-            x = self._sample(sampler, [requests[i] for i in index])  # (b, H, A) normalized
+            group = [requests[i] for i in index]
+            x = self._sample(sampler, group)  # (b, H, A) normalized
             absolute = self.model.unnormalize_actions(x)  # (b, H, A)
+            offsets = self._offsets(group)
+            if offsets is not None:  # a model of actions relative to the observed state
+                absolute = absolute + offsets[:, None, :]
             for i, chunk in zip(index, absolute, strict=True):
                 chunks[i] = np.ascontiguousarray(chunk, dtype=np.float32)
         return chunks
@@ -156,9 +160,17 @@ class FlowChunkPolicy:
         """The requests' previous chunks, normalized and aligned: (b, H, A), zero past each
         request's n rows."""
         H = self.info.chunk_length
-        return torch.stack(
-            [align_previous_chunk(self.model.normalize_actions(r.prev_actions), H) for r in batch]
-        )
+        offsets = self._offsets(batch)
+        return torch.stack([
+            align_previous_chunk(self.model.normalize_actions(
+                r.prev_actions if offsets is None else r.prev_actions - offsets[i]), H)
+            for i, r in enumerate(batch)
+        ])  # fmt: skip
+
+    def _offsets(self, batch: list[ObservationRequest]) -> np.ndarray | None:
+        """(b, A) the offsets of a model of relative actions (``action_offsets``), else None."""
+        offsets = getattr(self.model, "action_offsets", None)
+        return None if offsets is None else offsets(batch)
 
     def _weights(self, batch: list[ObservationRequest], schedule: str) -> np.ndarray:
         """(b, H) prefix weights of each request's d and s, 0 past its n rows."""
