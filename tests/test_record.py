@@ -117,6 +117,30 @@ def test_interrupted_recording_keeps_finished_episodes(tmp_path, monkeypatch):
     assert set(np.asarray(ds.hf_dataset["episode_index"]).tolist()) == {0}
 
 
+def test_many_episodes_merge_in_groups_in_order(tmp_path, monkeypatch):
+    """Episodes are merged in groups (lerobot's merge rewrites its output per dataset added):
+    with groups of 2, five episodes take two levels, and come out whole and in order."""
+    from lerobot.datasets import LeRobotDataset
+
+    import sim.record
+    from sim import SimEnv
+
+    monkeypatch.setattr(sim.record, "MERGE_GROUP", 2)
+    out = tmp_path / "ds"
+    summary = sim.record.record_dataset(SimEnv("reach", render=False), out, episodes=5,
+                                        progress=False)  # fmt: skip
+    ds = LeRobotDataset("ds", root=out, video_backend="pyav")
+    assert ds.num_episodes == 5 and len(ds) == summary.frames
+    table = ds.hf_dataset.select_columns(["episode_index", "frame_index", "index"])
+    episodes = np.asarray(table["episode_index"])
+    assert (np.diff(episodes) >= 0).all() and set(episodes.tolist()) == set(range(5))
+    assert (np.asarray(table["index"]) == np.arange(len(ds))).all()
+    first = SimEnv("reach", render=False).reset(seed=summary.seeds[3])["observation.environment_state"]
+    state = np.stack(ds.hf_dataset.with_format("numpy")["observation.environment_state"])
+    np.testing.assert_array_equal(state[episodes == 3][0], first)  # the 4th seed's scene
+    assert not (sim.record.partial_path(out)).exists()
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "runtime.commands.cli", *args],
