@@ -308,3 +308,53 @@ def test_make_driver_unknown_name_lists_the_available_ones(installed_plugin):
         ValueError, match=r"unknown driver 'ur5'; available: .*'lerobot'.*'toy_arm'"
     ):
         make_driver("ur5")
+
+
+class FakeSO101(FakeArm):
+    """An SO-101 follower's motors and units (5 joints in degrees, a 0-100 gripper) and its
+    two cameras, as lerobot's so101_follower reports them, without hardware."""
+
+    name = "rtvla_fake_so101"
+    MOTORS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll")
+
+    def __init__(self, config: FakeArmConfig) -> None:
+        super().__init__(config)
+        arm = {m: Motor(i + 1, "sts3215", MotorNormMode.DEGREES) for i, m in enumerate(self.MOTORS)}
+        gripper = Motor(6, "sts3215", MotorNormMode.RANGE_0_100)
+        self.bus = SimpleNamespace(motors={**arm, "gripper": gripper})
+        self.position = {f"{m}.pos": 0.0 for m in self.bus.motors}
+
+    @property
+    def observation_features(self) -> dict:
+        cams = {c: self.config.camera_shape for c in ("front", "wrist")}
+        return {**{f"{m}.pos": float for m in self.bus.motors}, **cams}
+
+    @property
+    def action_features(self) -> dict:
+        return {f"{m}.pos": float for m in self.bus.motors}
+
+    def get_observation(self) -> dict:
+        image = np.full(self.config.camera_shape, 7, dtype=np.uint8)
+        return {**self.position, "front": image, "wrist": image}
+
+
+def test_a_sim_trained_checkpoint_fits_an_so101_follower_without_conversion(tmp_path):
+    """The shipped checkpoint (trained in the sim) meets a real SO-101's features, joint names
+    and units as lerobot reports them: nothing to convert, nothing refused."""
+    from runtime.serving.loader import load_policy
+    from runtime.wire.info import fit_problems
+    from sim import SimEnv
+
+    so101 = FakeSO101(FakeArmConfig(id="so101", calibration_dir=tmp_path, camera_shape=(96, 96, 3)))
+    driver = LerobotDriver(so101)
+    spec = driver.feature_spec()
+    sim_spec = SimEnv("reach", render=False).feature_spec()
+    for key in ("observation.state", "action"):
+        assert spec[key] == sim_spec[key]  # names with .pos, shape, dtype
+    policy = load_policy("checkpoints/demo")
+    info = policy.info
+    assert (
+        fit_problems(info.features, info.fps, info.action_dim, spec, 30.0, info.joint_names) == []
+    )
+    limits = driver.limits()  # lerobot's units: degrees per tick for the arm, 0-100 gripper
+    assert limits.high[5] == 100 and limits.low[5] == 0

@@ -135,7 +135,9 @@ def test_many_episodes_merge_in_groups_in_order(tmp_path, monkeypatch):
     episodes = np.asarray(table["episode_index"])
     assert (np.diff(episodes) >= 0).all() and set(episodes.tolist()) == set(range(5))
     assert (np.asarray(table["index"]) == np.arange(len(ds))).all()
-    first = SimEnv("reach", render=False).reset(seed=summary.seeds[3])["observation.environment_state"]
+    first = SimEnv("reach", render=False).reset(seed=summary.seeds[3])[
+        "observation.environment_state"
+    ]
     state = np.stack(ds.hf_dataset.with_format("numpy")["observation.environment_state"])
     np.testing.assert_array_equal(state[episodes == 3][0], first)  # the 4th seed's scene
     assert not (sim.record.partial_path(out)).exists()
