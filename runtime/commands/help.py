@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 _KEY = re.compile(r"^(\s*)([A-Za-z_][\w-]*)\s*:(.*)$")
 _HEADER = re.compile(r"^#\s+([a-z_][\w.]*)\s{2,}(\S.*)$")  # "#   address   ZMQ endpoint ..."
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")  # "    width: int = 128  # ..."
+_LEAF_MAPS = ("rename_map",)  # free-form mappings, shown as one value
 _WRAPPED = re.compile(r"^\s+(\w+)\s*:[^#=]*=\s*\($")  # a default wrapped onto the next line
 
 
@@ -150,6 +151,3 @@ def render_help(name: str, summary: str, cfg: dict, docs: dict[str, str], groups
         lines.append(f"  {text}{pad}{doc or ''}".rstrip())
     lines += ["", f"'rtvla {name} --cfg job' prints the resolved configuration as yaml."]
     return "\n".join(lines)
-
-
-_LEAF_MAPS = ("rename_map",)  # free-form mappings, shown as one value
