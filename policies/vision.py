@@ -19,6 +19,10 @@ if TYPE_CHECKING:
     from policies.vla import VLAConfig
 
 VISION = ("patch", "keypoints")
+KEYPOINT_STRIDES = (2, 4, 8)  # vision=keypoints: keypoint map size = image size / stride
+# log of the initial spatial-softmax sharpness: at 1 (log 0) the softmax starts near uniform
+# and keypoints hardly move; at 10 a target is localised about twice as fast (measured)
+KEYPOINT_LOG_TEMPERATURE = 2.3
 
 
 def resize_with_pad(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -133,21 +137,31 @@ def conv_block(cin: int, cout: int, stride: int) -> nn.Sequential:
 class KeypointStem(nn.Module):
     """One camera's images (B, 3, h, w) in [0, 1] -> K keypoint tokens (B, K, C).
 
-    a stride-2 conv, then two stages (a stride-2 conv and a residual conv) of GroupNorm conv
-    blocks (h' = h / 8), a 1x1
+    A stride-2 conv, then stages of GroupNorm conv blocks (a conv, stride 2 while the maps are
+    larger than h / ``stride``, and a residual conv) down to maps of h / ``stride``, a 1x1
     conv to K feature maps, and a spatial softmax: keypoint k is the softmax-weighted mean
     pixel position (x_k, y_k) of map k; its token embeds (x_k, y_k, max activation) and adds a
     learned embedding of k.
+
+    ``stride`` 8 is robomimic's depth; 4 keeps small objects (a 5-pixel target at 96 x 96)
+    more than a map cell wide and gives each keypoint less context to memorise a scene by,
+    so it localises held-out scenes better on few demonstrations (``docs/training.md``).
     """
 
-    def __init__(self, width: int, num_keypoints: int, cond_dim: int | None = None) -> None:
+    def __init__(
+        self, width: int, num_keypoints: int, cond_dim: int | None = None, stride: int = 8
+    ) -> None:
         super().__init__()
-        self.films = _films(cond_dim, (32, 64, 64))
+        if stride not in KEYPOINT_STRIDES:
+            raise ValueError(f"keypoint stride={stride} is not one of {KEYPOINT_STRIDES}")
+        stages = KEYPOINT_STRIDES.index(stride)  # 2 -> 0 ... 8 -> 2 stride-2 stages
+        self.films = _films(cond_dim, (32,) + (64,) * stages)
         self.stem = conv_block(3, 32, 2)  # (B, 32, h / 2, w / 2)
-        self.down = nn.ModuleList([conv_block(32, 64, 2), conv_block(64, 64, 2)])  # h / 8
-        self.residual = nn.ModuleList([conv_block(64, 64, 1), conv_block(64, 64, 1)])
-        self.keypoints = nn.Conv2d(64, num_keypoints, 1)
-        self.temperature = nn.Parameter(torch.zeros(()))  # log of the softmax sharpness
+        self.down = nn.ModuleList(conv_block(32 if i == 0 else 64, 64, 2) for i in range(stages))
+        self.residual = nn.ModuleList(conv_block(64, 64, 1) for _ in range(stages))
+        self.keypoints = nn.Conv2d(64 if stages else 32, num_keypoints, 1)
+        # log of the softmax sharpness: sharp enough at init that each keypoint moves
+        self.temperature = nn.Parameter(torch.tensor(KEYPOINT_LOG_TEMPERATURE))
         self.embed = nn.Linear(3, width)
         self.identity = nn.Parameter(0.02 * torch.randn(num_keypoints, width))
 
@@ -179,7 +193,7 @@ def make_stem(config: VLAConfig) -> nn.Module:
     """The image encoder ``config.vision`` names, for one camera."""
     cond_dim = config.width if config.film else None
     if config.vision == "keypoints":
-        return KeypointStem(config.width, config.num_keypoints, cond_dim)
+        return KeypointStem(config.width, config.num_keypoints, cond_dim, config.keypoint_stride)
     h, w = config.image_size
     num_patches = (h // config.patch_size) * (w // config.patch_size)
     return PatchStem(config.width, config.patch_size, num_patches, cond_dim)

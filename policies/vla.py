@@ -29,7 +29,7 @@ from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
 from policies.features import ACTION, ENV_STATE, GOAL_STATE, IMAGES
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import prefix_flow_time
-from policies.vision import VISION
+from policies.vision import KEYPOINT_STRIDES, VISION
 
 LANGUAGE = ("words", "bytes")  # the small backbone's instruction tokens (SmallBackbone)
 
@@ -47,6 +47,7 @@ class VLAConfig:
     vision: str = "patch"  # image encoder: "patch" tokens or "keypoints" (spatial softmax)
     patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
+    keypoint_stride: int = 8  # vision=keypoints: keypoint maps are image_size / this (2, 4, 8)
     film: bool = True  # small backbone: the instruction FiLM-conditions the image stems (RT-1)
     expert_instruction: bool = True  # small backbone: the expert also reads a bag of its tokens
     augment_shift: int = 0  # training only: random image shifts of up to this many pixels
@@ -87,6 +88,10 @@ class VLAConfig:
             raise ValueError(f"width={self.width} is not divisible by num_heads={self.num_heads}")
         if self.vision not in VISION:
             raise ValueError(f"vision={self.vision!r} is unknown: choose one of {VISION}")
+        if self.keypoint_stride not in KEYPOINT_STRIDES:
+            raise ValueError(
+                f"keypoint_stride={self.keypoint_stride} is not one of {KEYPOINT_STRIDES}"
+            )
         if self.language not in LANGUAGE:
             raise ValueError(f"language={self.language!r} is unknown: choose one of {LANGUAGE}")
         if (

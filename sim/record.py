@@ -343,35 +343,27 @@ def finish_recording(staging: Path, output: Path, repo_id: str) -> None:
             return
         merged = staging / "merged"
         shutil.rmtree(merged, ignore_errors=True)
-        shutil.rmtree(staging / "groups", ignore_errors=True)
-        merge_datasets(episodes, merged, repo_id, staging / "groups")
+        shutil.rmtree(staging / "groups", ignore_errors=True)  # left by an older version
+        merge_datasets(episodes, merged, repo_id)
         durable_rename(merged, output)
         shutil.rmtree(staging, ignore_errors=True)
     log.info("dataset with %d episodes written to %s", len(episodes), output)
 
 
-MERGE_GROUP = 32  # datasets merged at once; more are merged in groups first
 
 
-def merge_datasets(roots: list[Path], output: Path, repo_id: str, scratch: Path) -> None:
-    """lerobot's ``aggregate_datasets`` of ``roots``, in order, into ``output``; more than
-    ``MERGE_GROUP`` are merged in groups first (in ``scratch``, removed afterwards). lerobot
-    rewrites the merged data file for every dataset it appends, so merging n at once costs
-    about n^2 / 2 episode writes (minutes for 600 episodes); in groups of g about
-    n * (g + n / g) / 2."""
+def merge_datasets(roots: list[Path], output: Path, repo_id: str) -> None:
+    """lerobot's ``aggregate_datasets`` of ``roots``, in order, into ``output``, keeping one
+    data file per episode (``concatenate_data=False``): packing them into shards rewrites the
+    growing output file for every dataset appended, which costs about n^2 / 2 episode writes
+    (over an hour for 1200 rendered reach episodes); this is one copy per episode (about
+    8 minutes for those)."""
     from lerobot.datasets.aggregate import aggregate_datasets
 
-    if len(roots) > MERGE_GROUP:
-        groups = []
-        for k in range(0, len(roots), MERGE_GROUP):
-            groups.append(scratch / f"group_{k // MERGE_GROUP:05d}")
-            merge_datasets(roots[k : k + MERGE_GROUP], groups[-1], repo_id, scratch / "sub")
-        merge_datasets(groups, output, repo_id, scratch / "sub")
-        shutil.rmtree(scratch, ignore_errors=True)
-        return
     aggregate_datasets(
-        repo_ids=[f.name for f in roots], aggr_repo_id=repo_id, roots=roots, aggr_root=output
-    )
+        repo_ids=[f.name for f in roots], aggr_repo_id=repo_id, roots=roots, aggr_root=output,
+        concatenate_data=False,
+    )  # fmt: skip
 
 
 def durable_rename(source: Path, target: Path) -> None:

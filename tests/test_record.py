@@ -117,15 +117,14 @@ def test_interrupted_recording_keeps_finished_episodes(tmp_path, monkeypatch):
     assert set(np.asarray(ds.hf_dataset["episode_index"]).tolist()) == {0}
 
 
-def test_many_episodes_merge_in_groups_in_order(tmp_path, monkeypatch):
-    """Episodes are merged in groups (lerobot's merge rewrites its output per dataset added):
-    with groups of 2, five episodes take two levels, and come out whole and in order."""
+def test_many_episodes_merge_whole_and_in_order(tmp_path):
+    """Episodes are merged one data file each (lerobot's packing would rewrite its output per
+    dataset added) and come out whole, in order, with a contiguous index."""
     from lerobot.datasets import LeRobotDataset
 
     import sim.record
     from sim import SimEnv
 
-    monkeypatch.setattr(sim.record, "MERGE_GROUP", 2)
     out = tmp_path / "ds"
     summary = sim.record.record_dataset(SimEnv("reach", render=False), out, episodes=5,
                                         progress=False)  # fmt: skip

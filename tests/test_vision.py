@@ -19,6 +19,18 @@ def test_keypoint_stem_gives_one_token_per_keypoint_that_follows_the_image():
     assert not torch.allclose(tokens[0], tokens[1])
 
 
+@pytest.mark.parametrize("stride", [2, 4, 8])
+def test_keypoint_stride_sets_the_map_size_and_a_bad_one_is_refused(stride):
+    stem = KeypointStem(width=16, num_keypoints=4, stride=stride)
+    maps = []
+    stem.keypoints.register_forward_hook(lambda module, args, out: maps.append(out))
+    tokens = stem(torch.rand(2, 3, 96, 96))
+    assert tokens.shape == (2, 4, 16)
+    assert maps[0].shape[-2:] == (96 // stride, 96 // stride)
+    with pytest.raises(ValueError, match="keypoint_stride=3"):
+        VLAConfig(vision="keypoints", keypoint_stride=3)
+
+
 def test_random_shift_keeps_shape_and_moves_content():
     torch.manual_seed(1)
     frames = torch.rand(4, 2, 3, 16, 16)
