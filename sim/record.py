@@ -350,8 +350,6 @@ def finish_recording(staging: Path, output: Path, repo_id: str) -> None:
     log.info("dataset with %d episodes written to %s", len(episodes), output)
 
 
-
-
 def merge_datasets(roots: list[Path], output: Path, repo_id: str) -> None:
     """lerobot's ``aggregate_datasets`` of ``roots``, in order, into ``output``, keeping one
     data file per episode (``concatenate_data=False``): packing them into shards rewrites the

@@ -119,9 +119,14 @@ class ReachDemonstrator(Demonstrator):
 
     Failures: ``offset`` aims 4 cm to the side of the target, ``overshoot`` goes 2.5 cm too
     low; the demonstrator then notices the error and corrects it ("move left", "move up", ...).
+    ``detour`` heads for a distractor of another colour first (``DETOUR_FRACTION`` of the way
+    to above it), then turns to the named target: on those frames only the instruction says
+    which way to go (the arm's pose points at the wrong target), so a policy trained on them
+    cannot fit its actions from the pose alone and must read the colour.
     """
 
-    FAILURES = ("offset", "overshoot")
+    FAILURES = ("offset", "overshoot", "detour")
+    DETOUR_FRACTION = 0.7
     SPEED = 0.06  # m/s, slower than the default: a reach is short
     task: Reach
 
@@ -131,6 +136,8 @@ class ReachDemonstrator(Demonstrator):
         miss = self._miss(target)  # (3,)
         lift = np.array([0.0, 0.0, APPROACH_HEIGHT])
         yaw = arm_yaw(target, roll=0.0)
+        if self.failure == "detour":
+            yield from self._detour(above, lift)
         yield from self.move(target + miss * [1, 1, 0] + lift, Labels(above), yaw=yaw)
         yield from self.move(target + miss, Labels(reach))
         yield from self.settle(Labels(reach))
@@ -142,6 +149,22 @@ class ReachDemonstrator(Demonstrator):
             yield from self.move(target, fix)
             yield from self.settle(fix)
         yield from self.hold(Labels(reach))
+
+    def _detour(self, above: str, lift: np.ndarray) -> Iterator[Step]:
+        """Most of the way towards above a random distractor, a pause, then a corrective
+        instruction towards above the named target (the caller's next move goes there)."""
+        centres = dict(zip(COLORS, self.task.environment_state().reshape(-1, 3), strict=True))
+        decoy = centres[str(self.rng.choice([c for c in COLORS if c != self.task.color]))]
+        start = self.site_pos()
+        waypoint = start + self.DETOUR_FRACTION * (decoy + lift - start)
+        yield from self.move(waypoint, Labels(above), yaw=arm_yaw(decoy, roll=0.0))
+        yield from self.wait(0.2, Labels(above))
+        error = self.task.target_pos() + lift - self.site_pos()
+        yield from self.move(
+            self.task.target_pos() + lift,
+            Labels(above, direction_words(error), correction=True),
+            yaw=arm_yaw(self.task.target_pos(), roll=0.0),
+        )
 
     def _miss(self, target: np.ndarray) -> np.ndarray:
         """Where the injected failure aims, relative to the target (zero without one)."""
