@@ -354,8 +354,8 @@ def merge_datasets(roots: list[Path], output: Path, repo_id: str) -> None:
     """lerobot's ``aggregate_datasets`` of ``roots``, in order, into ``output``, keeping one
     data file per episode (``concatenate_data=False``): packing them into shards rewrites the
     growing output file for every dataset appended, which costs about n^2 / 2 episode writes
-    (over an hour for 1200 rendered reach episodes); this is one copy per episode (about
-    8 minutes for those)."""
+    (over an hour for 1200 rendered reach episodes); this is one copy per episode (about 15
+    minutes for those, a few of them loading the episodes' metadata)."""
     from lerobot.datasets.aggregate import aggregate_datasets
 
     aggregate_datasets(
