@@ -186,7 +186,8 @@ def train_loop(
     """Steps ``start`` to ``cfg['steps']``: ``net(batch)`` gives (loss, terms); the learning-rate
     schedule, clipping, EMA, metrics.jsonl and ``save(step)`` every ``save_every`` steps."""
     steps, metrics = cfg["steps"], []
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bf16 = device.type == "cuda" and cfg.get("bf16", True)  # bf16 autocast on a GPU
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16)
     bar = tqdm(total=steps, initial=start, desc="train", unit="step", disable=rank != 0)
     metrics_file = Path(cfg["output"]) / "metrics.jsonl"
     t0, samples, step = time.perf_counter(), 0, start

@@ -1,0 +1,115 @@
+"""tools/pack_dataset.py and tools/train_packed.py: a packed dataset serves the same training
+batches as the in-memory LeRobotDataset path (up to the video codec's pixel error), trains, and
+its checkpoint loads like any other."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def packed(reach_dataset, tmp_path_factory):
+    root, _ = reach_dataset
+    prefix = tmp_path_factory.mktemp("packed") / "reach"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "pack_dataset.py"), str(root), str(root),
+         "--output", str(prefix)],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return root, prefix
+
+
+def test_packed_batches_equal_the_collators(packed):
+    from policies.data import Collator, InMemoryChunks, action_chunks, open_dataset
+    from policies.fast import FastTokenizer
+    from policies.features import ACTION, ENV_STATE, STATE
+    from policies.inference import VLAPreprocessor
+    from policies.normalize import Normalizer
+    from policies.train import vla_config
+    from policies.vla import VLA
+
+    root, prefix = packed
+    meta = json.loads(str(np.load(f"{prefix}.npz")["meta"]))
+    ds = open_dataset(root, chunk_length=8)
+    n = len(ds)
+    assert meta["sources"] == [str(root), str(root)]
+    episodes = np.load(f"{prefix}.npz")["episode"]
+    assert len(episodes) == 2 * n and len(np.unique(episodes)) == 2 * ds.meta.total_episodes
+    features = {k: {**v, "shape": tuple(v["shape"])} for k, v in ds.meta.features.items()}
+    config = vla_config(
+        features,
+        {
+            "chunk_length": 8,
+            "max_fast_tokens": 32,
+            "aux_env_state": 1.0,
+            "width": 32,
+            "depth": 1,
+            "num_heads": 2,
+            "expert_width": 32,
+        },
+    )
+    norm = Normalizer.from_stats(meta["stats"], (STATE, ACTION, ENV_STATE))
+    model = VLA(config)
+    chunks = norm.normalize(ACTION, torch.from_numpy(action_chunks(ds, 8, 200))).numpy()
+    fast = FastTokenizer(vocab_size=300).fit(chunks)
+    collate = Collator(VLAPreprocessor(config.image_keys, norm, model.tokenize_instructions,
+                                       config.image_size), "task", fast, 32)  # fmt: skip
+    items = InMemoryChunks(ds, 8, config.image_keys, config.image_size)
+    data = load_tool("train_packed").DeviceData(str(prefix), model, norm, fast, torch.device("cpu"))
+    last = int(np.flatnonzero(items.episode == items.episode[0])[-1])
+    index = [0, 3, last - 2, last, last + 1, n - 1]  # chunks that run past their episode's end
+    want = collate([items[i] for i in index])
+    got = data.batch(torch.tensor(index) + n)  # the second copy: episodes renumbered
+    assert want.keys() == got.keys()
+    for key in want:
+        if key.startswith("observation.images."):  # H.264: near-lossless, not exact
+            assert (want[key] - got[key]).abs().mean() < 3 / 255, key
+        elif want[key].is_floating_point():
+            torch.testing.assert_close(got[key], want[key], msg=key)
+        else:
+            assert torch.equal(got[key], want[key]), key
+    assert got["action_is_pad"][3].any()  # the episode's last frame pads its chunk
+
+
+def test_train_packed_writes_a_loadable_checkpoint(packed, tmp_path):
+    from policies.checkpoint import load_checkpoint
+
+    _, prefix = packed
+    out = tmp_path / "run"
+    run = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "train_packed.py"), str(prefix), "--output",
+         str(out), "--steps", "3", "--batch", "4", "--warmup", "1", "policy.width=32",
+         "policy.depth=1", "policy.num_heads=2", "policy.expert_width=32",
+         "policy.chunk_length=8", "policy.max_fast_tokens=32", "policy.fast_vocab_size=300",
+         "policy.vision=keypoints"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "DEVICE": "cpu"},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert figures["steps"] == 3 and np.isfinite(figures["loss"])
+    ckpt = load_checkpoint(out)
+    assert ckpt.model.config.vision == "keypoints" and ckpt.model.config.chunk_length == 8
+
+
+def test_train_packed_refuses_bad_input(tmp_path):
+    tool = [sys.executable, str(REPO / "tools" / "train_packed.py")]
+    args = [str(tmp_path / "none"), "--output", str(tmp_path), "--steps", "1"]
+    missing = subprocess.run([*tool, *args], capture_output=True, text=True)
+    assert missing.returncode == 2 and "pack_dataset.py" in missing.stderr
