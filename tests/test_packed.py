@@ -1,8 +1,7 @@
-"""tools/pack_dataset.py and tools/train_packed.py: a packed dataset serves the same training
-batches as the in-memory LeRobotDataset path (up to the video codec's pixel error), trains, and
-its checkpoint loads like any other."""
+"""policies/packed.py: a packed dataset serves the same training batches as the in-memory
+LeRobotDataset path (up to the video codec's pixel error), trains, and its checkpoint loads like
+any other."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -14,13 +13,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+PACKED = [sys.executable, "-m", "policies.packed"]
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +21,7 @@ def packed(reach_dataset, tmp_path_factory):
     root, _ = reach_dataset
     prefix = tmp_path_factory.mktemp("packed") / "reach"
     run = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "pack_dataset.py"), str(root), str(root),
-         "--output", str(prefix)],
+        [*PACKED, "pack", str(root), str(root), "--output", str(prefix)],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
@@ -42,6 +34,7 @@ def test_packed_batches_equal_the_collators(packed):
     from policies.features import ACTION, ENV_STATE, STATE
     from policies.inference import VLAPreprocessor
     from policies.normalize import Normalizer
+    from policies.packed import DeviceData
     from policies.train import vla_config
     from policies.vla import VLA
 
@@ -72,7 +65,7 @@ def test_packed_batches_equal_the_collators(packed):
     collate = Collator(VLAPreprocessor(config.image_keys, norm, model.tokenize_instructions,
                                        config.image_size), "task", fast, 32)  # fmt: skip
     items = InMemoryChunks(ds, 8, config.image_keys, config.image_size)
-    data = load_tool("train_packed").DeviceData(str(prefix), model, norm, fast, torch.device("cpu"))
+    data = DeviceData(str(prefix), model, norm, fast, torch.device("cpu"))
     last = int(np.flatnonzero(items.episode == items.episode[0])[-1])
     index = [0, 3, last - 2, last, last + 1, n - 1]  # chunks that run past their episode's end
     want = collate([items[i] for i in index])
@@ -94,8 +87,8 @@ def test_train_packed_writes_a_loadable_checkpoint(packed, tmp_path):
     _, prefix = packed
     out = tmp_path / "run"
     run = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "train_packed.py"), str(prefix), "--output",
-         str(out), "--steps", "3", "--batch", "4", "--warmup", "1", "policy.width=32",
+        [*PACKED, "train", str(prefix), "--output", str(out), "--steps", "3", "--batch", "4",
+         "--warmup", "1", "policy.width=32",
          "policy.depth=1", "policy.num_heads=2", "policy.expert_width=32",
          "policy.chunk_length=8", "policy.max_fast_tokens=32", "policy.fast_vocab_size=300",
          "policy.vision=keypoints"],
@@ -103,13 +96,24 @@ def test_train_packed_writes_a_loadable_checkpoint(packed, tmp_path):
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-2000:]
     figures = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not list(prefix.parent.glob("*.partial"))  # every packed file renamed into place
     assert figures["steps"] == 3 and np.isfinite(figures["loss"])
     ckpt = load_checkpoint(out)
     assert ckpt.model.config.vision == "keypoints" and ckpt.model.config.chunk_length == 8
 
 
-def test_train_packed_refuses_bad_input(tmp_path):
-    tool = [sys.executable, str(REPO / "tools" / "train_packed.py")]
-    args = [str(tmp_path / "none"), "--output", str(tmp_path), "--steps", "1"]
-    missing = subprocess.run([*tool, *args], capture_output=True, text=True)
-    assert missing.returncode == 2 and "pack_dataset.py" in missing.stderr
+def test_train_packed_refuses_bad_input(packed, tmp_path):
+    _, prefix = packed
+
+    def train(*args):
+        return subprocess.run([*PACKED, "train", *args, "--output", str(tmp_path), "--steps",
+                               "1"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+
+    missing = train(str(tmp_path / "none"))
+    assert missing.returncode == 2 and "policies.packed pack" in missing.stderr
+    video = tmp_path / "copy"
+    (video.parent / "copy.npz").write_bytes(Path(f"{prefix}.npz").read_bytes())
+    no_video = train(str(video))
+    assert no_video.returncode == 2 and "copy every packed file" in no_video.stderr
+    bad = train(str(prefix), "patch_size=8")
+    assert bad.returncode == 2 and "policy.<field>=<value>" in bad.stderr

@@ -227,3 +227,29 @@ def test_a_leftover_of_another_recording_is_refused_with_the_difference(tmp_path
     (partial_path(out) / RECORDING_FILE).write_text(json.dumps({"task": "reach", "seed": 7}))
     with pytest.raises(FileExistsError, match="seed: 7 then, 0 now"):
         record_dataset(SimEnv("reach", render=False), out, episodes=1, progress=False)
+
+
+def test_recording_over_the_evaluation_seeds_warns(monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
+    from runtime.commands import record
+
+    class Summary:
+        def as_dict(self):
+            return {}
+
+    class Env:
+        def close(self):
+            pass
+
+    monkeypatch.setattr(record, "make_sim_env", lambda task, render: Env())
+    monkeypatch.setattr(record, "record_dataset", lambda *a, **k: Summary())
+    cfg = {"task": {"name": "reach"}, "render": True, "output": "x", "failure_prob": 0.0,
+           "repo_id": None, "video": False, "extras": [], "max_attempts": 1}  # fmt: skip
+    with caplog.at_level("WARNING"):
+        record.main(OmegaConf.create({**cfg, "seed": 0, "episodes": 999}))
+    assert not caplog.records
+    with caplog.at_level("WARNING"):
+        record.main(OmegaConf.create({**cfg, "seed": 0, "episodes": 1200}))
+    assert "seeds 0..1199 include the default evaluation seeds" in caplog.text
+    assert "seed=10000" in caplog.text

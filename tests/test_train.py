@@ -133,8 +133,8 @@ def test_camera_spec_needs_cameras_of_one_size():
 
 
 def test_the_shipped_checkpoint_loads_and_serves_a_chunk():
-    """checkpoints/demo, written by an earlier version of the model code, still loads (every
-    weight where the current code expects it) and samples a finite chunk."""
+    """checkpoints/demo loads (every weight where the current code expects it) and samples a
+    finite chunk."""
     from pathlib import Path
 
     from runtime.serving.loader import load_policy
@@ -153,3 +153,37 @@ def test_the_shipped_checkpoint_loads_and_serves_a_chunk():
     )  # fmt: skip
     (chunk,) = policy.infer([request])
     assert chunk.shape == (info.chunk_length, info.action_dim) and np.isfinite(chunk).all()
+
+
+def test_a_checkpoint_from_before_the_newer_fields_loads_with_their_old_values(tmp_path):
+    """A config.json written before vision, augment_shift, language, film, expert_instruction
+    and word_buckets existed loads as the model that wrote it (patch tokens, byte tokens, no
+    FiLM), with every weight in place."""
+    import json
+
+    import torch
+
+    from policies.checkpoint import load_checkpoint, save_checkpoint
+    from policies.normalize import Normalizer
+    from policies.vla import VLA, VLAConfig
+
+    old = {"vision": "patch", "augment_shift": 0, "language": "bytes", "film": False,
+           "expert_instruction": False, "word_buckets": 4096}  # fmt: skip
+    config = VLAConfig(width=32, depth=1, num_heads=2, expert_width=32, patch_size=24,
+                       chunk_length=8, fast_loss=False, **old)  # fmt: skip
+    torch.manual_seed(0)
+    model = VLA(config)
+    norm = Normalizer({k: np.zeros(6) for k in ("observation.state", "action")},
+                      {k: np.ones(6) for k in ("observation.state", "action")})  # fmt: skip
+    folder = save_checkpoint(
+        tmp_path, 1, model=model, ema=model.state_dict(), optimizer=torch.optim.AdamW(
+            model.parameters()), normalizer=norm, fast_tokenizer=None, features={},
+        train_config={}, fps=30,
+    )  # fmt: skip
+    meta = json.loads((folder / "config.json").read_text())
+    meta["vla_config"] = {k: v for k, v in meta["vla_config"].items() if k not in old}
+    (folder / "config.json").write_text(json.dumps(meta))
+    loaded = load_checkpoint(folder)
+    assert {k: getattr(loaded.model.config, k) for k in old} == old
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.model.state_dict()[key], value, msg=key)
