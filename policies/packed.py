@@ -11,6 +11,8 @@ evaluates with ``rtvla eval checkpoint=...`` like any other.
 
     uv run python -m policies.packed pack outputs/data/reach1200 --output .gpu/reach1200
     python3 -m policies.packed train .gpu/reach1200 --output RUN --seconds 480 policy.patch_size=8
+    python3 -m policies.packed bundle RUN $OUT/run --all --float16   # then, back here:
+    cat run.tar.part-* | tar xf - -C outputs/gpu/RUN                 # step_N/ folders to evaluate
     DEVICE=cpu python3 -m policies.packed train ... --steps 20     # a check on a CPU first
 """
 
@@ -303,6 +305,8 @@ def train(args: argparse.Namespace) -> dict:
         deadline = t_start + args.seconds
         print(json.dumps({"s_per_step": round(per_step, 4), "steps": steps}), flush=True)
     cfg["steps"] = steps
+    if args.saves:
+        cfg["save_every"] = max(1, -(-steps // args.saves))
     Path(args.output).mkdir(parents=True, exist_ok=True)
     opt = make_optimizer(model, cfg)
     ema = EMA(model, cfg["ema_decay"])
@@ -320,6 +324,50 @@ def train(args: argparse.Namespace) -> dict:
     if not saved or saved[-1] != figures["steps"]:  # stopped at the deadline
         save(figures["steps"])
     return {"output": args.output, "planned_steps": steps, **figures}
+
+
+def bundle(run: str | Path, output: str | Path, every: bool, half: bool, part_mb: float) -> dict:
+    """Tar the inference files of a run's last checkpoint (``every``: of all of them) into
+    ``output``.tar, weights in float16 with ``half`` (they load into the float32 model as is),
+    split into ``output``.tar.part-NN files of at most ``part_mb`` MB (``cat`` joins them)."""
+    import io
+    import tarfile
+
+    from safetensors.torch import load_file, save
+
+    from policies.checkpoint import INFERENCE_FILES, resolve_checkpoint
+
+    run = Path(run)
+    if every:
+        folders = sorted(p for p in (run / "checkpoints").glob("step_*") if p.is_dir())
+        folders = [p for p in folders if not p.name.endswith(".tmp")]
+    else:
+        folders = [resolve_checkpoint(run)]
+    if not folders:
+        raise FileNotFoundError(f"{run} holds no checkpoint")
+    data = io.BytesIO()
+    with tarfile.open(fileobj=data, mode="w") as tar:
+        for folder in folders:
+            for name in INFERENCE_FILES:
+                path = folder / name
+                if not path.is_file():
+                    continue
+                blob = path.read_bytes()
+                if half and name == "model.safetensors":
+                    weights = {k: v.half() if v.is_floating_point() else v
+                               for k, v in load_file(path).items()}  # fmt: skip
+                    blob = save(weights)
+                info = tarfile.TarInfo(f"{folder.name}/{name}")
+                info.size = len(blob)
+                tar.addfile(info, io.BytesIO(blob))
+    blob, size = data.getvalue(), int(part_mb * 1e6)
+    parts = [blob[i : i + size] for i in range(0, len(blob), size)]
+    names = []
+    for i, part in enumerate(parts):
+        names.append(Path(f"{output}.tar.part-{i:02d}"))
+        names[-1].write_bytes(part)
+    return {"checkpoints": [p.name for p in folders], "files": [str(n) for n in names],
+            "megabytes": round(len(blob) / 1e6, 1)}  # fmt: skip
 
 
 def _value(text: str):
@@ -348,13 +396,22 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=5e-4)
     t.add_argument("--warmup", type=int, default=500)
     t.add_argument("--save-every", type=int, default=2000)
+    t.add_argument("--saves", type=int, help="instead of --save-every: this many evenly spaced")
     t.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("bundle", help="a run's checkpoints as tar parts small enough to copy")
+    b.add_argument("run", help="run folder (or one checkpoint folder)")
+    b.add_argument("output", help="path prefix of the parts (PREFIX.tar.part-NN)")
+    b.add_argument("--all", action="store_true", help="every checkpoint, not only the last")
+    b.add_argument("--float16", action="store_true", help="weights in float16 (half the size)")
+    b.add_argument("--part-mb", type=float, default=15.0)
     args, args.overrides = parser.parse_known_args(argv)  # train: policy.<field>=<value> ...
-    if args.command == "pack" and args.overrides:
+    if args.command != "train" and args.overrides:
         parser.error(f"unrecognized arguments: {' '.join(args.overrides)}")
     try:
         if args.command == "pack":
             result = pack(args.datasets, args.output, args.crf)
+        elif args.command == "bundle":
+            result = bundle(args.run, args.output, args.all, args.float16, args.part_mb)
         else:
             result = train(args)
     except (FileNotFoundError, ValueError) as error:

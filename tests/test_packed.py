@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +101,19 @@ def test_train_packed_writes_a_loadable_checkpoint(packed, tmp_path):
     assert figures["steps"] == 3 and np.isfinite(figures["loss"])
     ckpt = load_checkpoint(out)
     assert ckpt.model.config.vision == "keypoints" and ckpt.model.config.chunk_length == 8
+    # bundled in float16 parts, joined and unpacked, it loads into the float32 model
+    run = subprocess.run([*PACKED, "bundle", str(out), str(tmp_path / "b"), "--float16",
+                          "--part-mb", "0.1"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    parts = sorted(tmp_path.glob("b.tar.part-*"))
+    assert len(parts) >= 2 and all(p.stat().st_size <= 1e5 for p in parts)
+    joined = tmp_path / "b.tar"
+    joined.write_bytes(b"".join(p.read_bytes() for p in parts))
+    with tarfile.open(joined) as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    half = load_checkpoint(tmp_path / "x" / "step_0000003")
+    for key, value in ckpt.model.state_dict().items():
+        torch.testing.assert_close(half.model.state_dict()[key], value, atol=1e-3, rtol=1e-3)
 
 
 def test_train_packed_refuses_bad_input(packed, tmp_path):
