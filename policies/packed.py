@@ -327,7 +327,8 @@ def train(args: argparse.Namespace) -> dict:
 
 
 def bundle(run: str | Path, output: str | Path, every: bool, half: bool, part_mb: float) -> dict:
-    """Tar the inference files of a run's last checkpoint (``every``: of all of them) into
+    """Tar the inference files of a run's last checkpoint (``every``: of all of them) and its
+    ``metrics.jsonl`` into
     ``output``.tar, weights in float16 with ``half`` (they load into the float32 model as is),
     split into ``output``.tar.part-NN files of at most ``part_mb`` MB (``cat`` joins them)."""
     import io
@@ -360,6 +361,11 @@ def bundle(run: str | Path, output: str | Path, every: bool, half: bool, part_mb
                 info = tarfile.TarInfo(f"{folder.name}/{name}")
                 info.size = len(blob)
                 tar.addfile(info, io.BytesIO(blob))
+        metrics = run / "metrics.jsonl"
+        if metrics.is_file():  # the loss curves, for plots
+            info = tarfile.TarInfo("metrics.jsonl")
+            info.size = metrics.stat().st_size
+            tar.addfile(info, io.BytesIO(metrics.read_bytes()))
     blob, size = data.getvalue(), int(part_mb * 1e6)
     parts = [blob[i : i + size] for i in range(0, len(blob), size)]
     names = []

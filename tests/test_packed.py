@@ -102,14 +102,15 @@ def test_train_packed_writes_a_loadable_checkpoint(packed, tmp_path):
     ckpt = load_checkpoint(out)
     assert ckpt.model.config.vision == "keypoints" and ckpt.model.config.chunk_length == 8
     # bundled in float16 parts, joined and unpacked, it loads into the float32 model
-    run = subprocess.run([*PACKED, "bundle", str(out), str(tmp_path / "b"), "--float16",
-                          "--part-mb", "0.1"], capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    bundle = [*PACKED, "bundle", str(out), str(tmp_path / "b"), "--float16", "--part-mb", "0.1"]
+    run = subprocess.run(bundle, capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stderr[-2000:]
     parts = sorted(tmp_path.glob("b.tar.part-*"))
     assert len(parts) >= 2 and all(p.stat().st_size <= 1e5 for p in parts)
     joined = tmp_path / "b.tar"
     joined.write_bytes(b"".join(p.read_bytes() for p in parts))
     with tarfile.open(joined) as tar:
+        assert "metrics.jsonl" in tar.getnames()  # the loss curves travel too
         tar.extractall(tmp_path / "x", filter="data")
     half = load_checkpoint(tmp_path / "x" / "step_0000003")
     for key, value in ckpt.model.state_dict().items():
