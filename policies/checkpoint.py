@@ -286,10 +286,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"{FORMAT_VERSION}: retrain, or load it with the version that wrote it"
         )
     # Checkpoints written before these fields existed used patch tokens, no augmentation,
-    # byte tokens, no FiLM and an expert that does not read the instruction itself.
+    # byte tokens, no FiLM, an expert that does not read the instruction itself and no
+    # auxiliary losses.
     old = {
         "vision": "patch", "augment_shift": 0, "language": "bytes", "film": False,
-        "expert_instruction": False, "word_buckets": 4096,
+        "expert_instruction": False, "word_buckets": 4096, "aux_env_state": 0.0,
+        "aux_goal": 0.0, "keypoint_stride": 8,
     }  # fmt: skip
     try:
         config = VLAConfig(**{**old, **meta["vla_config"]})

@@ -45,15 +45,15 @@ class VLAConfig:
     image_keys: tuple[str, ...] = (IMAGES + "front", IMAGES + "wrist")  # order
     image_size: tuple[int, int] = (96, 96)  # (H, W) every camera is resized to, with padding
     vision: str = "patch"  # image encoder: "patch" tokens or "keypoints" (spatial softmax)
-    patch_size: int = 16  # vision=patch: image token side in pixels, 4k dividing image_size
+    patch_size: int = 8  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
     keypoint_stride: int = 8  # vision=keypoints: keypoint maps are image_size / this (2, 4, 8)
     film: bool = True  # small backbone: the instruction FiLM-conditions the image stems (RT-1)
     expert_instruction: bool = True  # small backbone: the expert also reads a bag of its tokens
-    augment_shift: int = 0  # training only: random image shifts of up to this many pixels
+    augment_shift: int = 4  # training only: random image shifts of up to this many pixels
     state_dim: int = 6  # size of observation.state
     action_dim: int = 6  # size of one action
-    chunk_length: int = 50  # H, actions per predicted chunk
+    chunk_length: int = 32  # H, actions per predicted chunk
     backbone: str = "small"  # "small": SmallBackbone from scratch; "hf": HFBackbone (a HF VLM)
     hf_model: str | None = None  # backbone=hf: local folder of a SmolVLM / Idefics3 model
     width: int = 128  # small backbone width
@@ -65,7 +65,7 @@ class VLAConfig:
     word_buckets: int = 1024  # language=words: hash vocabulary (the tasks' words never collide)
     max_lang_tokens: int = 16  # instruction length in tokens (words, bytes or the hf model's)
     fast_vocab_size: int = 1024  # FAST ids the head predicts; at least FastTokenizer.vocab_size
-    max_fast_tokens: int = 64  # FAST tokens per chunk (FastTokenizer.encode_padded max_len)
+    max_fast_tokens: int = 48  # FAST tokens per chunk (FastTokenizer.encode_padded max_len)
     num_steps: int = 10  # Euler steps at inference
     time_alpha: float = 1.5  # flow time s ~ Beta(time_alpha, time_beta), tau = max_tau * (1 - s)
     time_beta: float = 1.0  # (pi0: Beta(1.5, 1), more mass near noise)
@@ -76,7 +76,8 @@ class VLAConfig:
     fast_loss: bool = True  # FAST tokens and their CE in the backbone; False: flow only (pi0)
     alpha: float = 1.0  # weight of the flow-matching loss: loss = CE(FAST) + alpha * FM
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K} steps; 0: off
-    aux_env_state: float = 0.0  # weight of an auxiliary loss: the backbone predicts the scene state
+    aux_env_state: float = 1.0  # weight of an auxiliary loss: the backbone predicts the scene
+    # state (observation.environment_state); off without one, or with backbone=hf
     env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
     aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the last state
 
@@ -111,11 +112,8 @@ class VLAConfig:
                 f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
                 f"[0, chunk_length={self.chunk_length})"
             )
-        if self.aux_env_state > 0 and (self.env_state_dim == 0 or self.backbone != "small"):
-            raise ValueError(
-                f"aux_env_state={self.aux_env_state} needs backbone=small and a dataset with "
-                "observation.environment_state (rtvla record writes it): set aux_env_state=0"
-            )
+        if self.env_state_dim == 0 or self.backbone != "small":
+            self.aux_env_state = 0.0  # needs a scene state and the small backbone's readout
         if self.aux_goal > 0 and self.backbone != "small":
             raise ValueError(f"aux_goal={self.aux_goal} needs backbone=small: set aux_goal=0")
         if self.insulation and not self.fast_loss:

@@ -168,7 +168,7 @@ def test_a_checkpoint_from_before_the_newer_fields_loads_with_their_old_values(t
     from policies.vla import VLA, VLAConfig
 
     old = {"vision": "patch", "augment_shift": 0, "language": "bytes", "film": False,
-           "expert_instruction": False, "word_buckets": 4096}  # fmt: skip
+           "expert_instruction": False, "word_buckets": 4096, "aux_env_state": 0.0}  # fmt: skip
     config = VLAConfig(width=32, depth=1, num_heads=2, expert_width=32, patch_size=24,
                        chunk_length=8, fast_loss=False, **old)  # fmt: skip
     torch.manual_seed(0)
