@@ -160,6 +160,14 @@ def read_video(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(np.stack(frames).transpose(0, 3, 1, 2))
 
 
+def episode_ends(episode: np.ndarray) -> np.ndarray:
+    """Each frame's episode end (one past its last frame), for frames stored episode by
+    episode."""
+    change = np.flatnonzero(np.diff(episode)) + 1
+    starts, ends = np.r_[0, change], np.r_[change, len(episode)]
+    return np.repeat(ends, ends - starts)
+
+
 class DeviceData:
     """A packed dataset as device tensors, and the training batch of any frame indices: the
     same batch ``policies.data.Collator`` makes of ``InMemoryChunks`` items (chunks clamped to
@@ -175,9 +183,7 @@ class DeviceData:
         cfg = model.config
         episode = z["episode"]
         n, H = len(episode), cfg.chunk_length
-        change = np.flatnonzero(np.diff(episode)) + 1
-        starts, ends = np.r_[0, change], np.r_[change, n]
-        ep_end = np.repeat(ends, ends - starts)
+        ep_end = episode_ends(episode)
         query = np.arange(n)[:, None] + np.arange(H)  # (N, H)
         index = np.minimum(query, ep_end[:, None] - 1)
         action = normalizer.normalize(ACTION, torch.from_numpy(z[ACTION])).float()
@@ -235,10 +241,7 @@ def batches(data: DeviceData, batch: int, seed: int, steps: int, deadline: float
 def fit_fast(prefix: str | Path, normalizer: Normalizer, config, seed: int) -> FastTokenizer:
     """The FAST tokenizer fitted as ``rtvla train`` fits one: 4000 random normalized chunks."""
     z = np.load(f"{prefix}.npz", allow_pickle=False)
-    act, ep = z[ACTION], z["episode"]
-    change = np.flatnonzero(np.diff(ep)) + 1
-    starts, ends = np.r_[0, change], np.r_[change, len(ep)]
-    last = np.repeat(ends - 1, ends - starts)
+    act, last = z[ACTION], episode_ends(z["episode"]) - 1
     rng = np.random.default_rng(seed)
     first = rng.integers(0, len(act), size=min(4000, len(act)))
     index = np.minimum(first[:, None] + np.arange(config.chunk_length), last[first][:, None])
