@@ -117,6 +117,13 @@ def action_chunks(dataset, chunk_length: int, count: int, seed: int = 0) -> np.n
     """
     actions = column(dataset.hf_dataset, ACTION, np.float32)  # (N, A)
     episode = column(dataset.hf_dataset, "episode_index")  # (N,)
+    return sample_chunks(actions, episode, chunk_length, count, seed)
+
+
+def sample_chunks(
+    actions: np.ndarray, episode: np.ndarray, chunk_length: int, count: int, seed: int = 0
+) -> np.ndarray:
+    """``action_chunks`` on arrays: actions (N, A) and each frame's episode (N,)."""
     last = np.zeros(len(episode), dtype=np.int64)  # index of each frame's episode's last frame
     for ep in np.unique(episode):
         where = np.flatnonzero(episode == ep)

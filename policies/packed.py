@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from policies.checkpoint import save_checkpoint
+from policies.data import sample_chunks
 from policies.fast import FastTokenizer
 from policies.features import ACTION, ENV_STATE, STATE
 from policies.normalize import Normalizer
@@ -37,6 +39,11 @@ from policies.train import vla_config
 from policies.trainer import EMA, make_optimizer, train_loop
 from policies.vision import resize_with_pad
 from policies.vla import VLA
+
+# rtvla train's optimizer, schedule and FAST settings, read from its config (written once);
+# the batch, peak lr and warmup have their own defaults here (a GPU's batch, not a CPU's).
+TRAIN_DEFAULTS = yaml.safe_load((Path(__file__).parents[1] / "configs" / "train.yaml").read_text())
+OPTIMIZER_KEYS = ("betas", "weight_decay", "min_lr_ratio", "grad_clip", "ema_decay")
 
 # -- packing (needs lerobot and av) -------------------------------------------------------------
 
@@ -239,13 +246,12 @@ def batches(data: DeviceData, batch: int, seed: int, steps: int, deadline: float
 
 
 def fit_fast(prefix: str | Path, normalizer: Normalizer, config, seed: int) -> FastTokenizer:
-    """The FAST tokenizer fitted as ``rtvla train`` fits one: 4000 random normalized chunks."""
+    """The FAST tokenizer fitted as ``rtvla train`` fits one (``fast_fit_chunks`` random
+    normalized chunks, ``policies.data.sample_chunks``)."""
     z = np.load(f"{prefix}.npz", allow_pickle=False)
-    act, last = z[ACTION], episode_ends(z["episode"]) - 1
-    rng = np.random.default_rng(seed)
-    first = rng.integers(0, len(act), size=min(4000, len(act)))
-    index = np.minimum(first[:, None] + np.arange(config.chunk_length), last[first][:, None])
-    normed = normalizer.normalize(ACTION, torch.from_numpy(act[index])).numpy()
+    count = TRAIN_DEFAULTS["fast_fit_chunks"]
+    chunks = sample_chunks(z[ACTION], z["episode"], config.chunk_length, count, seed)
+    normed = normalizer.normalize(ACTION, torch.from_numpy(chunks)).numpy()
     return FastTokenizer(vocab_size=config.fast_vocab_size).fit(normed)
 
 
@@ -290,9 +296,9 @@ def train(args: argparse.Namespace) -> dict:
     model = VLA(config).to(device)
     fast = fit_fast(args.packed, normalizer, config, args.seed) if config.fast_loss else None
     data = DeviceData(args.packed, model, normalizer, fast, device)
-    cfg = {"output": args.output, "lr": args.lr, "betas": [0.9, 0.95], "weight_decay": 1e-4,
-           "warmup_steps": args.warmup, "min_lr_ratio": 0.1, "grad_clip": 1.0,
-           "ema_decay": 0.999, "seed": args.seed, "log_every": 50, "batch_size": args.batch,
+    cfg = {**{k: TRAIN_DEFAULTS[k] for k in OPTIMIZER_KEYS},
+           "output": args.output, "lr": args.lr, "warmup_steps": args.warmup,
+           "seed": args.seed, "log_every": 50, "batch_size": args.batch,
            "save_every": args.save_every, "instruction": "task", "dataset": meta["sources"],
            "policy": policy, "trainer": "policies.packed", "bf16": True}  # fmt: skip
     steps, deadline = args.steps, float("inf")
