@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from policies.fast import FastTokenizer
-from policies.features import ACTION, ENV_STATE, GOAL_STATE, STATE
+from policies.features import ACTION, ENV_STATE, GOAL_STATE, HISTORY_SUFFIX, STATE
 from policies.vision import resize_with_pad
 
 log = logging.getLogger(__name__)
@@ -219,9 +219,12 @@ class InMemoryChunks(torch.utils.data.Dataset):
         image_keys: Sequence[str] | None = None,
         image_size: tuple[int, int] | None = None,
         rename_map: Mapping[str, str] | None = None,
+        history_offsets: Sequence[int] = (),
     ) -> None:
         """image_keys: the cameras to decode, policy names (None: all; () for state-based
-        policies); image_size: (H, W) to resize them to (None: as recorded)."""
+        policies); image_size: (H, W) to resize them to (None: as recorded);
+        history_offsets: items also hold ``<key>.history`` (T, D) for the state and the scene
+        state, at these frame offsets (< 0), clamped to the episode's first frame."""
         rename = dict(rename_map or {})
         features = rename_features(dataset.meta.features, rename)
         source = {rename.get(k, k): k for k in dataset.meta.features}  # policy name -> dataset's
@@ -252,6 +255,9 @@ class InMemoryChunks(torch.utils.data.Dataset):
         self.ep_start = np.array([starts[e] for e in self.episode])
         self.ep_end = np.array([ends[e] for e in self.episode])
         self.offsets = np.arange(chunk_length)
+        self.history_offsets = np.asarray(history_offsets, dtype=np.int64)  # (T,)
+        if len(self.history_offsets) and self.env_state is None:
+            raise ValueError(f"history_offsets need {ENV_STATE}, which the dataset lacks")
 
     def __len__(self) -> int:
         return len(self.episode)
@@ -269,6 +275,25 @@ class InMemoryChunks(torch.utils.data.Dataset):
         rel = rel[inside].astype(np.float64)  # (M, A)
         return rel.mean(axis=0), rel.std(axis=0)
 
+    def history_index(self, index: np.ndarray) -> np.ndarray:
+        """(N, T) the frames ``history_offsets`` before each of ``index`` (N,), clamped to
+        their episode's first frame."""
+        return np.maximum(index[:, None] + self.history_offsets, self.ep_start[index][:, None])
+
+    def history_change_stats(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per history key, the mean (0) and the std (T, D) of the change since each earlier
+        frame (``current - earlier``) over every frame: the state policy's normalization of
+        what it reads of the history (``policies.state_flow.StatePreprocessor``)."""
+        index = np.arange(len(self.episode))
+        past = self.history_index(index)  # (N, T)
+        out = {}
+        for key, values in ((STATE, self.state), (ENV_STATE, self.env_state)):
+            v = values.numpy().astype(np.float64)
+            change = v[index][:, None, :] - v[past]  # (N, T, D)
+            std = change.std(axis=0)
+            out[key + HISTORY_SUFFIX] = (np.zeros_like(std), std)
+        return out
+
     def frame_in_episode(self) -> np.ndarray:
         """Each item's frame index within its episode (N,) (0 at an episode's first frame)."""
         return np.arange(len(self.episode)) - self.ep_start
@@ -281,6 +306,10 @@ class InMemoryChunks(torch.utils.data.Dataset):
         item[GOAL_STATE] = self.state[self.ep_end[i] - 1]  # hindsight: where the episode ends
         if self.env_state is not None:
             item[ENV_STATE] = self.env_state[i]
+        if len(self.history_offsets):
+            past = self.history_index(np.array([i]))[0]  # (T,)
+            item[STATE + HISTORY_SUFFIX] = self.state[past]  # (T, S)
+            item[ENV_STATE + HISTORY_SUFFIX] = self.env_state[past]  # (T, E)
         item[ACTION] = self.action[index]  # (H, A)
         item["action_is_pad"] = torch.from_numpy(query >= self.ep_end[i])  # (H,)
         item["task"] = self.task[i]

@@ -9,3 +9,4 @@ ENV_STATE = "observation.environment_state"  # (E,) float32 object, target and b
 IMAGES = "observation.images."  # prefix of the camera keys: observation.images.<cam>
 ACTION = "action"  # (A,) float32 absolute joint targets; chunks (H, A)
 GOAL_STATE = "goal_state"  # (S,) training only: the state of the episode's last frame (rtvla's)
+HISTORY_SUFFIX = ".history"  # "<key>.history": <key> at earlier ticks, (T, ...) (rtvla's)

@@ -46,17 +46,20 @@ class FlowPolicy:
         features: dict[str, dict],
         joint_names: dict[str, tuple[str, ...]] | None = None,
         relative_mask: Sequence[bool] = (),
+        observation_history: Sequence[int] = (),
     ) -> None:
         """features: the observations read, as the wire carries them; joint_names: the
         dataset's names of the state and action joints (``policies.checkpoint.joint_names``);
         relative_mask: the action dims the model predicts as offsets from the observed state
-        (``action_offsets``; empty: absolute actions)."""
+        (``action_offsets``; empty: absolute actions); observation_history: the earlier
+        ticks it reads (``MetadataReply.observation_history``; empty: the current one)."""
         self.model = model.eval()
         self.joint_names = joint_names
         self.relative_mask = tuple(bool(m) for m in relative_mask)
         self.preprocess = preprocess
         self.normalizer = normalizer
         self.model_id, self.fps, self.features = model_id, fps, features
+        self.observation_history = tuple(observation_history) or None
         self.chunk_length = model.config.chunk_length  # H
         self.action_dim = model.config.action_dim  # A
         self.device = next(model.parameters()).device

@@ -9,6 +9,12 @@ modulated (adaLN, as in DiT) by the observation embedding plus the token's flow 
 time is per token, so the same network serves plain, RTC-guided (the VJP runs through it)
 and training-time RTC (prefix-conditioned) sampling.
 
+With ``history_offsets`` (ticks < 0, e.g. ``[-8, -4]``) it also reads how the state and the
+scene state changed since those earlier ticks (``current - earlier``, normalized by the
+changes' own spread in the dataset), as diffusion policy reads two observation frames: a
+state alone cannot tell "at rest, about to lift" from "just started lifting". The controller
+sends those ticks' observations (``runtime.robot.controller.ObservationHistory``).
+
 The instruction is a bag of hashed words (``HASH_BUCKETS`` embeddings, mean-pooled): the
 tasks name a colour and an object, which a bag of words carries exactly.
 
@@ -18,6 +24,7 @@ Anatomy, as every policy kind: config, build, loss, sample, checkpoint extras.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from policies.features import ACTION, ENV_STATE, STATE
+from policies.features import ACTION, ENV_STATE, HISTORY_SUFFIX, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.language import HASH_BUCKETS, words
 from policies.normalize import Normalizer
@@ -59,9 +66,17 @@ class StateFlowConfig:
         False  # predict joint targets as offsets from the current state (not the gripper)
     )
     relative_mask: tuple[bool, ...] = ()  # from the dataset: the action dims that are relative
+    history_offsets: tuple[int, ...] = ()  # earlier ticks read too (< 0, oldest first); (): none
 
     def __post_init__(self) -> None:
         self.relative_mask = tuple(bool(m) for m in self.relative_mask)
+        self.history_offsets = tuple(int(o) for o in self.history_offsets)
+        offsets = self.history_offsets
+        if any(o >= 0 for o in offsets) or any(b <= a for a, b in itertools.pairwise(offsets)):
+            raise ValueError(
+                f"history_offsets={list(offsets)} must be negative ticks, increasing (oldest "
+                "first), e.g. [-8, -4]"
+            )
         if not 0 <= self.rtc_training_max_delay < self.chunk_length:
             raise ValueError(
                 f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
@@ -69,33 +84,50 @@ class StateFlowConfig:
             )
 
 
+HISTORY_KEYS = (STATE + HISTORY_SUFFIX, ENV_STATE + HISTORY_SUFFIX)  # (T, S) and (T, E)
+
+
 class StatePreprocessor:
     """Raw observations and instructions -> the model's inputs; training's collator and the
-    server both call it, so a policy sees exactly what it was trained on."""
+    server both call it, so a policy sees exactly what it was trained on. ``history``: the
+    policy reads ``HISTORY_KEYS`` too (the normalizer then has their changes' spread)."""
 
-    def __init__(self, normalizer: Normalizer) -> None:
-        self.normalizer = normalizer
+    def __init__(self, normalizer: Normalizer, history: bool = False) -> None:
+        self.normalizer, self.history = normalizer, history
 
     def __call__(
-        self, state: Tensor, env_state: Tensor, instructions: Sequence[str]
+        self,
+        state: Tensor,
+        env_state: Tensor,
+        instructions: Sequence[str],
+        history: Sequence[Tensor] = (),
     ) -> dict[str, Tensor]:
-        """state (B, S) and env_state (B, E) raw float; returns normalized tensors + word ids."""
+        """state (B, S) and env_state (B, E) raw float, with ``history`` the same at the earlier
+        ticks ((B, T, S), (B, T, E)); returns normalized tensors + word ids (+ "history": the
+        normalized changes since those ticks, (B, T * (S + E)))."""
         ids = torch.zeros(len(instructions), MAX_WORDS, dtype=torch.long)  # (B, W)
         for row, text in zip(ids, instructions, strict=True):
             w = words(text, MAX_WORDS)
             row[: len(w)] = torch.tensor(w, dtype=torch.long)
-        return {
+        batch = {
             STATE: self.normalizer.normalize(STATE, state.float()),
             ENV_STATE: self.normalizer.normalize(ENV_STATE, env_state.float()),
             "words": ids,
         }
+        if self.history:
+            changes = [
+                self.normalizer.normalize(key, now.float()[:, None, :] - past.float())
+                for key, now, past in zip(HISTORY_KEYS, (state, env_state), history, strict=True)
+            ]  # (B, T, S), (B, T, E)
+            batch["history"] = torch.cat(changes, dim=-1).flatten(1)
+        return batch
 
     def observations(
         self, observations: Sequence[dict[str, np.ndarray]], instructions: Sequence[str]
     ) -> dict[str, Tensor]:
         """The serving entry: one observation dict of raw arrays per request."""
         stacked = {}
-        for key in (STATE, ENV_STATE):
+        for key in (STATE, ENV_STATE, *(HISTORY_KEYS if self.history else ())):
             try:
                 stacked[key] = torch.from_numpy(
                     np.stack([np.asarray(o[key]) for o in observations])
@@ -105,9 +137,11 @@ class StatePreprocessor:
                 raise ValueError(
                     f"the observation has no {key!r} (it has {have}): the state policy reads "
                     f"{STATE} and {ENV_STATE}; record them (rtvla record writes both) or serve "
-                    "a policy trained on these features"
+                    "a policy trained on these features (the controller adds the "
+                    f"'{HISTORY_SUFFIX}' ones when the policy's metadata asks for them)"
                 ) from None
-        return self(stacked[STATE], stacked[ENV_STATE], instructions)
+        history = [stacked[k] for k in HISTORY_KEYS] if self.history else ()
+        return self(stacked[STATE], stacked[ENV_STATE], instructions, history)
 
 
 # ---- build ----------------------------------------------------------------------------------
@@ -160,8 +194,9 @@ class StateFlow(nn.Module):
         self.config = config
         C = config.width
         self.words = nn.EmbeddingBag(HASH_BUCKETS, C, mode="mean", padding_idx=0)
+        low_dim = config.state_dim + config.env_state_dim
         self.obs = nn.Sequential(
-            nn.Linear(config.state_dim + config.env_state_dim + C, C),
+            nn.Linear(low_dim * (1 + len(config.history_offsets)) + C, C),
             nn.GELU(),
             nn.Linear(C, C),
             nn.GELU(),
@@ -177,7 +212,8 @@ class StateFlow(nn.Module):
     def encode(self, batch: dict[str, Tensor]) -> Tensor:
         """The observation embedding (B, C), computed once per chunk."""
         lang = self.words(batch["words"])  # (B, C)
-        return self.obs(torch.cat([batch[STATE], batch[ENV_STATE], lang], dim=-1))
+        history = [batch["history"]] if self.config.history_offsets else []
+        return self.obs(torch.cat([batch[STATE], batch[ENV_STATE], *history, lang], dim=-1))
 
     def velocity(self, obs: Tensor, x: Tensor, tau: Tensor) -> Tensor:
         """v(x_tau, tau | obs): obs (B, C), x (B, H, A), tau (B,) or (B, H) -> (B, H, A)."""
@@ -285,10 +321,13 @@ class StateCollator:
         from policies.data import instruction_of
 
         state = torch.stack([it[STATE] for it in items])  # (B, S)
+        history = ([torch.stack([it[k] for it in items]) for k in HISTORY_KEYS]
+                   if self.preprocessor.history else ())  # fmt: skip  # (B, T, S), (B, T, E)
         batch = self.preprocessor(
             state,
             torch.stack([it[ENV_STATE] for it in items]),  # (B, E)
             [instruction_of(it, self.instruction) for it in items],
+            history,
         )
         actions = torch.stack([it[ACTION] for it in items])  # (B, H, A)
         if self.relative_mask:
@@ -328,11 +367,16 @@ def load_state_flow(folder: Path, device: str | torch.device = "cpu"):
     load_weights(model, folder / "model.safetensors")
     normalizer = load_normalizer(folder / "normalizer.safetensors")
     mask = model.config.relative_mask if model.config.relative_actions else ()
+    offsets = model.config.history_offsets
+    features = wire_features({k: v for k, v in meta["features"].items()
+                              if k in (STATE, ENV_STATE)})  # fmt: skip
+    if offsets:  # the same features at the earlier ticks, stacked (T, ...)
+        for key in (STATE, ENV_STATE):
+            shape = (len(offsets), *features[key]["shape"])
+            features[key + HISTORY_SUFFIX] = {**features[key], "shape": shape}
     return FlowPolicy(
-        model.to(device), StatePreprocessor(normalizer).observations, normalizer,
-        model_id=checkpoint_model_id(folder), fps=meta["fps"],
-        features=wire_features({k: v for k, v in meta["features"].items()
-                                if k in (STATE, ENV_STATE)}),
+        model.to(device), StatePreprocessor(normalizer, bool(offsets)).observations, normalizer,
+        model_id=checkpoint_model_id(folder), fps=meta["fps"], features=features,
         joint_names=joint_names(meta["features"]),
-        relative_mask=mask,
+        relative_mask=mask, observation_history=offsets,
     )  # fmt: skip

@@ -84,20 +84,29 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
     if kind == "state_flow":
         config = state_flow.state_flow_config(features, policy_cfg)
         normalizer = Normalizer.from_stats(stats, state_flow.NORMALIZED)
-        if config.relative_actions and cfg["data"] != "memory":
-            raise ValueError("policy.relative_actions=true needs data=memory (its action "
-                             "statistics are computed over the decoded dataset)")  # fmt: skip
-        items = (InMemoryChunks(dataset, H, (), rename_map=rename) if cfg["data"] == "memory"
-                 else Renamed(dataset, rename))  # fmt: skip
+        for option, on in (("relative_actions", config.relative_actions),
+                           ("history_offsets", config.history_offsets)):  # fmt: skip
+            if on and cfg["data"] != "memory":
+                raise ValueError(f"policy.{option} needs data=memory (its statistics are "
+                                 "computed over the decoded dataset)")  # fmt: skip
+        items = (InMemoryChunks(dataset, H, (), rename_map=rename,
+                                history_offsets=config.history_offsets)
+                 if cfg["data"] == "memory" else Renamed(dataset, rename))  # fmt: skip
         if config.relative_actions:  # normalize the offsets, not the absolute targets
             mean, std = items.relative_action_stats(config.relative_mask)
             normalizer = Normalizer({**normalizer.mean, ACTION: mean},
                                     {**normalizer.std, ACTION: std})  # fmt: skip
+        if config.history_offsets:  # the spread of the changes since the earlier frames
+            changes = items.history_change_stats()
+            normalizer = Normalizer(
+                {**normalizer.mean, **{k: mean for k, (mean, _) in changes.items()}},
+                {**normalizer.std, **{k: std for k, (_, std) in changes.items()}},
+            )
         return Setup(
             model=state_flow.StateFlow(config),
             items=items,
             collate=state_flow.StateCollator(
-                state_flow.StatePreprocessor(normalizer),
+                state_flow.StatePreprocessor(normalizer, bool(config.history_offsets)),
                 cfg["instruction"],
                 config.relative_mask if config.relative_actions else (),
             ),

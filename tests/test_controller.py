@@ -627,3 +627,41 @@ def test_a_stream_of_stale_replies_cannot_hold_a_poll():
     finally:
         client._pending = None
         client.close()
+
+
+class TickDriver(JumpDriver):
+    """A JumpDriver whose observed state is [the tick, 0]: it counts actions and holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks = 0
+
+    def observe(self) -> dict[str, np.ndarray]:
+        return {STATE: np.array([self.ticks, 0], np.float32)}
+
+    def act(self, action: np.ndarray) -> None:  # holds come here too (SafeDriver)
+        super().act(action)
+        self.ticks += 1
+
+
+@pytest.mark.parametrize("name", ["sync", "naive", "rtc"])
+def test_requests_carry_the_observation_history_the_policy_reads(name):
+    from runtime.robot.controller import ObservationHistory
+
+    history = ObservationHistory.of_policy({"observation.state.history": {}}, (-4, -2))
+    assert ObservationHistory.of_policy({STATE: {}}, (-4, -2)) is None  # no history feature
+    assert ObservationHistory.of_policy({"observation.state.history": {}}, None) is None
+    policy = RampPolicy()
+    ctl, client = controller(policy, name, k=2, driver=TickDriver(), observation_history=history)
+    ctl.run(30)
+    ctl.run(10)  # a second run starts its history afresh
+    client.close()
+    starts = [i for i, r in enumerate(policy.requests) if r.tick == 0]
+    assert starts[0] == 0 and len(starts) == 2 and len(policy.requests) >= 6
+    for i, r in enumerate(policy.requests):
+        first = 0 if i < starts[1] else 30  # the driver's tick at the run's first tick
+        assert r.observation[STATE][0] == first + r.tick
+        past = r.observation["observation.state.history"][:, 0]  # clamped to the run's start
+        np.testing.assert_array_equal(past, first + np.maximum(r.tick - np.array([4, 2]), 0))
+    with pytest.raises(ValueError, match="offsets < 0"):
+        ObservationHistory([STATE], (2,))

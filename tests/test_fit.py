@@ -22,6 +22,14 @@ def test_a_fitting_policy_has_no_problems():
     assert fit_problems(POLICY, 30.0, 6, DRIVER, 30.0) == []
 
 
+def test_a_history_feature_fits_the_driver_feature_it_stacks():
+    history = {STATE + ".history": {"dtype": "float32", "shape": (2, 6)}}
+    assert fit_problems(POLICY | history, 30.0, 6, DRIVER, 30.0) == []
+    wrong = {STATE + ".history": {"dtype": "float32", "shape": (2, 7)}}
+    (problem,) = fit_problems(POLICY | wrong, 30.0, 6, DRIVER, 30.0)
+    assert "observation.state is (6,)" in problem
+
+
 @pytest.mark.parametrize(
     ("features", "fps", "action_dim", "expected"),
     [

@@ -88,6 +88,7 @@ def valid_messages() -> list:
         MetadataRequest(request_id=0),
         metadata_reply(),
         metadata_reply(joint_names={"action": ("shoulder_pan.pos", "gripper.pos")}),
+        metadata_reply(observation_history=(-8, -4)),
         OperatorInstruction(robot_id="r1", instruction="move left", timeout_s=2.0, release=False),
         OperatorInstruction(robot_id="r1", instruction="", timeout_s=0.0, release=True),
         EStop(robot_id="r1", reason="operator pressed stop", engage=True),
@@ -299,6 +300,9 @@ def test_other_message_fields():
         encode(metadata_reply(joint_names={"action": ("a b",)}))
     with pytest.raises(ProtocolError, match="joint_names"):
         encode(metadata_reply(joint_names=["action"]))
+    for bad in ((), (-4, -8), (-4, 0), (3,), [-1.5]):
+        with pytest.raises(ProtocolError, match="observation_history"):
+            encode(metadata_reply(observation_history=bad))
     with pytest.raises(ProtocolError, match="cannot encode"):
         encode("not a message")
 

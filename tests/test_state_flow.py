@@ -240,3 +240,66 @@ def test_a_relative_action_policy_trains_and_serves(state_run, tmp_path):
     assert chunk.shape == (8, 6) and np.isfinite(chunk).all()
     with pytest.raises(ValueError, match="data=memory"):
         train({**cfg, "output": str(tmp_path / "lerobot"), "data": "lerobot"})
+
+
+def test_history_items_clamp_to_the_episode_start_and_normalize_the_changes():
+    from policies.data import InMemoryChunks
+
+    items = object.__new__(InMemoryChunks)  # the fields the history reads
+    items.ep_start = np.array([0, 0, 0, 3, 3])
+    items.history_offsets = np.array([-2, -1])
+    np.testing.assert_array_equal(
+        items.history_index(np.arange(5)), [[0, 0], [0, 0], [0, 1], [3, 3], [3, 3]]
+    )
+    items.episode = np.array([0, 0, 0, 1, 1])
+    items.state = torch.tensor([[0.0], [1], [3], [10], [20]])
+    items.env_state = torch.zeros(5, 2)
+    stats = items.history_change_stats()
+    mean, std = stats["observation.state.history"]
+    # changes since 2 frames before: 0 1 3 0 10; since 1 frame before: 0 1 2 0 10
+    np.testing.assert_allclose(std, [[np.std([0, 1, 3, 0, 10])], [np.std([0, 1, 2, 0, 10])]])
+    assert mean.shape == (2, 1) and not mean.any()
+    assert stats["observation.environment_state.history"][1].shape == (2, 2)
+
+
+def test_a_policy_with_state_history_trains_serves_and_runs_an_episode(state_run, tmp_path):
+    """history_offsets: the checkpoint asks for the earlier ticks in its metadata, the served
+    policy refuses a request without them, and the controller sends them (rtc, one episode)."""
+    from hydra import compose, initialize_config_dir
+
+    from policies.train import train
+    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.run import main
+    from runtime.serving.loader import load_policy
+
+    out = tmp_path / "history"
+    cfg = {
+        "dataset": str(state_run.parent / "reach"), "output": str(out), "steps": 2,
+        "batch_size": 8, "lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.0,
+        "warmup_steps": 1, "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0,
+        "resume": False, "data": "memory", "num_workers": 0, "log_every": 1, "save_every": 2,
+        "instruction": "task", "fast_tokenizer": None, "fast_fit_chunks": 8, "device": "cpu",
+        "policy": {**TINY, "history_offsets": [-6, -3]},
+    }  # fmt: skip
+    train(cfg)
+    policy = load_policy(out)
+    info = policy.info
+    assert info.observation_history == (-6, -3)
+    assert tuple(info.features["observation.state.history"]["shape"]) == (2, 6)
+    chunk = policy.infer([request(policy)])[0]
+    assert chunk.shape == (8, 6) and np.isfinite(chunk).all()
+    bare = request(policy)
+    del bare.observation["observation.state.history"]
+    with pytest.raises(ValueError, match=r"observation\.state\.history"):
+        policy.infer([bare])
+
+    overrides = [
+        "task=reach", "executor=rtc", "executor.execution_horizon=4", "episodes=1",
+        "max_ticks=12", "driver.render=false", "inference_delay_ticks=2",
+        f"server=local:{out}", f"output_dir={tmp_path / 'eval'}",
+    ]  # fmt: skip
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        figures = main(compose(config_name="run", overrides=overrides))
+    assert figures["episodes"] == 1 and figures["ticks"] == 12 and figures["request_errors"] == 0
+    with pytest.raises(ValueError, match="history_offsets"):
+        train({**cfg, "output": str(tmp_path / "bad"), "policy": {**TINY, "history_offsets": [3]}})

@@ -36,7 +36,12 @@ from runtime.robot.client import (
     ZmqPolicyClient,
 )
 from runtime.robot.clock import make_clock
-from runtime.robot.controller import Controller, EpisodeResult, run_episodes
+from runtime.robot.controller import (
+    Controller,
+    EpisodeResult,
+    ObservationHistory,
+    run_episodes,
+)
 from runtime.robot.display import Display
 from runtime.robot.drivers import Driver, make_driver
 from runtime.robot.drivers.base import RenamedDriver
@@ -175,6 +180,9 @@ def controller_setup(
         ),
         "stop": stop,
         "display": make_display(cfg, driver),
+        "observation_history": ObservationHistory.of_policy(
+            metadata.features, metadata.observation_history
+        ),
     }
     return functools.partial(make_executor, cfg.executor.name, chunk_length, **params), options
 

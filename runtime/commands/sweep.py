@@ -49,7 +49,7 @@ from runtime.analysis.stats import wilson_interval
 from runtime.commands.run import LOCAL_PREFIX, check_fit, make_client, make_run_driver
 from runtime.robot.client import LocalPolicyClient
 from runtime.robot.clock import make_clock
-from runtime.robot.controller import run_episodes
+from runtime.robot.controller import ObservationHistory, run_episodes
 from runtime.robot.executors import EXECUTORS, make_executor
 from runtime.robot.runlog import RunLog
 
@@ -421,11 +421,14 @@ def _episode(
 ) -> tuple[bool, int, RunLog]:
     """Episode k (seed cfg.seed + k) of ``point``: (success, ticks, run log)."""
     H = _chunk_length(client)
+    info = client.policy.info
     factory = functools.partial(make_executor, point.executor, H, **dict(point.params))
     (result,) = run_episodes(
         driver, client, factory, 1, cfg.seed + k,
         clock=make_clock("sim", cfg.hz), max_ticks=cfg.max_ticks,
         inference_delay_ticks=point.delay, watchdog_ticks=cfg.watchdog_ticks or H, stop=stop,
+        observation_history=ObservationHistory.of_policy(info.features,
+                                                         info.observation_history),
     )  # fmt: skip
     return bool(result.success), int(result.ticks), result.log
 

@@ -36,6 +36,12 @@ The instruction sent with a request is an operator override while one lasts, els
 high-level policy's choice once it has made one, else the task's own instruction; the log
 records which (``instruction_source``: ``operator``, ``high_level`` or ``task``).
 
+A policy that reads earlier ticks too (``MetadataReply.observation_history``, e.g. a state
+policy that sees its own motion) gets ``observation_history``: the controller then observes
+the robot every tick, keeps the low-dimensional features the policy's ``<key>.history``
+features name, and adds them to each request stacked at those offsets
+(``ObservationHistory``).
+
 Hold reasons in the log: ``startup`` (no chunk yet), ``inferring`` (a blocking executor
 waits, by design), ``starved`` (the executor ran out of actions: a stall), ``watchdog``
 (no chunk for too long: a stall), ``estop``, ``stopped`` (the last tick after ``stop()``).
@@ -67,6 +73,7 @@ from runtime.robot.executors import Executor, PlannedAction
 from runtime.robot.operator import OperatorMessage
 from runtime.robot.runlog import RunLog, RunRecorder
 from runtime.robot.safety import SafeDriver, Watchdog
+from runtime.wire.keys import HISTORY_SUFFIX
 from runtime.wire.protocol import (
     ChunkReply,
     EStop,
@@ -101,6 +108,52 @@ class HighLevel(Protocol):
         """Its probability that a correction is needed (None: not predicted yet)."""
 
 
+class ObservationHistory:
+    """The recent ticks' values of some observation keys, for policies that read earlier
+    ticks: ``stacked(tick)`` is ``{key + ".history": (T, ...)}`` at ``tick + offset`` for each
+    offset (< 0, oldest first). A tick before the run's first, or one not observed (e.g. while
+    e-stopped), takes the latest observed tick before it, or the run's first."""
+
+    def __init__(self, keys: Sequence[str], offsets: Sequence[int]) -> None:
+        if not keys or not offsets or any(o >= 0 for o in offsets):
+            raise ValueError(f"observation history needs keys and offsets < 0, got {keys} "
+                             f"and {offsets}")  # fmt: skip
+        self.keys, self.offsets = tuple(keys), tuple(int(o) for o in offsets)
+        self.span = -min(self.offsets)  # ticks kept before the current one
+        self.reset()
+
+    @classmethod
+    def of_policy(
+        cls, features: dict[str, dict], offsets: Sequence[int] | None
+    ) -> ObservationHistory | None:
+        """From a policy's metadata (its features and ``observation_history``); None when it
+        reads the current tick only."""
+        keys = [k.removesuffix(HISTORY_SUFFIX) for k in features if k.endswith(HISTORY_SUFFIX)]
+        if not offsets or not keys:
+            return None
+        return cls(keys, offsets)
+
+    def reset(self) -> None:
+        self._seen: dict[int, dict[str, np.ndarray]] = {}
+
+    def record(self, tick: int, observation: Observation) -> None:
+        missing = [k for k in self.keys if k not in observation]
+        if missing:
+            raise ValueError(f"the policy reads the history of {missing}, which the "
+                             f"observation lacks (it has {sorted(observation)})")  # fmt: skip
+        self._seen[tick] = {k: np.array(observation[k], copy=True) for k in self.keys}
+        for old in [t for t in self._seen if t < tick - self.span]:
+            del self._seen[old]
+
+    def stacked(self, tick: int) -> dict[str, np.ndarray]:
+        ticks = sorted(self._seen)
+        picked = []
+        for offset in self.offsets:
+            earlier = [t for t in ticks if t <= tick + offset]
+            picked.append(self._seen[earlier[-1] if earlier else ticks[0]])
+        return {k + HISTORY_SUFFIX: np.stack([p[k] for p in picked]) for k in self.keys}
+
+
 @dataclass
 class _InFlight:
     request: ObservationRequest
@@ -132,6 +185,7 @@ class Controller:
         seed: int | None = None,
         stop: threading.Event | None = None,
         display: Display | None = None,
+        observation_history: ObservationHistory | None = None,
     ) -> None:
         """inference_delay_ticks: simulated-clock mode (module docstring), required with a
         simulated clock; operator_address: bind a PULL socket there for ``OperatorInstruction``
@@ -144,7 +198,8 @@ class Controller:
         picks the instruction unless an operator overrides it; seed: requests carry
         seed * 2**20 + request_id (reproducible samples); stop: an event that ends ``run``
         (e.g. set by a SIGINT handler); display: told every tick, to show the run live
-        (``runtime.robot.display``)."""
+        (``runtime.robot.display``); observation_history: the earlier ticks the policy
+        reads (``ObservationHistory.of_policy``; the robot is then observed every tick)."""
         if clock.simulated and inference_delay_ticks is None:
             raise ValueError(
                 "a simulated clock needs inference_delay_ticks (how many ticks an inference "
@@ -166,6 +221,7 @@ class Controller:
         self.seed = seed
         self.high_level = high_level
         self.display = display
+        self.history = observation_history
         self.stop_event = stop if stop is not None else threading.Event()
         self.operator_watch = operator_watch  # tick -> messages of a watching operator
         self._script: dict[int, list[OperatorMessage]] = {}
@@ -282,6 +338,9 @@ class Controller:
             if not stopping and not self.driver.estopped:
                 if self.high_level is not None:
                     self.high_level.update(tick, self.driver.observe)
+                if self.history is not None:
+                    self._observation = self.driver.observe()
+                    self.history.record(tick, self._observation)
                 self._receive(tick)
                 if self._maybe_request(tick):
                     self._receive(tick)  # due at once with inference_delay_ticks=0
@@ -312,6 +371,9 @@ class Controller:
 
     def _reset_run_state(self) -> None:
         self.executor.reset()
+        if self.history is not None:
+            self.history.reset()
+        self._observation: Observation = {}
         self._recorder: RunRecorder | None = None
         self._in_flight: _InFlight | None = None
         self._requests_sent = 0  # in this run: request seeds count from 0 in every run
@@ -331,11 +393,15 @@ class Controller:
         fields = self.executor.request_fields(tick)
         request_id = self._next_request_id
         self._next_request_id += 1
+        if self.history is None:
+            observation = self.driver.observe()
+        else:  # observed at the start of this tick
+            observation = {**self._observation, **self.history.stacked(tick)}
         request = ObservationRequest(
             request_id=request_id,
             robot_id=self.robot_id,
             tick=tick,
-            observation=self.driver.observe(),
+            observation=observation,
             instruction=self.current_instruction,
             delay=fields.delay,
             execution_horizon=fields.execution_horizon,

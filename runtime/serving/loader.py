@@ -61,6 +61,6 @@ def load_policy(
         )  # fmt: skip
     info = PolicyInfo(
         flow.model_id, flow.chunk_length, flow.action_dim, flow.fps, flow.features,
-        joint_names=flow.joint_names,
+        joint_names=flow.joint_names, observation_history=flow.observation_history,
     )  # fmt: skip
     return FlowChunkPolicy(flow, num_steps=num_steps or trained_steps, beta=beta, info=info)

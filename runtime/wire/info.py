@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from runtime.wire.keys import HISTORY_SUFFIX
 from runtime.wire.protocol import MetadataReply, ObservationRequest
 
 LATENCY_EDGES_MS = np.logspace(-2, 5, 141)  # 0.01 ms to 100 s, 20 log-spaced bins a decade
@@ -31,6 +32,8 @@ class PolicyInfo:
     sampling: tuple[str, ...] | None = None  # methods served; None: all (a flow model)
     # observation.state / action -> the joint names trained on (dataset feature names)
     joint_names: dict[str, tuple[str, ...]] | None = None
+    # earlier ticks it reads, offsets < 0 oldest first (``MetadataReply.observation_history``)
+    observation_history: tuple[int, ...] | None = None
 
 
 class UnsupportedRequest(ValueError):
@@ -106,6 +109,7 @@ def metadata_reply(
         requests_served=requests_served,
         sampling=info.sampling,
         joint_names=info.joint_names,
+        observation_history=info.observation_history,
     )
 
 
@@ -135,6 +139,8 @@ def fit_problems(
             )
     for key, spec in sorted(features.items()):
         want_shape, want_dtype = tuple(spec["shape"]), spec["dtype"]
+        if key.endswith(HISTORY_SUFFIX):  # the controller stacks it from the driver's key
+            key, want_shape = key.removesuffix(HISTORY_SUFFIX), want_shape[1:]
         if key not in driver_spec:
             have = sorted(k for k in driver_spec if k.startswith("observation."))
             hint = (

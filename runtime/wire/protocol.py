@@ -233,6 +233,11 @@ class MetadataReply:
     # feature names, e.g. "shoulder_pan.pos"), so a controller refuses a robot whose joints
     # differ in order or units; None (or absent, from older servers): unknown.
     joint_names: dict[str, tuple[str, ...]] | None = None
+    # Earlier ticks the policy also reads, as offsets (< 0, oldest first) from the request's
+    # tick: every request then carries, for each feature "<key>.history", the driver's <key>
+    # at those ticks stacked (T, ...) (clamped to the run's first tick, as training clamps to
+    # the episode's first frame). None (or absent, from older servers): the current tick only.
+    observation_history: tuple[int, ...] | None = None
 
     @classmethod
     def _parse(cls, f: dict[str, Any], lim: Limits) -> Self:
@@ -259,7 +264,26 @@ class MetadataReply:
             requests_served=_int("requests_served", f["requests_served"]),
             sampling=_sampling_list(f.get("sampling"), lim),
             joint_names=_joint_names(f.get("joint_names"), lim),
+            observation_history=_history(f.get("observation_history"), lim),
         )
+
+
+MAX_HISTORY = 64  # earlier ticks a policy may read (MetadataReply.observation_history)
+
+
+def _history(v: Any, lim: Limits) -> tuple[int, ...] | None:
+    """MetadataReply.observation_history: None, or 1 to MAX_HISTORY increasing tick offsets,
+    each in [-lim.max_chunk_length * 4, -1]."""
+    if v is None:
+        return None
+    if not isinstance(v, list | tuple) or not 1 <= len(v) <= MAX_HISTORY:
+        raise ProtocolError(
+            f"observation_history must list 1 to {MAX_HISTORY} tick offsets, got {_describe(v)}"
+        )
+    offsets = tuple(_int("observation_history", o, -4 * lim.max_chunk_length, -1) for o in v)
+    if list(offsets) != sorted(set(offsets)):
+        raise ProtocolError(f"observation_history must increase (oldest first), got {offsets}")
+    return offsets
 
 
 def _joint_names(v: Any, lim: Limits) -> dict[str, tuple[str, ...]] | None:
