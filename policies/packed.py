@@ -14,6 +14,11 @@ evaluates with ``rtvla eval checkpoint=...`` like any other.
     python3 -m policies.packed bundle RUN $OUT/run --all --float16   # then, back here:
     cat run.tar.part-* | tar xf - -C outputs/gpu/RUN                 # step_N/ folders to evaluate
     DEVICE=cpu python3 -m policies.packed train ... --steps 20     # a check on a CPU first
+
+Runs started side by side on one GPU with ``--seconds`` should pass ``--together DIR:N`` (the
+same DIR, N runs): each then times its steps once all N train, not while the others still
+load their data (a run that timed itself alone planned 12,550 steps and its deadline stopped
+it at 4,936, its learning rate still high).
 """
 
 from __future__ import annotations
@@ -279,6 +284,26 @@ def seconds_per_step(model: VLA, data: DeviceData, cfg: dict, device: torch.devi
     return (time.perf_counter() - t0) / 30
 
 
+def wait_for_peers(together: str | None, timeout_s: float = 900.0) -> None:
+    """``--together DIR:N``: mark this process ready in DIR, then wait until N processes are,
+    so that runs started side by side time their steps while all of them train (a step timed
+    while the others still load their data is too short, and the run overshoots its budget)."""
+    if not together:
+        return
+    folder, _, count = together.rpartition(":")
+    if not folder or not count.isdigit() or int(count) < 1:
+        raise ValueError(f"--together {together!r} must read DIR:N, e.g. /tmp/runs_1234:4")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    (Path(folder) / f"ready-{os.getpid()}").touch()
+    deadline = time.perf_counter() + timeout_s
+    while len(list(Path(folder).glob("ready-*"))) < int(count):
+        if time.perf_counter() > deadline:
+            print(f"--together: fewer than {count} runs ready after {timeout_s:g} s; timing "
+                  "alone", flush=True)  # fmt: skip
+            return
+        time.sleep(0.5)
+
+
 def train(args: argparse.Namespace) -> dict:
     device = torch.device(os.environ.get("DEVICE", "cuda"))
     torch.set_float32_matmul_precision("high")
@@ -303,6 +328,7 @@ def train(args: argparse.Namespace) -> dict:
            "policy": policy, "trainer": "policies.packed", "bf16": True}  # fmt: skip
     steps, deadline = args.steps, float("inf")
     if args.seconds is not None:
+        wait_for_peers(args.together)
         try:
             per_step = seconds_per_step(model, data, cfg, device)
         except RuntimeError as error:  # an op without a bf16 kernel: train in float32
@@ -413,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--save-every", type=int, default=2000)
     t.add_argument("--saves", type=int, help="instead of --save-every: this many evenly spaced")
     t.add_argument("--seed", type=int, default=0)
+    together = "with --seconds: time the steps once N runs sharing DIR are all ready"
+    t.add_argument("--together", metavar="DIR:N", help=together)
     b = sub.add_parser("bundle", help="a run's checkpoints as tar parts small enough to copy")
     b.add_argument("run", help="run folder (or one checkpoint folder)")
     b.add_argument("output", help="path prefix of the parts (PREFIX.tar.part-NN)")

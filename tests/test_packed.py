@@ -132,3 +132,18 @@ def test_train_packed_refuses_bad_input(packed, tmp_path):
     assert no_video.returncode == 2 and "copy every packed file" in no_video.stderr
     bad = train(str(prefix), "patch_size=8")
     assert bad.returncode == 2 and "policy.<field>=<value>" in bad.stderr
+
+
+def test_runs_side_by_side_time_their_steps_once_all_are_ready(tmp_path, capsys):
+    from policies.packed import wait_for_peers
+
+    folder = tmp_path / "runs"
+    wait_for_peers(f"{folder}:1")  # alone: ready at once
+    assert len(list(folder.glob("ready-*"))) == 1
+    (folder / "ready-other").touch()  # a second run was ready
+    wait_for_peers(f"{folder}:2")
+    wait_for_peers(f"{tmp_path / 'few'}:3", timeout_s=0.2)  # the others never come
+    assert "timing alone" in capsys.readouterr().out
+    for bad in ("nocount", f"{folder}:x", ":2"):
+        with pytest.raises(ValueError, match="DIR:N"):
+            wait_for_peers(bad)
