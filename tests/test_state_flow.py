@@ -99,7 +99,8 @@ def test_missing_environment_state_is_a_clear_error(state_run):
         flow.velocity_fn([bad])
 
 
-def test_one_episode_with_the_rtc_executor(state_run, tmp_path):
+def rtc_episode(checkpoint, output_dir, max_ticks: int) -> dict:
+    """``rtvla eval`` of one reach episode of ``max_ticks`` with the rtc executor, in-process."""
     from hydra import compose, initialize_config_dir
 
     from runtime.commands.cli import CONFIG_DIR
@@ -107,11 +108,15 @@ def test_one_episode_with_the_rtc_executor(state_run, tmp_path):
 
     overrides = [
         "task=reach", "executor=rtc", "executor.execution_horizon=4", "episodes=1",
-        "max_ticks=20", "driver.render=false", "inference_delay_ticks=2",
-        f"server=local:{state_run}", f"output_dir={tmp_path}",
+        f"max_ticks={max_ticks}", "driver.render=false", "inference_delay_ticks=2",
+        f"server=local:{checkpoint}", f"output_dir={output_dir}",
     ]  # fmt: skip
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        figures = main(compose(config_name="run", overrides=overrides))
+        return main(compose(config_name="run", overrides=overrides))
+
+
+def test_one_episode_with_the_rtc_executor(state_run, tmp_path):
+    figures = rtc_episode(state_run, tmp_path, 20)
     assert figures["episodes"] == 1 and figures["ticks"] == 20
     log = np.load(tmp_path / "episode_000.npz")
     assert len(log.files) > 0
@@ -265,11 +270,7 @@ def test_history_items_clamp_to_the_episode_start_and_normalize_the_changes():
 def test_a_policy_with_state_history_trains_serves_and_runs_an_episode(state_run, tmp_path):
     """history_offsets: the checkpoint asks for the earlier ticks in its metadata, the served
     policy refuses a request without them, and the controller sends them (rtc, one episode)."""
-    from hydra import compose, initialize_config_dir
-
     from policies.train import train
-    from runtime.commands.cli import CONFIG_DIR
-    from runtime.commands.run import main
     from runtime.serving.loader import load_policy
 
     out = tmp_path / "history"
@@ -293,13 +294,7 @@ def test_a_policy_with_state_history_trains_serves_and_runs_an_episode(state_run
     with pytest.raises(ValueError, match=r"observation\.state\.history"):
         policy.infer([bare])
 
-    overrides = [
-        "task=reach", "executor=rtc", "executor.execution_horizon=4", "episodes=1",
-        "max_ticks=12", "driver.render=false", "inference_delay_ticks=2",
-        f"server=local:{out}", f"output_dir={tmp_path / 'eval'}",
-    ]  # fmt: skip
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        figures = main(compose(config_name="run", overrides=overrides))
+    figures = rtc_episode(out, tmp_path / "eval", 12)
     assert figures["episodes"] == 1 and figures["ticks"] == 12 and figures["request_errors"] == 0
     with pytest.raises(ValueError, match="history_offsets"):
         train({**cfg, "output": str(tmp_path / "bad"), "policy": {**TINY, "history_offsets": [3]}})
