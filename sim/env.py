@@ -5,7 +5,9 @@ Observations (``observe``):
                                                     in lerobot's SO-101 follower units: arm
                                                     joints in degrees, gripper 0 (closed) to 100
     observation.environment_state  float32 (n,)     the task's scene state (object poses, see
-                                                    ``Task.environment_state``); n per task
+                                                    ``Task.environment_state``); n per task;
+                                                    with grip_state=True the grip site's
+                                                    position (m) follows: grip.x, grip.y, grip.z
     observation.images.<cam>       uint8 (H, W, 3)  one per camera, absent when render=False
 
 Actions (``step``): float32 (6,) absolute joint targets in the same order and units, clipped to
@@ -40,6 +42,7 @@ GRIPPER_NOISE_SCALE = 0.1  # m per rad: action noise on the gripper, relative to
 # Observation keys, as lerobot names them (lerobot.utils.constants, too heavy to import here).
 STATE = "observation.state"
 ENV_STATE = "observation.environment_state"
+GRIP_NAMES = ("grip.x", "grip.y", "grip.z")  # environment_state's tail with grip_state=True
 IMAGES = "observation.images."  # prefix of the camera keys: observation.images.<cam>
 
 
@@ -55,8 +58,11 @@ class SimEnv:
         cameras: tuple[str, ...] = CAMERAS,
         render: bool = True,
         action_noise: float = 0.0,
+        grip_state: bool = False,
     ) -> None:
-        """action_noise: std (rad) of Gaussian noise added to every executed joint target,
+        """grip_state: append the grip site's position to the scene state, so that a state
+        policy reads where the fingers are instead of computing it from the joint angles.
+        action_noise: std (rad) of Gaussian noise added to every executed joint target,
         drawn from the episode's seed, so that closed-loop correction matters (as the RTC
         paper's Kinetix tasks add); the gripper's opening (m, range 0-0.035) gets
         GRIPPER_NOISE_SCALE times it (0.02 rad -> 2 mm), so that noise perturbs grasps without
@@ -78,8 +84,11 @@ class SimEnv:
             )
         if not 0.0 <= action_noise < 1.0:
             raise ValueError(f"action_noise={action_noise} must be in [0, 1) (a std in rad)")
+        if not isinstance(grip_state, bool | np.bool_):
+            raise ValueError(f"grip_state={grip_state!r} must be true or false")
         self.task = task
         self.action_noise = float(action_noise)
+        self.grip_state = bool(grip_state)
         self._noise = np.random.default_rng(0)
         self.image_size = int(image_size)
         self.control_hz = float(control_hz)
@@ -150,10 +159,11 @@ class SimEnv:
 
     def observe(self) -> dict[str, np.ndarray]:
         """Joint positions, the scene state and (when rendering) one image per camera."""
-        obs = {
-            STATE: to_follower(self.data.qpos[self.robot.qpos]),
-            ENV_STATE: self.task.environment_state(),
-        }
+        scene = self.task.environment_state()
+        if self.grip_state:
+            grip = self.data.site_xpos[self.robot.grip_site]
+            scene = np.concatenate([scene, grip], dtype=np.float32)
+        obs = {STATE: to_follower(self.data.qpos[self.robot.qpos]), ENV_STATE: scene}
         if self._renderer is not None:
             for cam in self.cameras:
                 obs[IMAGES + cam] = self._renderer.render(self.data, cam)
@@ -179,6 +189,8 @@ class SimEnv:
             for key in (STATE, "action")
         }
         names = self.task.environment_names()
+        if self.grip_state:
+            names = [*names, *GRIP_NAMES]
         features[ENV_STATE] = {"dtype": "float32", "shape": (len(names),), "names": names}
         if self._renderer is not None:
             for cam in self.cameras:

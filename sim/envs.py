@@ -51,6 +51,7 @@ class SimGymEnv(gym.Env):
         image_size: int = 96,
         control_hz: float = 30.0,
         action_noise: float = 0.0,
+        grip_state: bool = False,
         render_mode: str | None = None,
     ) -> None:
         """cameras: the observed cameras (() for state only); the rest as ``SimEnv``."""
@@ -61,7 +62,7 @@ class SimGymEnv(gym.Env):
         rendering = bool(self.cameras) or render_mode is not None
         self.sim = SimEnv(
             task, image_size=image_size, control_hz=control_hz, action_noise=action_noise,
-            cameras=self.cameras or (RENDER_CAMERA,), render=rendering,
+            grip_state=grip_state, cameras=self.cameras or (RENDER_CAMERA,), render=rendering,
         )  # fmt: skip
         self.metadata = {**self.metadata, "render_fps": control_hz}
         features = self.sim.feature_spec()

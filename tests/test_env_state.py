@@ -162,3 +162,27 @@ def test_conveyor_state_holds_cubes_their_velocities_and_the_bin(envs: dict[str,
         yaw = state[f"cube_{color}.cos4yaw"], state[f"cube_{color}.sin4yaw"]
         assert math.isclose(math.hypot(*yaw), 1.0, rel_tol=1e-5)
     np.testing.assert_allclose([state[f"bin.{a}"] for a in "xyz"], task.bin_pos(), atol=1e-6)
+
+
+def test_grip_state_appends_where_the_fingers_are() -> None:
+    """grip_state=True: the scene state ends with the grip site's position, which follows the
+    arm; the task's part and the feature spec keep their layout."""
+    from sim.env import GRIP_NAMES
+
+    plain = SimEnv("pick_place", render=False)
+    gripped = SimEnv("pick_place", render=False, grip_state=True)
+    first = gripped.reset(seed=3)[ENV_STATE]
+    np.testing.assert_array_equal(first[: -len(GRIP_NAMES)], plain.reset(seed=3)[ENV_STATE])
+    names = [*plain.task.environment_names(), *GRIP_NAMES]
+    assert gripped.feature_spec()[ENV_STATE]["names"] == names
+    assert first.shape == (len(names),) and first.dtype == np.float32
+    site = gripped.model.site("grip").id
+    np.testing.assert_allclose(first[-3:], gripped.data.site_xpos[site], atol=1e-6)
+    action = gripped.observe()["observation.state"].copy()
+    action[1] += 20.0  # shoulder lift, degrees: the grip site moves
+    for _ in range(15):
+        moved = gripped.step(action)[ENV_STATE]
+    assert np.linalg.norm(moved[-3:] - first[-3:]) > 0.02
+    np.testing.assert_allclose(moved[-3:], gripped.data.site_xpos[site], atol=1e-6)
+    with pytest.raises(ValueError, match="grip_state"):
+        SimEnv("reach", render=False, grip_state="yes")

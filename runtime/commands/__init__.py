@@ -25,4 +25,5 @@ def make_sim_env(task: DictConfig, render: bool = True) -> SimEnv:
         cameras=tuple(task.cameras),
         render=render,
         action_noise=task.action_noise,
+        grip_state=task.grip_state,
     )

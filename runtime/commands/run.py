@@ -372,6 +372,7 @@ def _make_driver(cfg: DictConfig) -> Driver:
             "seed": cfg.seed,
             "render": cfg.driver.render,
             "action_noise": cfg.task.action_noise,
+            "grip_state": cfg.task.grip_state,
             "keep_frames": _video_episodes(cfg) > 0 and cfg.driver.render,
         }
         if failure_prob == 0:

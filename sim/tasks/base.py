@@ -92,7 +92,7 @@ class Task(ABC):
         lerobot's ``observation.environment_state``: enough for a state-based policy to do the
         task without cameras. Objects come in a fixed order whichever one the instruction
         names, so a policy has to read the instruction to pick the right one. The grip site is
-        left out: it follows from ``observation.state``.
+        left out: it follows from ``observation.state`` (``SimEnv(grip_state=True)`` appends it).
         """
 
     @abstractmethod

@@ -38,6 +38,7 @@ class MujocoDriver(DriverContext):
         render: bool = True,
         keep_frames: bool = False,
         action_noise: float = 0.0,
+        grip_state: bool = False,
     ) -> None:
         self.seed = seed
         self.keep_frames = keep_frames  # keep this episode's camera frames, one per tick
@@ -50,6 +51,7 @@ class MujocoDriver(DriverContext):
             cameras=tuple(cameras),
             render=render,
             action_noise=action_noise,
+            grip_state=grip_state,
         )
         self._limits = _limits(self.env)
         self._obs: Observation | None = None  # observation after the last reset or step
