@@ -4,7 +4,7 @@ run none of whose requests was answered ending in failure."""
 import pytest
 
 from runtime.wire.info import PolicyInfo, fit_problems
-from runtime.wire.keys import STATE
+from runtime.wire.keys import ENV_STATE, STATE
 
 FRONT = "observation.images.front"
 DRIVER = {
@@ -45,6 +45,20 @@ def test_a_history_feature_fits_the_driver_feature_it_stacks():
 )  # fmt: skip
 def test_each_mismatch_says_what_to_change(features, fps, action_dim, expected):
     (problem,) = fit_problems(features, fps, action_dim, DRIVER, 30.0)
+    assert expected in problem
+
+
+@pytest.mark.parametrize(
+    ("policy_dim", "driver_dim", "expected"),
+    [(24, 21, "set task.grip_state=true"), (21, 24, "set task.grip_state=false"),
+     (22, 21, "configure the driver to match")],
+)  # fmt: skip
+def test_a_scene_state_that_differs_by_the_grip_site_names_the_setting(
+    policy_dim, driver_dim, expected
+):
+    driver = DRIVER | {ENV_STATE: {"dtype": "float32", "shape": (driver_dim,)}}
+    policy = POLICY | {ENV_STATE: {"dtype": "float32", "shape": (policy_dim,)}}
+    (problem,) = fit_problems(policy, 30.0, 6, driver, 30.0)
     assert expected in problem
 
 

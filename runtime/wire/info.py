@@ -14,9 +14,10 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.wire.keys import HISTORY_SUFFIX
+from runtime.wire.keys import ENV_STATE, HISTORY_SUFFIX
 from runtime.wire.protocol import MetadataReply, ObservationRequest
 
+GRIP_DIMS = 3  # what the simulator's task.grip_state adds to its scene state (grip.x/y/z)
 LATENCY_EDGES_MS = np.logspace(-2, 5, 141)  # 0.01 ms to 100 s, 20 log-spaced bins a decade
 
 
@@ -157,11 +158,17 @@ def fit_problems(
         have_dtype = driver_spec[key]["dtype"]
         have_dtype = "uint8" if have_dtype in ("image", "video") else have_dtype
         if have_shape != want_shape or have_dtype != want_dtype:
-            hint = (
-                f"set task.image_size={want_shape[0]}"
-                if "images" in key and len(want_shape) == 3 and want_shape[0] == want_shape[1]
-                else "configure the driver to match"
-            )
+            if "images" in key and len(want_shape) == 3 and want_shape[0] == want_shape[1]:
+                hint = f"set task.image_size={want_shape[0]}"
+            elif key == ENV_STATE and len(want_shape) == len(have_shape) == 1 and abs(
+                want_shape[0] - have_shape[0]) == GRIP_DIMS:  # fmt: skip
+                wanted = want_shape[0] > have_shape[0]
+                hint = (
+                    f"the policy was trained {'with' if wanted else 'without'} the simulator's "
+                    f"grip site (grip.x/y/z): set task.grip_state={str(wanted).lower()}"
+                )
+            else:
+                hint = "configure the driver to match"
             problems.append(
                 f"{key} is {have_shape} {have_dtype} from the driver, the policy expects "
                 f"{want_shape} {want_dtype}: {hint}, or serve a policy trained for this robot"
