@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from sim import TASKS, SimEnv, make_demonstrator
-from sim.env import ENV_STATE
+from sim.env import ENV_STATE, GRIP_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -167,8 +167,6 @@ def test_conveyor_state_holds_cubes_their_velocities_and_the_bin(envs: dict[str,
 def test_grip_state_appends_where_the_fingers_are() -> None:
     """grip_state=True: the scene state ends with the grip site's position, which follows the
     arm; the task's part and the feature spec keep their layout."""
-    from sim.env import GRIP_NAMES
-
     plain = SimEnv("pick_place", render=False)
     gripped = SimEnv("pick_place", render=False, grip_state=True)
     first = gripped.reset(seed=3)[ENV_STATE]
