@@ -1,0 +1,83 @@
+"""Success vs delay pooled over several ``rtvla sweep`` runs of one checkpoint and task.
+
+Sweeps run on different episode seeds (``seed=1000 episodes=20``, ``seed=1020
+episodes=30``, ...) add up: per executor and delay, successes and episodes are summed and the
+95 % Wilson interval is recomputed. Refuses sweeps of different tasks or policies, and two
+sweeps whose episodes overlap (the same seed counted twice). Prints one JSON line; with
+``--out``, the success-vs-delay plot of the pooled table.
+
+    uv run python bench/pool_sweeps.py outputs/sweep/A outputs/sweep/B --out fig.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from runtime.analysis.stats import wilson_interval
+from runtime.commands.sweep import _plot_success
+
+
+def read(folder: Path) -> dict:
+    path = folder / "sweep.json" if folder.is_dir() else folder
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: pass the output_dir= of `rtvla sweep`")
+    return json.loads(path.read_text())
+
+
+def pool(sweeps: list[dict]) -> dict:
+    """executor -> str(delay) -> successes, episodes, success, ci95, summed over ``sweeps``."""
+    for key in ("task", "server"):
+        values = {s[key] for s in sweeps}
+        if len(values) > 1:
+            raise SystemExit(f"the sweeps differ in {key}: {sorted(values)}; pool one policy")
+    seen: dict[tuple[str, str], set[int]] = {}
+    table: dict[str, dict] = {}
+    for s in sweeps:
+        first = int(s["config"]["seed"])
+        for name, row in s["success_vs_delay"].items():
+            for d, cell in row.items():
+                seeds = set(range(first, first + cell["episodes"]))
+                earlier = seen.setdefault((name, d), set())
+                if earlier & seeds:
+                    raise SystemExit(
+                        f"{name} at d={d}: episode seeds {min(earlier & seeds)}... are in two "
+                        "sweeps; pool sweeps run with different seed= ranges"
+                    )
+                earlier |= seeds
+                slot = table.setdefault(name, {}).setdefault(d, {"successes": 0, "episodes": 0})
+                slot["successes"] += cell["successes"]
+                slot["episodes"] += cell["episodes"]
+    for row in table.values():
+        for cell in row.values():
+            k, n = cell["successes"], cell["episodes"]
+            cell["success"] = k / n
+            cell["ci95"] = [round(b, 4) for b in wilson_interval(k, n)]
+        row_sorted = dict(sorted(row.items(), key=lambda kv: int(kv[0])))
+        row.clear()
+        row.update(row_sorted)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", type=Path, help="rtvla sweep output folders")
+    parser.add_argument("--out", type=Path, default=None, help="success-vs-delay plot (PNG)")
+    parser.add_argument("--hz", type=float, default=30.0, help="control rate, for the x label")
+    args = parser.parse_args()
+    sweeps = [read(p) for p in args.sweeps]
+    table = pool(sweeps)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        _plot_success(
+            table, args.out, f"inference delay d (ticks at {args.hz:g} Hz)",
+            f"{sweeps[0]['task']}: success vs inference delay (pooled sweeps)",
+        )  # fmt: skip
+    sources = [str(p) for p in args.sweeps]
+    print(json.dumps({"bench": "pool_sweeps", "task": sweeps[0]["task"], "sweeps": sources,
+                      "success_vs_delay": table}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

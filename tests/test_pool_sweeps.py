@@ -1,0 +1,55 @@
+"""bench/pool_sweeps.py sums sweeps run on different seeds and refuses counting a seed twice."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "bench" / "pool_sweeps.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("pool_sweeps", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _sweep(seed: int, cells: dict) -> dict:
+    """The fields of a sweep.json that pooling reads: executor -> delay -> (successes, n)."""
+    return {
+        "task": "conveyor",
+        "server": "local:outputs/train/x",
+        "config": {"seed": seed},
+        "success_vs_delay": {
+            name: {d: {"successes": k, "episodes": n} for d, (k, n) in row.items()}
+            for name, row in cells.items()
+        },
+    }
+
+
+def test_pools_counts_and_recomputes_the_interval(tmp_path):
+    pool_sweeps = _load()
+    a = _sweep(1000, {"rtc": {"0": (13, 20), "8": (14, 20)}, "naive": {"8": (8, 20)}})
+    b = _sweep(1020, {"rtc": {"8": (22, 30)}, "naive": {"8": (15, 30)}})
+    table = pool_sweeps.pool([a, b])
+    assert table["rtc"]["8"]["successes"] == 36 and table["rtc"]["8"]["episodes"] == 50
+    assert table["rtc"]["0"]["episodes"] == 20  # a point only one sweep ran stays as it was
+    assert table["naive"]["8"]["success"] == pytest.approx(23 / 50)
+    lo, hi = table["naive"]["8"]["ci95"]
+    assert 0.32 < lo < 0.34 and 0.59 < hi < 0.61  # Wilson, 23 of 50
+    for folder, sweep in (("a", a), ("b", b)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "sweep.json").write_text(json.dumps(sweep))
+    assert pool_sweeps.pool([pool_sweeps.read(tmp_path / "a"), pool_sweeps.read(tmp_path / "b")])
+
+
+def test_refuses_overlapping_seeds_and_other_policies():
+    pool_sweeps = _load()
+    a = _sweep(1000, {"rtc": {"8": (14, 20)}})
+    with pytest.raises(SystemExit, match="in two sweeps"):
+        pool_sweeps.pool([a, _sweep(1010, {"rtc": {"8": (5, 20)}})])
+    other = _sweep(1020, {"rtc": {"8": (5, 20)}}) | {"server": "local:outputs/train/y"}
+    with pytest.raises(SystemExit, match="differ in server"):
+        pool_sweeps.pool([a, other])
