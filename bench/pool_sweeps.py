@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from runtime.analysis.stats import wilson_interval
-from runtime.commands.sweep import _plot_success
+from runtime.commands.sweep import plot_success
 
 
 def read(folder: Path) -> dict:
@@ -54,10 +54,9 @@ def pool(sweeps: list[dict]) -> dict:
             k, n = cell["successes"], cell["episodes"]
             cell["success"] = k / n
             cell["ci95"] = [round(b, 4) for b in wilson_interval(k, n)]
-        row_sorted = dict(sorted(row.items(), key=lambda kv: int(kv[0])))
-        row.clear()
-        row.update(row_sorted)
-    return table
+    return {
+        name: dict(sorted(row.items(), key=lambda kv: int(kv[0]))) for name, row in table.items()
+    }
 
 
 def main() -> None:
@@ -70,7 +69,7 @@ def main() -> None:
     table = pool(sweeps)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        _plot_success(
+        plot_success(
             table, args.out, f"inference delay d (ticks at {args.hz:g} Hz)",
             f"{sweeps[0]['task']}: success vs inference delay (pooled sweeps)",
         )  # fmt: skip

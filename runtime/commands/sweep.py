@@ -128,14 +128,14 @@ def main(cfg: DictConfig) -> dict:
     seams = {name: seam_metrics(logs) for name, logs in seam_logs.items()}
     paths = dict.fromkeys(("success_vs_delay", "horizon", "seams"))
     if by_delay:
-        paths["success_vs_delay"] = _plot_success(
+        paths["success_vs_delay"] = plot_success(
             by_delay,
             out / "success_vs_delay.png",
             f"inference delay d (ticks at {cfg.hz:g} Hz)",
             f"{cfg.task.name}: success vs inference delay",
         )
     if by_horizon:
-        paths["horizon"] = _plot_success(
+        paths["horizon"] = plot_success(
             by_horizon,
             out / "horizon.png",
             "execution horizon s (ticks)",
@@ -547,7 +547,7 @@ def _table(cells: Mapping[tuple[str, int], Point], outcomes: Mapping) -> dict:
     return table
 
 
-def _plot_success(table: dict, path: Path, xlabel: str, title: str) -> Path:
+def plot_success(table: dict, path: Path, xlabel: str, title: str) -> Path:
     """Success rate vs x, one line per executor, 95 % Wilson intervals as error bars."""
     from matplotlib.figure import Figure
 
