@@ -3,10 +3,13 @@
 Sweeps run on different episode seeds (``seed=1000 episodes=20``, ``seed=1020
 episodes=30``, ...) add up: per executor and delay, successes and episodes are summed and the
 95 % Wilson interval is recomputed. Refuses sweeps of different tasks or policies, and two
-sweeps whose episodes overlap (the same seed counted twice). Prints one JSON line; with
-``--out``, the success-vs-delay plot of the pooled table.
+sweeps whose episodes overlap (the same seed counted twice). Prints one JSON line with the
+pooled table and where it agrees with the RTC paper's executor ordering
+(``runtime/analysis/ordering.py``); with ``--out``, the success-vs-delay plot of the pooled
+table; with ``--markdown``, both tables as markdown after the JSON line. One sweep folder is
+a valid input.
 
-    uv run python bench/pool_sweeps.py outputs/sweep/A outputs/sweep/B --out fig.png
+    uv run python bench/pool_sweeps.py outputs/sweep/A outputs/sweep/B --out fig.png --markdown
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from runtime.analysis.ordering import ordering_markdown, paper_ordering
 from runtime.analysis.stats import wilson_interval
 from runtime.commands.sweep import plot_success
 
@@ -59,11 +63,32 @@ def pool(sweeps: list[dict]) -> dict:
     }
 
 
+def success_markdown(table: dict) -> str:
+    """Executors as rows, delays as columns: "72 % (63-80 %, 100)" (success, interval, n)."""
+    delays = sorted({int(d) for row in table.values() for d in row})
+    lines = [
+        "| executor | " + " | ".join(f"d = {d}" for d in delays) + " |",
+        "|---" * (len(delays) + 1) + "|",
+    ]
+    for name, row in table.items():
+        cells = []
+        for d in delays:
+            c = row.get(str(d))
+            if c is None:
+                cells.append("-")
+                continue
+            lo, hi = c["ci95"]
+            cells.append(f"{c['success']:.0%} ({lo:.0%}-{hi:.0%}, {c['episodes']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines).replace("%", " %")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="+", type=Path, help="rtvla sweep output folders")
     parser.add_argument("--out", type=Path, default=None, help="success-vs-delay plot (PNG)")
     parser.add_argument("--hz", type=float, default=30.0, help="control rate, for the x label")
+    parser.add_argument("--markdown", action="store_true", help="also print markdown tables")
     args = parser.parse_args()
     sweeps = [read(p) for p in args.sweeps]
     table = pool(sweeps)
@@ -74,8 +99,11 @@ def main() -> None:
             f"{sweeps[0]['task']}: success vs inference delay (pooled sweeps)",
         )  # fmt: skip
     sources = [str(p) for p in args.sweeps]
+    ordering = paper_ordering(table)
     print(json.dumps({"bench": "pool_sweeps", "task": sweeps[0]["task"], "sweeps": sources,
-                      "success_vs_delay": table}))  # fmt: skip
+                      "success_vs_delay": table, "paper_ordering": ordering}))  # fmt: skip
+    if args.markdown:
+        print(f"\n{success_markdown(table)}\n\n{ordering_markdown(ordering)}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from runtime.analysis.seams import jerks, plot_seams, seam_changes, seam_metrics
+from runtime.analysis.seams import (
+    jerks,
+    plot_seam_metrics,
+    plot_seams,
+    seam_changes,
+    seam_metrics,
+)
 from runtime.robot.runlog import RunLog
 
 HOLD = -1
@@ -98,3 +104,13 @@ def test_plot_writes_a_png_per_executor(tmp_path):
     )
     assert path == tmp_path / "seams.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_seam_metrics_plot_takes_an_executor_without_seams(tmp_path):
+    no_seams = make_log(np.zeros((10, 2)), np.zeros(10, int))
+    metrics = {"naive": seam_metrics(three_chunks()), "sync": seam_metrics([no_seams])}
+    assert metrics["sync"]["seam_ratio"] is None  # drawn as an empty, labelled slot
+    path = plot_seam_metrics(metrics, tmp_path / "seam_metrics.png", delay=4)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    with pytest.raises(ValueError, match="at least one executor"):
+        plot_seam_metrics({}, tmp_path / "none.png", delay=4)

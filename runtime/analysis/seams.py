@@ -140,6 +140,40 @@ def plot_seams(
     return path
 
 
+def plot_seam_metrics(
+    metrics: Mapping[str, Mapping[str, float | int | None]], path: str | Path, *, delay: int
+) -> Path:
+    """Bar charts of seam_ratio and mean_jerk per executor (``seam_metrics`` of each).
+
+    The seam ratio's panel marks 1 (chunks joining as smoothly as they run); an executor
+    without a figure (no seam in its runs) gets an empty slot labelled "-".
+    """
+    from matplotlib.figure import Figure
+
+    if not metrics:
+        raise ValueError("plot_seam_metrics needs the seam metrics of at least one executor")
+    names = list(metrics)
+    fig = Figure(figsize=(4 + 0.9 * len(names), 3.4), layout="constrained")
+    ratio_ax, jerk_ax = fig.subplots(1, 2)
+    for ax, key, label in (
+        (ratio_ax, "seam_ratio", "largest seam change / p99 within-chunk change"),
+        (jerk_ax, "mean_jerk", "mean |jerk| (action units / s^3)"),
+    ):
+        values = [metrics[n][key] for n in names]
+        ax.bar(names, [0.0 if v is None else v for v in values], color="tab:blue")
+        for i, v in enumerate(values):
+            ax.annotate("-" if v is None else f"{v:.3g}", (i, 0.0 if v is None else v),
+                        ha="center", va="bottom", fontsize=7)  # fmt: skip
+        ax.set_title(label, fontsize=9)
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.grid(axis="y", alpha=0.3)
+    ratio_ax.axhline(1.0, color="tab:gray", ls="--", lw=0.8)
+    fig.suptitle(f"seam smoothness per executor at d = {delay}", fontsize=10)
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def _loudest_joint(logs: list[RunLog]) -> int:
     """The joint with the largest seam change over ``logs`` (0 if there is no seam)."""
     changes = [seam_changes(log)[0] for log in logs]

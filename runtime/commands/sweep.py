@@ -16,8 +16,9 @@ at delays longer than the prefixes it was trained on. A delay an executor cannot
 an error.
 
 Writes to ``output_dir``: ``sweep.json`` (every figure, the skipped points, machine, versions and
-the resolved config), ``config.yaml``, ``success_vs_delay.png``, ``horizon.png`` and
-``seams.png``. Ctrl-C drops the episode in progress and writes what ran, marked interrupted.
+the resolved config), ``config.yaml``, ``success_vs_delay.png``, ``horizon.png``,
+``seams.png`` (executed actions around seams) and ``seam_metrics.png`` (seam ratio and jerk
+per executor). Ctrl-C drops the episode in progress and writes what ran, marked interrupted.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from omegaconf.errors import InterpolationToMissingValueError, MissingMandatoryV
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from runtime.analysis.seams import plot_seams, seam_metrics
+from runtime.analysis.seams import plot_seam_metrics, plot_seams, seam_metrics
 from runtime.analysis.stats import wilson_interval
 from runtime.commands.run import LOCAL_PREFIX, check_fit, make_client, make_run_driver
 from runtime.robot.client import LocalPolicyClient
@@ -126,7 +127,7 @@ def main(cfg: DictConfig) -> dict:
     seam_logs = {n: outcomes[p].logs for n, p in plan.seams.items() if p in outcomes}
     seam_logs = {n: logs for n, logs in seam_logs.items() if logs}
     seams = {name: seam_metrics(logs) for name, logs in seam_logs.items()}
-    paths = dict.fromkeys(("success_vs_delay", "horizon", "seams"))
+    paths = dict.fromkeys(("success_vs_delay", "horizon", "seams", "seam_metrics"))
     if by_delay:
         paths["success_vs_delay"] = plot_success(
             by_delay,
@@ -144,6 +145,9 @@ def main(cfg: DictConfig) -> dict:
     if seam_logs:
         paths["seams"] = plot_seams(
             seam_logs, out / "seams.png", joint=cfg.seam_joint, joint_names=joints
+        )
+        paths["seam_metrics"] = plot_seam_metrics(
+            seams, out / "seam_metrics.png", delay=cfg.seam_delay
         )
     paths["sweep_json"] = out / "sweep.json"
     paths = {k: None if v is None else str(v) for k, v in paths.items()}
