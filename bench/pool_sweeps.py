@@ -78,7 +78,7 @@ def success_markdown(table: dict) -> str:
                 cells.append("-")
                 continue
             lo, hi = c["ci95"]
-            cells.append(f"{c['success']:.0%} ({lo:.0%}-{hi:.0%}, {c['episodes']})")
+            cells.append(f"{c['success']:.0%} ({100 * lo:.0f}-{hi:.0%}, {c['episodes']})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines).replace("%", " %")
 
@@ -89,9 +89,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="success-vs-delay plot (PNG)")
     parser.add_argument("--hz", type=float, default=30.0, help="control rate, for the x label")
     parser.add_argument("--markdown", action="store_true", help="also print markdown tables")
+    parser.add_argument("--executors", nargs="+", default=None,
+                        help="keep only these executors (e.g. leave out one an interrupted "
+                             "sweep ran partly)")  # fmt: skip
     args = parser.parse_args()
     sweeps = [read(p) for p in args.sweeps]
     table = pool(sweeps)
+    if args.executors is not None:
+        missing = sorted(set(args.executors) - set(table))
+        if missing:
+            raise SystemExit(f"no sweep ran {missing}; the sweeps ran {sorted(table)}")
+        table = {name: table[name] for name in args.executors}
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         plot_success(

@@ -53,3 +53,11 @@ def test_refuses_overlapping_seeds_and_other_policies():
     other = _sweep(1020, {"rtc": {"8": (5, 20)}}) | {"server": "local:outputs/train/y"}
     with pytest.raises(SystemExit, match="differ in server"):
         pool_sweeps.pool([a, other])
+
+
+def test_markdown_rows_give_success_interval_and_episodes():
+    pool_sweeps = _load()
+    table = pool_sweeps.pool([_sweep(1000, {"rtc": {"8": (72, 100)}, "naive": {"0": (5, 10)}})])
+    text = pool_sweeps.success_markdown(table)
+    assert "| rtc | - | 72 % (63-80 %, 100) |" in text  # no d = 0 point for rtc
+    assert text.splitlines()[0] == "| executor | d = 0 | d = 8 |"
