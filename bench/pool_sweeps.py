@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from runtime.analysis.ordering import ordering_markdown, paper_ordering
+from runtime.analysis.seams import plot_seam_metrics
 from runtime.analysis.stats import wilson_interval
 from runtime.commands.sweep import plot_success
 
@@ -63,6 +64,21 @@ def pool(sweeps: list[dict]) -> dict:
     }
 
 
+def seam_figures(sweeps: list[dict], executors: list[str]) -> dict:
+    """{"delay", "executors": name -> seam figures} of ``executors``, each from the first
+    sweep that measured it; refuses sweeps whose seam figures come from different delays."""
+    delays = {s["seams"]["delay"] for s in sweeps if s.get("seams", {}).get("executors")}
+    if len(delays) > 1:
+        raise SystemExit(f"the sweeps measured seams at different delays {sorted(delays)}")
+    found: dict = {}
+    for s in sweeps:
+        for name, m in s.get("seams", {}).get("executors", {}).items():
+            if name in executors:
+                found.setdefault(name, m)
+    return {"delay": delays.pop() if delays else None,
+            "executors": {n: found[n] for n in executors if n in found}}  # fmt: skip
+
+
 def success_markdown(table: dict) -> str:
     """Executors as rows, delays as columns: "72 % (63-80 %, 100)" (success, interval, n)."""
     delays = sorted({int(d) for row in table.values() for d in row})
@@ -89,6 +105,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="success-vs-delay plot (PNG)")
     parser.add_argument("--hz", type=float, default=30.0, help="control rate, for the x label")
     parser.add_argument("--markdown", action="store_true", help="also print markdown tables")
+    parser.add_argument("--seams-out", type=Path, default=None,
+                        help="seam ratio and jerk per executor (PNG), from the sweeps' seam "
+                             "figures, each executor's from the first sweep with it)")  # fmt: skip
     parser.add_argument("--executors", nargs="+", default=None,
                         help="keep only these executors (e.g. leave out one an interrupted "
                              "sweep ran partly)")  # fmt: skip
@@ -106,10 +125,15 @@ def main() -> None:
             table, args.out, f"inference delay d (ticks at {args.hz:g} Hz)",
             f"{sweeps[0]['task']}: success vs inference delay (pooled sweeps)",
         )  # fmt: skip
+    seams = seam_figures(sweeps, list(table))
+    if args.seams_out is not None and seams["executors"]:
+        args.seams_out.parent.mkdir(parents=True, exist_ok=True)
+        plot_seam_metrics(seams["executors"], args.seams_out, delay=seams["delay"])
     sources = [str(p) for p in args.sweeps]
     ordering = paper_ordering(table)
     print(json.dumps({"bench": "pool_sweeps", "task": sweeps[0]["task"], "sweeps": sources,
-                      "success_vs_delay": table, "paper_ordering": ordering}))  # fmt: skip
+                      "success_vs_delay": table, "paper_ordering": ordering,
+                      "seams": seams}))  # fmt: skip
     if args.markdown:
         print(f"\n{success_markdown(table)}\n\n{ordering_markdown(ordering)}")
 

@@ -61,3 +61,19 @@ def test_markdown_rows_give_success_interval_and_episodes():
     text = pool_sweeps.success_markdown(table)
     assert "| rtc | - | 72 % (63-80 %, 100) |" in text  # no d = 0 point for rtc
     assert text.splitlines()[0] == "| executor | d = 0 | d = 8 |"
+
+
+def test_seam_figures_come_from_the_first_sweep_that_has_them():
+    pool_sweeps = _load()
+    a = _sweep(1000, {"naive": {"4": (5, 10)}}) | {
+        "seams": {"delay": 4, "executors": {"naive": {"seam_ratio": 7.7, "mean_jerk": 9.0}}}
+    }
+    b = _sweep(1000, {"rtc": {"4": (6, 10)}}) | {
+        "seams": {"delay": 4, "executors": {"rtc": {"seam_ratio": 5.3, "mean_jerk": 2.0}}}
+    }
+    seams = pool_sweeps.seam_figures([a, b], ["rtc", "naive"])
+    assert seams["delay"] == 4 and list(seams["executors"]) == ["rtc", "naive"]
+    assert seams["executors"]["naive"]["seam_ratio"] == 7.7
+    b["seams"]["delay"] = 8
+    with pytest.raises(SystemExit, match="different delays"):
+        pool_sweeps.seam_figures([a, b], ["rtc", "naive"])
