@@ -107,7 +107,7 @@ def main() -> None:
     parser.add_argument("--markdown", action="store_true", help="also print markdown tables")
     parser.add_argument("--seams-out", type=Path, default=None,
                         help="seam ratio and jerk per executor (PNG), from the sweeps' seam "
-                             "figures, each executor's from the first sweep with it)")  # fmt: skip
+                             "figures, each executor's from the first sweep with it")  # fmt: skip
     parser.add_argument("--executors", nargs="+", default=None,
                         help="keep only these executors (e.g. leave out one an interrupted "
                              "sweep ran partly)")  # fmt: skip
