@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from runtime.analysis.ordering import ordering_markdown, paper_ordering
+from runtime.analysis.ordering import delay_table, ordering_markdown, paper_ordering
 from runtime.analysis.seams import plot_seam_metrics
 from runtime.analysis.stats import wilson_interval
 from runtime.commands.sweep import plot_success
@@ -82,21 +82,15 @@ def seam_figures(sweeps: list[dict], executors: list[str]) -> dict:
 def success_markdown(table: dict) -> str:
     """Executors as rows, delays as columns: "72 % (63-80 %, 100)" (success, interval, n)."""
     delays = sorted({int(d) for row in table.values() for d in row})
-    lines = [
-        "| executor | " + " | ".join(f"d = {d}" for d in delays) + " |",
-        "|---" * (len(delays) + 1) + "|",
-    ]
-    for name, row in table.items():
-        cells = []
-        for d in delays:
-            c = row.get(str(d))
-            if c is None:
-                cells.append("-")
-                continue
-            lo, hi = c["ci95"]
-            cells.append(f"{c['success']:.0%} ({100 * lo:.0f}-{hi:.0%}, {c['episodes']})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines).replace("%", " %")
+
+    def text(c: dict | None) -> str:
+        if c is None:
+            return "-"
+        lo, hi = c["ci95"]
+        return f"{c['success']:.0%} ({100 * lo:.0f}-{hi:.0%}, {c['episodes']})"
+
+    rows = {name: [text(row.get(str(d))) for d in delays] for name, row in table.items()}
+    return delay_table("executor", delays, rows)
 
 
 def main() -> None:

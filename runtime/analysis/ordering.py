@@ -63,16 +63,23 @@ def ordering_markdown(rows: list[dict]) -> str:
     delays = sorted({r["delay"] for r in rows})
     claims = list(dict.fromkeys(r["claim"] for r in rows))
     cell = {(r["claim"], r["delay"]): r for r in rows}
+    rows_out = {
+        claim: [
+            "-" if (r := cell.get((claim, d))) is None
+            else f"{r['verdict']} ({r['left']:.0%} vs {r['right']:.0%})"
+            for d in delays
+        ]
+        for claim in claims
+    }  # fmt: skip
+    return delay_table("paper's claim", delays, rows_out)
+
+
+def delay_table(corner: str, delays: list[int], rows: Mapping[str, list[str]]) -> str:
+    """A markdown table with one column per delay ("d = 4") and one line per row name; every
+    "%" written as " %"."""
     lines = [
-        "| paper's claim | " + " | ".join(f"d = {d}" for d in delays) + " |",
+        f"| {corner} | " + " | ".join(f"d = {d}" for d in delays) + " |",
         "|---" * (len(delays) + 1) + "|",
+        *(f"| {name} | " + " | ".join(cells) + " |" for name, cells in rows.items()),
     ]
-    for claim in claims:
-        cells = []
-        for d in delays:
-            r = cell.get((claim, d))
-            cells.append(
-                "-" if r is None else f"{r['verdict']} ({r['left']:.0%} vs {r['right']:.0%})"
-            )
-        lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines).replace("%", " %")
