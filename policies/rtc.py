@@ -213,6 +213,20 @@ def prefix_conditioned_sample(
     return euler_sample(velocity_fn, noise, num_steps, prefix=target, prefix_mask=frozen)
 
 
+def sample_training_delay(
+    B: int, max_delay: int, zero_prob: float | None, device: torch.device | str | None = None
+) -> Tensor:
+    """Simulated inference delays (B,) for training-time RTC: d ~ U{0..max_delay} when
+    ``zero_prob`` is None; else d = 0 (no prefix: the synchronous case) with probability
+    ``zero_prob`` and d ~ U{1..max_delay} otherwise. Raising the share of d = 0 keeps the
+    policy able to act from the observation alone (the first chunk of an episode, and every
+    chunk of synchronous execution) instead of leaning on the prefix it is mostly given."""
+    if zero_prob is None:
+        return torch.randint(0, max_delay + 1, (B,), device=device)
+    delay = torch.randint(1, max_delay + 1, (B,), device=device)
+    return torch.where(torch.rand(B, device=device) < zero_prob, 0, delay)
+
+
 def prefix_flow_time(tau: Tensor, delay: Tensor, H: int) -> tuple[Tensor, Tensor]:
     """Per-token flow time for training-time RTC (Black et al. 2025, arXiv 2512.05964).
 

@@ -37,7 +37,7 @@ from policies.features import ACTION, ENV_STATE, HISTORY_SUFFIX, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.language import HASH_BUCKETS, words
 from policies.normalize import Normalizer
-from policies.rtc import prefix_flow_time
+from policies.rtc import prefix_flow_time, sample_training_delay
 
 MAX_WORDS = 16  # words of an instruction the policy reads
 
@@ -62,6 +62,8 @@ class StateFlowConfig:
     time_beta: float = 1.0
     max_tau: float = 0.999  # largest training flow time
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K}; 0: off
+    rtc_training_zero_prob: float | None = None  # share of d = 0 (no prefix), the rest
+    # d ~ U{1..K}; null: d ~ U{0..K}
     relative_actions: bool = (
         False  # predict joint targets as offsets from the current state (not the gripper)
     )
@@ -82,6 +84,9 @@ class StateFlowConfig:
                 f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
                 f"[0, chunk_length={self.chunk_length})"
             )
+        zero = self.rtc_training_zero_prob
+        if zero is not None and not 0.0 <= zero <= 1.0:
+            raise ValueError(f"rtc_training_zero_prob={zero} must be in [0, 1] (or null)")
 
 
 HISTORY_KEYS = (STATE + HISTORY_SUFFIX, ENV_STATE + HISTORY_SUFFIX)  # (T, S) and (T, E)
@@ -242,7 +247,9 @@ class StateFlow(nn.Module):
         noise = torch.randn_like(actions)
         tau = sample_tau((B,), cfg.time_alpha, cfg.time_beta, cfg.max_tau, device=actions.device)
         if cfg.rtc_training_max_delay > 0:
-            delay = torch.randint(0, cfg.rtc_training_max_delay + 1, (B,), device=actions.device)
+            delay = sample_training_delay(
+                B, cfg.rtc_training_max_delay, cfg.rtc_training_zero_prob, actions.device
+            )
             tau, postfix = prefix_flow_time(tau, delay, H)  # (B, H), (B, H)
             mask = mask & postfix
         v = self.velocity(self.encode(batch), interpolate(actions, noise, tau), tau)

@@ -28,7 +28,7 @@ from policies.action_expert import ActionExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
 from policies.features import ACTION, ENV_STATE, GOAL_STATE, IMAGES
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
-from policies.rtc import prefix_flow_time
+from policies.rtc import prefix_flow_time, sample_training_delay
 from policies.vision import KEYPOINT_STRIDES, VISION
 
 LANGUAGE = ("words", "bytes")  # the small backbone's instruction tokens (SmallBackbone)
@@ -76,6 +76,8 @@ class VLAConfig:
     fast_loss: bool = True  # FAST tokens and their CE in the backbone; False: flow only (pi0)
     alpha: float = 1.0  # weight of the flow-matching loss: loss = CE(FAST) + alpha * FM
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K} steps; 0: off
+    rtc_training_zero_prob: float | None = None  # share of d = 0 (no prefix), the rest
+    # d ~ U{1..K}; null: d ~ U{0..K}
     aux_env_state: float = 1.0  # weight of an auxiliary loss: the backbone predicts the scene
     # state (observation.environment_state); off without one, or with backbone=hf
     env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
@@ -112,6 +114,9 @@ class VLAConfig:
                 f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
                 f"[0, chunk_length={self.chunk_length})"
             )
+        zero = self.rtc_training_zero_prob
+        if zero is not None and not 0.0 <= zero <= 1.0:
+            raise ValueError(f"rtc_training_zero_prob={zero} must be in [0, 1] (or null)")
         if self.env_state_dim == 0 or self.backbone != "small":
             self.aux_env_state = 0.0  # needs a scene state and the small backbone's readout
         if self.aux_goal > 0 and self.backbone != "small":
@@ -272,7 +277,9 @@ class VLA(nn.Module):
             )
         loss_mask = ~is_pad  # (B, H)
         if cfg.rtc_training_max_delay > 0:
-            delay = torch.randint(0, cfg.rtc_training_max_delay + 1, (B,), device=actions.device)
+            delay = sample_training_delay(
+                B, cfg.rtc_training_max_delay, cfg.rtc_training_zero_prob, actions.device
+            )
             tau, postfix = prefix_flow_time(tau, delay, H)  # (B, H), (B, H)
             loss_mask = loss_mask & postfix
         velocity, fast_logits, readout = self._joint_forward(

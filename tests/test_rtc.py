@@ -18,6 +18,7 @@ from policies.rtc import (
     prefix_conditioned_sample,
     prefix_flow_time,
     prefix_weights,
+    sample_training_delay,
 )
 
 B, H, D = 4, 12, 3
@@ -283,3 +284,14 @@ def test_prefix_flow_time_gives_clean_prefix_and_postfix_mask():
     actions, eps = torch.randn(2, 5, D), torch.randn(2, 5, D)
     x = tau_tokens[..., None] * actions + (1 - tau_tokens[..., None]) * eps
     torch.testing.assert_close(x[1, :3], actions[1, :3])
+
+
+@pytest.mark.parametrize(("zero_prob", "expected_zero"), [(None, 1 / 9), (0.5, 0.5), (0.0, 0.0)])
+def test_sample_training_delay_share_of_no_prefix(zero_prob, expected_zero):
+    torch.manual_seed(0)
+    d = sample_training_delay(20000, 8, zero_prob)
+    assert d.min() >= 0 and d.max() == 8
+    assert abs((d == 0).float().mean().item() - expected_zero) < 0.015
+    nonzero = d[d > 0]
+    counts = torch.bincount(nonzero, minlength=9)[1:].float() / nonzero.numel()
+    assert torch.allclose(counts, torch.full((8,), 1 / 8), atol=0.015)  # d > 0 stays uniform
