@@ -7,9 +7,10 @@ sweeps whose episodes overlap (the same seed counted twice). Prints one JSON lin
 pooled table and where it agrees with the RTC paper's executor ordering
 (``runtime/analysis/ordering.py``); with ``--out``, the success-vs-delay plot of the pooled
 table; with ``--markdown``, both tables as markdown after the JSON line. One sweep folder is
-a valid input.
+a valid input. ``FOLDER:rtc,naive`` takes only those executors from that sweep (e.g. not the
+partial point of an executor an interrupted sweep had started, when another sweep ran it whole).
 
-    uv run python bench/pool_sweeps.py outputs/sweep/A outputs/sweep/B --out fig.png --markdown
+    uv run python bench/pool_sweeps.py outputs/sweep/A outputs/sweep/B:rtc_hard --markdown
 """
 
 from __future__ import annotations
@@ -24,11 +25,23 @@ from runtime.analysis.stats import wilson_interval
 from runtime.commands.sweep import plot_success
 
 
-def read(folder: Path) -> dict:
-    path = folder / "sweep.json" if folder.is_dir() else folder
+def read(source: str) -> dict:
+    """The sweep.json of ``FOLDER`` or ``FOLDER:exec1,exec2`` (only those executors kept)."""
+    folder, _, only = source.partition(":")
+    path = Path(folder) / "sweep.json" if Path(folder).is_dir() else Path(folder)
     if not path.is_file():
         raise SystemExit(f"{path} does not exist: pass the output_dir= of `rtvla sweep`")
-    return json.loads(path.read_text())
+    sweep = json.loads(path.read_text())
+    if only:
+        keep = only.split(",")
+        missing = sorted(set(keep) - set(sweep["success_vs_delay"]))
+        if missing:
+            raise SystemExit(f"{folder} did not run {missing}; it ran "
+                             f"{sorted(sweep['success_vs_delay'])}")  # fmt: skip
+        sweep["success_vs_delay"] = {k: sweep["success_vs_delay"][k] for k in keep}
+        seams = sweep.get("seams", {}).get("executors", {})
+        sweep.setdefault("seams", {})["executors"] = {k: v for k, v in seams.items() if k in keep}
+    return sweep
 
 
 def pool(sweeps: list[dict]) -> dict:
@@ -95,7 +108,9 @@ def success_markdown(table: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweeps", nargs="+", type=Path, help="rtvla sweep output folders")
+    parser.add_argument("sweeps", nargs="+",
+                        help="rtvla sweep output folders; FOLDER:exec1,exec2 takes only those "
+                             "executors from that one")  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="success-vs-delay plot (PNG)")
     parser.add_argument("--hz", type=float, default=30.0, help="control rate, for the x label")
     parser.add_argument("--markdown", action="store_true", help="also print markdown tables")
@@ -123,7 +138,7 @@ def main() -> None:
     if args.seams_out is not None and seams["executors"]:
         args.seams_out.parent.mkdir(parents=True, exist_ok=True)
         plot_seam_metrics(seams["executors"], args.seams_out, delay=seams["delay"])
-    sources = [str(p) for p in args.sweeps]
+    sources = list(args.sweeps)
     ordering = paper_ordering(table)
     print(json.dumps({"bench": "pool_sweeps", "task": sweeps[0]["task"], "sweeps": sources,
                       "success_vs_delay": table, "paper_ordering": ordering,

@@ -42,7 +42,26 @@ def test_pools_counts_and_recomputes_the_interval(tmp_path):
     for folder, sweep in (("a", a), ("b", b)):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "sweep.json").write_text(json.dumps(sweep))
-    assert pool_sweeps.pool([pool_sweeps.read(tmp_path / "a"), pool_sweeps.read(tmp_path / "b")])
+    assert pool_sweeps.pool(
+        [pool_sweeps.read(str(tmp_path / "a")), pool_sweeps.read(str(tmp_path / "b"))]
+    )
+
+
+def test_folder_with_executors_keeps_only_those(tmp_path):
+    pool_sweeps = _load()
+    partial = _sweep(1000, {"naive": {"0": (30, 50)}, "rtc_hard": {"0": (10, 25)}})
+    whole = _sweep(1000, {"rtc_hard": {"0": (20, 50)}})
+    for folder, sweep in (("partial", partial), ("whole", whole)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "sweep.json").write_text(json.dumps(sweep))
+    with pytest.raises(SystemExit, match="in two sweeps"):  # rtc_hard's seeds 1000-1024 twice
+        pool_sweeps.pool([pool_sweeps.read(str(tmp_path / n)) for n in ("partial", "whole")])
+    table = pool_sweeps.pool([
+        pool_sweeps.read(f"{tmp_path / 'partial'}:naive"), pool_sweeps.read(str(tmp_path / "whole"))
+    ])  # fmt: skip
+    assert table["rtc_hard"]["0"]["episodes"] == 50 and table["naive"]["0"]["successes"] == 30
+    with pytest.raises(SystemExit, match="did not run"):
+        pool_sweeps.read(f"{tmp_path / 'whole'}:bid")
 
 
 def test_refuses_overlapping_seeds_and_other_policies():
