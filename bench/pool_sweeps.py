@@ -78,18 +78,22 @@ def pool(sweeps: list[dict]) -> dict:
 
 
 def seam_figures(sweeps: list[dict], executors: list[str]) -> dict:
-    """{"delay", "executors": name -> seam figures} of ``executors``, each from the first
-    sweep that measured it; refuses sweeps whose seam figures come from different delays."""
-    delays = {s["seams"]["delay"] for s in sweeps if s.get("seams", {}).get("executors")}
-    if len(delays) > 1:
-        raise SystemExit(f"the sweeps measured seams at different delays {sorted(delays)}")
+    """{"delay", "executors": name -> seam figures, "ignored"} of ``executors``, each from the
+    first sweep that measured it at the first sweep's seam delay; sweeps that measured seams
+    at another delay are listed in "ignored" (seams at different delays do not compare)."""
+    measured = [s for s in sweeps if s.get("seams", {}).get("executors")]
+    delay = measured[0]["seams"]["delay"] if measured else None
     found: dict = {}
-    for s in sweeps:
-        for name, m in s.get("seams", {}).get("executors", {}).items():
+    ignored = []
+    for s in measured:
+        if s["seams"]["delay"] != delay:
+            ignored.append({"seed": s["config"]["seed"], "delay": s["seams"]["delay"]})
+            continue
+        for name, m in s["seams"]["executors"].items():
             if name in executors:
                 found.setdefault(name, m)
-    return {"delay": delays.pop() if delays else None,
-            "executors": {n: found[n] for n in executors if n in found}}  # fmt: skip
+    return {"delay": delay, "executors": {n: found[n] for n in executors if n in found},
+            "ignored": ignored}  # fmt: skip
 
 
 def success_markdown(table: dict) -> str:
@@ -114,9 +118,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="success-vs-delay plot (PNG)")
     parser.add_argument("--hz", type=float, default=30.0, help="control rate, for the x label")
     parser.add_argument("--markdown", action="store_true", help="also print markdown tables")
-    parser.add_argument("--seams-out", type=Path, default=None,
-                        help="seam ratio and jerk per executor (PNG), from the sweeps' seam "
-                             "figures, each executor's from the first sweep with it")  # fmt: skip
+    parser.add_argument(
+        "--seams-out",
+        type=Path,
+        default=None,
+        help="seam ratio and jerk per executor (PNG), at the first sweep's "
+        "seam delay, each executor's from the first sweep with it",
+    )
     parser.add_argument("--executors", nargs="+", default=None,
                         help="keep only these executors (e.g. leave out one an interrupted "
                              "sweep ran partly)")  # fmt: skip

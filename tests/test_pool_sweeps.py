@@ -93,6 +93,8 @@ def test_seam_figures_come_from_the_first_sweep_that_has_them():
     seams = pool_sweeps.seam_figures([a, b], ["rtc", "naive"])
     assert seams["delay"] == 4 and list(seams["executors"]) == ["rtc", "naive"]
     assert seams["executors"]["naive"]["seam_ratio"] == 7.7
-    b["seams"]["delay"] = 8
-    with pytest.raises(SystemExit, match="different delays"):
-        pool_sweeps.seam_figures([a, b], ["rtc", "naive"])
+    b["seams"]["delay"] = 8  # another delay: not mixed in, listed as ignored
+    seams = pool_sweeps.seam_figures([a, b], ["rtc", "naive"])
+    assert list(seams["executors"]) == ["naive"] and seams["ignored"] == [
+        {"seed": 1000, "delay": 8}
+    ]
