@@ -50,6 +50,16 @@ def pool(sweeps: list[dict]) -> dict:
         values = {s[key] for s in sweeps}
         if len(values) > 1:
             raise SystemExit(f"the sweeps differ in {key}: {sorted(values)}; pool one policy")
+    trained = {
+        str(s["config"].get("rtc_trained_checkpoint"))
+        for s in sweeps
+        if "rtc_trained" in s["success_vs_delay"]
+    }
+    if len(trained) > 1:
+        raise SystemExit(
+            f"the sweeps' rtc_trained rows come from different policies {sorted(trained)}: pool "
+            "one (FOLDER:executors leaves a sweep's rtc_trained out)"
+        )
     seen: dict[tuple[str, str], set[int]] = {}
     table: dict[str, dict] = {}
     for s in sweeps:

@@ -72,6 +72,13 @@ def test_refuses_overlapping_seeds_and_other_policies():
     other = _sweep(1020, {"rtc": {"8": (5, 20)}}) | {"server": "local:outputs/train/y"}
     with pytest.raises(SystemExit, match="differ in server"):
         pool_sweeps.pool([a, other])
+    x, y = (
+        _sweep(seed, {"rtc_trained": {"8": (5, 20)}})
+        | {"config": {"seed": seed, "rtc_trained_checkpoint": c}}
+        for seed, c in ((1000, "outputs/train/k8"), (1020, "outputs/train/k8_zero50"))
+    )
+    with pytest.raises(SystemExit, match="rtc_trained rows come from different policies"):
+        pool_sweeps.pool([x, y])
 
 
 def test_markdown_rows_give_success_interval_and_episodes():
