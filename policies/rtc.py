@@ -213,6 +213,16 @@ def prefix_conditioned_sample(
     return euler_sample(velocity_fn, noise, num_steps, prefix=target, prefix_mask=frozen)
 
 
+def check_training_delay(max_delay: int, zero_prob: float | None, H: int) -> None:
+    """Raises ValueError unless 0 <= max_delay < H and zero_prob is None or in [0, 1]: the
+    training-time RTC settings (``rtc_training_max_delay``, ``rtc_training_zero_prob``) of
+    every policy kind that has them."""
+    if not 0 <= max_delay < H:
+        raise ValueError(f"rtc_training_max_delay={max_delay} must be in [0, chunk_length={H})")
+    if zero_prob is not None and not 0.0 <= zero_prob <= 1.0:
+        raise ValueError(f"rtc_training_zero_prob={zero_prob} must be in [0, 1] (or null)")
+
+
 def sample_training_delay(
     B: int, max_delay: int, zero_prob: float | None, device: torch.device | str | None = None
 ) -> Tensor:

@@ -37,7 +37,7 @@ from policies.features import ACTION, ENV_STATE, HISTORY_SUFFIX, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.language import HASH_BUCKETS, words
 from policies.normalize import Normalizer
-from policies.rtc import prefix_flow_time, sample_training_delay
+from policies.rtc import check_training_delay, prefix_flow_time, sample_training_delay
 
 MAX_WORDS = 16  # words of an instruction the policy reads
 
@@ -79,14 +79,9 @@ class StateFlowConfig:
                 f"history_offsets={list(offsets)} must be negative ticks, increasing (oldest "
                 "first), e.g. [-8, -4]"
             )
-        if not 0 <= self.rtc_training_max_delay < self.chunk_length:
-            raise ValueError(
-                f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
-                f"[0, chunk_length={self.chunk_length})"
-            )
-        zero = self.rtc_training_zero_prob
-        if zero is not None and not 0.0 <= zero <= 1.0:
-            raise ValueError(f"rtc_training_zero_prob={zero} must be in [0, 1] (or null)")
+        check_training_delay(
+            self.rtc_training_max_delay, self.rtc_training_zero_prob, self.chunk_length
+        )
 
 
 HISTORY_KEYS = (STATE + HISTORY_SUFFIX, ENV_STATE + HISTORY_SUFFIX)  # (T, S) and (T, E)

@@ -28,7 +28,7 @@ from policies.action_expert import ActionExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
 from policies.features import ACTION, ENV_STATE, GOAL_STATE, IMAGES
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
-from policies.rtc import prefix_flow_time, sample_training_delay
+from policies.rtc import check_training_delay, prefix_flow_time, sample_training_delay
 from policies.vision import KEYPOINT_STRIDES, VISION
 
 LANGUAGE = ("words", "bytes")  # the small backbone's instruction tokens (SmallBackbone)
@@ -109,14 +109,9 @@ class VLAConfig:
             )
         if self.expert_width % 2:
             raise ValueError(f"expert_width={self.expert_width} must be even")
-        if not 0 <= self.rtc_training_max_delay < self.chunk_length:
-            raise ValueError(
-                f"rtc_training_max_delay={self.rtc_training_max_delay} must be in "
-                f"[0, chunk_length={self.chunk_length})"
-            )
-        zero = self.rtc_training_zero_prob
-        if zero is not None and not 0.0 <= zero <= 1.0:
-            raise ValueError(f"rtc_training_zero_prob={zero} must be in [0, 1] (or null)")
+        check_training_delay(
+            self.rtc_training_max_delay, self.rtc_training_zero_prob, self.chunk_length
+        )
         if self.env_state_dim == 0 or self.backbone != "small":
             self.aux_env_state = 0.0  # needs a scene state and the small backbone's readout
         if self.aux_goal > 0 and self.backbone != "small":
