@@ -170,8 +170,8 @@ class MixerBlock(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
-        """x (B, H, C), cond (B, H, C) -> (B, H, C)."""
-        s1, b1, g1, s2, b2, g2 = self.modulation(cond).chunk(6, dim=-1)  # each (B, H, C)
+        """x (B, H, C), cond (B, H, C) or, one for every token, (B, 1, C) -> (B, H, C)."""
+        s1, b1, g1, s2, b2, g2 = self.modulation(cond).chunk(6, dim=-1)  # each like cond
         h = self.norm1(x) * (1 + s1) + b1
         x = x + g1 * self.token_mlp(h.transpose(1, 2)).transpose(1, 2)
         h = self.norm2(x) * (1 + s2) + b2
@@ -217,9 +217,10 @@ class StateFlow(nn.Module):
 
     def velocity(self, obs: Tensor, x: Tensor, tau: Tensor) -> Tensor:
         """v(x_tau, tau | obs): obs (B, C), x (B, H, A), tau (B,) or (B, H) -> (B, H, A)."""
-        B, H, _ = x.shape
-        tau = tau[:, None].expand(B, H) if tau.ndim == 1 else tau  # (B, H)
-        cond = obs[:, None, :] + self.time(time_embedding(tau, self.config.width))  # (B, H, C)
+        # One flow time per chunk (plain and guided sampling, most training): the conditioning
+        # is the same for every token, so it and the blocks' modulation are computed once.
+        tau = tau[:, None] if tau.ndim == 1 else tau  # (B, 1) or (B, H)
+        cond = obs[:, None, :] + self.time(time_embedding(tau, self.config.width))  # (B, 1|H, C)
         h = self.action_in(x) + self.position  # (B, H, C)
         for block in self.blocks:
             h = block(h, cond)

@@ -114,6 +114,7 @@ def test_quick_runs_the_reduced_grid(tmp_path):
         (["delays=[17]"], r"delays: naive cannot run at d=17: no valid execution horizon"),
         (["executor_params.sync.execution_horizon=40", "executors=[sync]"], "sync execution_h"),
         (["server=tcp://127.0.0.1:5555"], "runs the policy in this process"),
+        (["batch_episodes=0"], "batch_episodes=0: run at least one episode at a time"),
     ],
 )
 def test_bad_configurations_are_refused(tmp_path, overrides, message):
@@ -215,20 +216,40 @@ def test_rtc_trained_runs_on_its_own_checkpoint_up_to_its_trained_delay(tmp_path
 
 
 def test_workers_give_the_outcomes_of_one_process(tmp_path):
-    """jobs=2 shares the episodes out between two worker processes: the same per-episode
-    outcomes, ticks and seam figures as running them all here."""
-    common = (*SYNTHETIC, "executors=[naive,rtc]", "delays=[0,3]", "episodes=2", "horizons=[]",
+    """jobs=2 shares the episode groups out between two worker processes: the same
+    per-episode outcomes, ticks and seam figures as running them all here, and, with the
+    analytic policy, as running the episodes one by one (batch_episodes=1)."""
+    common = (*SYNTHETIC, "executors=[naive,rtc]", "delays=[0,3]", "episodes=3", "horizons=[]",
               "seam_delay=3")  # fmt: skip
-    one = sweep(*common, "jobs=1", f"output_dir={tmp_path / 'one'}")
-    two = sweep(*common, "jobs=2", f"output_dir={tmp_path / 'two'}")
-    saved = [json.loads((tmp_path / n / "sweep.json").read_text()) for n in ("one", "two")]
+    runs = {
+        "one": ("jobs=1", "batch_episodes=2"),
+        "two": ("jobs=2", "batch_episodes=2"),
+        "alone": ("jobs=1", "batch_episodes=1"),
+    }
+    figures = {n: sweep(*common, *o, f"output_dir={tmp_path / n}") for n, o in runs.items()}
+    saved = {n: json.loads((tmp_path / n / "sweep.json").read_text()) for n in runs}
     for name in ("naive", "rtc"):
         for d in ("0", "3"):
-            a, b = (s["success_vs_delay"][name][d] for s in saved)
-            assert a["episode_success"] == b["episode_success"] and len(a["episode_ticks"]) == 2
-            assert a["episode_ticks"] == b["episode_ticks"]
-    assert one["seam_ratio"] == pytest.approx(two["seam_ratio"])
-    assert len(list((tmp_path / "two" / "workers").glob("p*_e*.json"))) == 2 * 2 * 2
+            a, b, c = (s["success_vs_delay"][name][d] for s in saved.values())
+            assert a["episode_success"] == b["episode_success"] == c["episode_success"]
+            assert a["episode_ticks"] == b["episode_ticks"] == c["episode_ticks"]
+            assert len(a["episode_ticks"]) == 3
+    assert figures["one"]["seam_ratio"] == pytest.approx(figures["two"]["seam_ratio"])
+    assert len(list((tmp_path / "two" / "workers").glob("p*_e*.json"))) == 2 * 2 * 3
+
+
+def test_episode_groups_are_even_and_cover_every_episode():
+    from runtime.commands.sweep import _groups
+
+    assert _groups(1, 50, 16) == [(0, list(range(a, b))) for a, b in
+                                  [(0, 12), (12, 25), (25, 38), (38, 50)]]  # fmt: skip
+    groups = _groups(3, 5, 2)
+    assert [i for i, _ in groups] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    for i in range(3):
+        assert sorted(k for j, ks in groups if j == i for k in ks) == list(range(5))
+    assert _groups(2, 3, 16) == [(0, [0, 1, 2]), (1, [0, 1, 2])]
+    with pytest.raises(ValueError, match="batch_episodes=0"):
+        _groups(1, 3, 0)
 
 
 def test_a_quick_sweep_on_the_dynamic_task(tmp_path):

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from runtime.analysis.seams import plot_seam_metrics, plot_seams, seam_metrics
 from runtime.analysis.stats import wilson_interval
 from runtime.commands.run import LOCAL_PREFIX, check_fit, make_client, make_run_driver
-from runtime.robot.client import LocalPolicyClient
+from runtime.robot.client import LocalPolicyClient, LockstepGroup
 from runtime.robot.clock import make_clock
 from runtime.robot.controller import ObservationHistory, run_episodes
 from runtime.robot.executors import EXECUTORS, make_executor
@@ -232,6 +232,11 @@ def _grid(cfg: DictConfig) -> Grid:
         )
     if axes.episodes < 1:
         raise ValueError(f"episodes={axes.episodes}: run at least one episode per point")
+    if cfg.batch_episodes < 1:
+        raise ValueError(
+            f"batch_episodes={cfg.batch_episodes}: run at least one episode at a time (1: one "
+            "by one; 16: sixteen side by side, their requests batched)"
+        )
     horizons = tuple(sorted({int(s) for s in axes.horizons}))
     return Grid(server, executors, delays, horizons, int(axes.episodes))
 
@@ -376,27 +381,32 @@ def _check(name: str, H: int, d: int, params: dict) -> None:
 def _run(cfg, grid: Grid, plan: Plan, clients, driver, stop: threading.Event) -> dict:
     """Run every point's episodes (one progress bar over all of them); Point -> Outcome.
 
-    With ``jobs`` > 1 the episodes are shared out among that many worker processes, each with
-    its own simulator and in-process policy (``_work``); every episode depends only on its
-    point and seed, so the outcomes are those of ``jobs=1``."""
+    Each point's episodes run in groups of about ``batch_episodes``, side by side in one
+    process, their requests answered in batches (``_run_group``). With ``jobs`` > 1 the groups
+    are shared out among that many worker processes, each with its own simulators and
+    in-process policy (``_work``); every episode depends only on its point, seed and group, so
+    the outcomes are those of ``jobs=1``."""
     points = plan.points()
     seam_points = set(plan.seams.values())
     outcomes: dict[Point, Outcome] = {}
+    groups = _groups(len(points), grid.episodes, cfg.batch_episodes)
     bar = tqdm(total=len(points) * grid.episodes, desc="sweep", unit="ep")
-    with logging_redirect_tqdm(), bar:  # log lines above the bar, not through it
+    with logging_redirect_tqdm(), bar, contextlib.ExitStack() as closing:
         if cfg.jobs > 1:
             results = _run_in_workers(cfg, points, grid.episodes, bar, stop)
         else:
             results = {}
-            for i, point in enumerate(points):
+            drivers = _Drivers(cfg, closing, first=driver)
+            for i, ks in groups:
+                point = points[i]
                 s = dict(point.params).get("execution_horizon")
                 bar.set_postfix_str(f"{point.executor} d={point.delay}" + (f" s={s}" if s else ""))
-                for k in range(grid.episodes):
-                    result = _episode(cfg, point, clients[point.executor], driver, k, stop)
-                    if stop.is_set():  # interrupted mid-episode: not a fair trial
-                        break
+
+                def done(i: int, k: int, result: tuple) -> None:
                     results[i, k] = result
                     bar.update()
+
+                _run_group(cfg, i, point, clients[point.executor], drivers, ks, stop, done)
                 if stop.is_set():
                     break
     for i, point in enumerate(points):
@@ -437,11 +447,66 @@ def _episode(
     return bool(result.success), int(result.ticks), result.log
 
 
-def _share(points: list[Point], episodes: int, worker: int, jobs: int) -> list[tuple[int, int]]:
-    """Worker ``worker``'s (point index, episode) pairs: every jobs-th, so each worker gets
-    a mix of points."""
-    pairs = [(i, k) for i in range(len(points)) for k in range(episodes)]
-    return pairs[worker::jobs]
+def _groups(points: int, episodes: int, size: int) -> list[tuple[int, list[int]]]:
+    """(point index, its episodes) groups run side by side: each point's episodes split into
+    consecutive groups of at most ``size``, as even as can be (50 by 16: 12, 13, 13, 12)."""
+    if size < 1:
+        raise ValueError(f"batch_episodes={size}: run at least one episode at a time")
+    n = -(-episodes // size)  # groups per point
+    bounds = [round(j * episodes / n) for j in range(n + 1)]
+    return [(i, list(range(a, b))) for i in range(points) for a, b in itertools.pairwise(bounds)]
+
+
+class _Drivers:
+    """Simulators for the episodes of a group, made as needed and closed with ``closing``."""
+
+    def __init__(self, cfg, closing: contextlib.ExitStack, first=None) -> None:
+        self.cfg, self.closing = cfg, closing
+        self.made = [] if first is None else [first]
+
+    def take(self, n: int) -> list:
+        while len(self.made) < n:
+            driver = make_run_driver(self.cfg)
+            self.closing.callback(driver.close)
+            driver.connect()
+            self.made.append(driver)
+        return self.made[:n]
+
+
+def _run_group(cfg, i: int, point: Point, client, drivers: _Drivers, ks: list[int], stop,
+               done: Callable[[int, int, tuple], None]) -> None:  # fmt: skip
+    """Episodes ``ks`` of ``point`` side by side, one thread and simulator each, their
+    requests answered together (``LockstepGroup``); ``done(i, k, (success, ticks, log))`` for
+    each one that ran to its end (not cut short by ``stop``), as it ends. An episode that
+    raised re-raises here once the others have ended."""
+    group = LockstepGroup(client.policy, timeout_s=cfg.timeout_s)
+    members = [group.member() for _ in ks]  # all join before any runs
+    errors: list[BaseException] = []
+
+    def episode(member, driver, k: int) -> None:
+        try:
+            result = _episode(cfg, point, member, driver, k, stop)
+            if not stop.is_set():  # interrupted mid-episode: not a fair trial
+                done(i, k, result)
+        except BaseException as err:  # re-raised in the caller's thread
+            errors.append(err)
+            stop.set()
+        finally:
+            member.close()
+
+    if len(ks) == 1:  # no thread for a group of one
+        episode(members[0], drivers.take(1)[0], ks[0])
+    else:
+        threads = [
+            threading.Thread(target=episode, args=(m, d, k), name=f"episode-{k}")
+            for m, d, k in zip(members, drivers.take(len(ks)), ks, strict=True)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
 
 
 def _run_in_workers(cfg, points, episodes: int, bar, stop: threading.Event) -> dict:
@@ -511,16 +576,24 @@ def _work(folder: Path, worker: int, jobs: int) -> None:
         clients = _clients(cfg, grid, len(driver.limits().names), plan, closing)
         _fill(plan, cfg, grid, clients)
         points = plan.points()
-        for i, k in _share(points, grid.episodes, worker, jobs):
+        drivers = _Drivers(cfg, closing, first=driver)
+        lock = threading.Lock()
+
+        def done(i: int, k: int, result: tuple) -> None:
+            success, ticks, run_log = result
+            name = f"p{i}_e{k}"
+            with lock:
+                os.replace(run_log.to_npz(folder / f"tmp_{name}.npz"), folder / f"{name}.npz")
+                partial = folder / f"tmp_{name}.json"
+                partial.write_text(json.dumps({"success": success, "ticks": ticks}))
+                os.replace(partial, folder / f"{name}.json")  # last: it marks the episode done
+
+        groups = _groups(len(points), grid.episodes, cfg.batch_episodes)
+        for i, ks in groups[worker::jobs]:  # every jobs-th group: each worker gets a mix
             point = points[i]
-            success, ticks, run_log = _episode(cfg, point, clients[point.executor], driver, k, stop)
+            _run_group(cfg, i, point, clients[point.executor], drivers, ks, stop, done)
             if stop.is_set():
                 return
-            name = f"p{i}_e{k}"
-            os.replace(run_log.to_npz(folder / f"tmp_{name}.npz"), folder / f"{name}.npz")
-            partial = folder / f"tmp_{name}.json"
-            partial.write_text(json.dumps({"success": success, "ticks": ticks}))
-            os.replace(partial, folder / f"{name}.json")  # last: it marks the episode done
 
 
 # ---- figures ----------------------------------------------------------------------------------

@@ -233,26 +233,8 @@ class LocalPolicyClient(_OneOutstanding):
 
     def _serve(self) -> None:
         while (request := self._requests.get()) is not None:
-            start = time.perf_counter()
-            try:
-                (chunk,) = self.policy.infer([request])
-                ms = (time.perf_counter() - start) * 1000
-                reply: Reply = ChunkReply(
-                    request_id=request.request_id,
-                    tick=request.tick,
-                    actions=np.asarray(chunk, dtype=np.float32),
-                    server_time_ms=ms,
-                    model_id=self.policy.info.model_id,
-                )
-                reply = decode(encode(reply))
-                self.histogram.add(ms)
-                self._served += 1
-            except Exception as err:  # reported to the controller, as a server would
-                log.exception("policy failed on request %d", request.request_id)
-                code = "bad_request" if isinstance(err, ValueError) else "internal"
-                code = "unsupported" if isinstance(err, UnsupportedRequest) else code
-                message = f"{type(err).__name__}: {err}"[:1000]
-                reply = ErrorReply(request_id=request.request_id, code=code, message=message)
+            (reply,) = answer(self.policy, [request], self.histogram)
+            self._served += isinstance(reply, ChunkReply)
             self._replies.put(reply)
 
     def _receive(self, wait_s: float) -> Message | None:
@@ -263,3 +245,146 @@ class LocalPolicyClient(_OneOutstanding):
 
     def _reset(self) -> None:
         """Nothing to reset: a late reply is dropped as stale when it comes."""
+
+
+def answer(
+    policy: ChunkPolicy, requests: list[ObservationRequest], histogram: LatencyHistogram
+) -> list[Reply]:
+    """Run ``policy`` on ``requests`` in one batch: one reply each, through the wire's checks,
+    as a server would send them (each ChunkReply carries the batch's time). When the batch
+    fails, each request is run alone, so a bad one gets its error reply and the others their
+    chunks."""
+    start = time.perf_counter()
+    try:
+        chunks = policy.infer(requests)
+        ms = (time.perf_counter() - start) * 1000
+        replies: list[Reply] = [
+            decode(encode(ChunkReply(
+                request_id=request.request_id, tick=request.tick,
+                actions=np.asarray(chunk, dtype=np.float32), server_time_ms=ms,
+                model_id=policy.info.model_id,
+            )))
+            for request, chunk in zip(requests, chunks, strict=True)
+        ]  # fmt: skip
+    except Exception as err:  # reported to the controller, as a server would
+        if len(requests) > 1:
+            return [reply for r in requests for reply in answer(policy, [r], histogram)]
+        log.exception("policy failed on request %d", requests[0].request_id)
+        code = "bad_request" if isinstance(err, ValueError) else "internal"
+        code = "unsupported" if isinstance(err, UnsupportedRequest) else code
+        message = f"{type(err).__name__}: {err}"[:1000]
+        return [ErrorReply(request_id=requests[0].request_id, code=code, message=message)]
+    for _ in replies:
+        histogram.add(ms)
+    return replies
+
+
+class LockstepGroup:
+    """In-process clients for episodes run side by side on simulated clocks, whose requests
+    are answered in one batch.
+
+    Each episode's thread gets a ``member()`` client. A simulated-clock controller blocks in
+    ``poll`` once its chunk is due; when every member still in the group is blocked so (or
+    has left), the last one to block runs ``policy.infer`` on every outstanding request at
+    once and wakes the others. Each reply depends only on its request (seeded noise, per-
+    request guidance), and which requests share a batch depends only on the members'
+    episodes, so a group's outcomes repeat exactly; the rows of a batch may differ in the
+    last bits from the same requests run one by one. Not for wall-clock controllers: they
+    never block for a reply, so the group would never answer.
+    """
+
+    def __init__(self, policy: ChunkPolicy, timeout_s: float = 30.0) -> None:
+        self.policy = policy
+        self.timeout_s = timeout_s
+        self.histogram = LatencyHistogram()
+        self._lock = threading.Condition()
+        self._members: list[_LockstepMember] = []
+        self._started = time.perf_counter()
+        self._served = 0
+        self.batches = 0  # batches run, for the record
+
+    def member(self) -> _LockstepMember:
+        """A new member's client (it joins the group now; ``close`` it to leave)."""
+        with self._lock:
+            client = _LockstepMember(self)
+            self._members.append(client)
+            return client
+
+    def _leave(self, member: _LockstepMember) -> None:
+        with self._lock:
+            if member in self._members:
+                self._members.remove(member)
+                member.request = None
+                self._maybe_answer()
+
+    def _wait(self, member: _LockstepMember, wait_s: float) -> Reply | None:
+        """``member``'s reply, waiting up to ``wait_s`` s for the group to block and answer."""
+        until = time.perf_counter() + wait_s
+        with self._lock:
+            member.blocked = True
+            try:
+                self._maybe_answer()
+                while member.reply is None and (left := until - time.perf_counter()) > 0:
+                    self._lock.wait(left)
+            finally:
+                member.blocked = False
+            reply, member.reply = member.reply, None
+            return reply
+
+    def _maybe_answer(self) -> None:
+        """Under the lock: answer every outstanding request if every member is blocked."""
+        if not all(m.blocked for m in self._members):
+            return
+        waiting = [m for m in self._members if m.request is not None]
+        if not waiting:
+            return
+        requests = [m.request for m in waiting]
+        for m in waiting:
+            m.request = None
+        replies = answer(self.policy, requests, self.histogram)
+        self._served += sum(isinstance(r, ChunkReply) for r in replies)
+        self.batches += 1
+        for m, reply in zip(waiting, replies, strict=True):
+            m.reply = reply
+        self._lock.notify_all()
+
+
+class _LockstepMember(_OneOutstanding):
+    """One episode's client in a ``LockstepGroup``."""
+
+    def __init__(self, group: LockstepGroup) -> None:
+        super().__init__(group.timeout_s)
+        self.group = group
+        self.policy = group.policy
+        self.request: ObservationRequest | None = None  # outstanding, not yet answered
+        self.reply: Reply | None = None  # answered, not yet received
+        self.blocked = False
+
+    def __repr__(self) -> str:
+        return f"LockstepGroup member ({self.policy.info.model_id!r})"
+
+    def submit(self, request: ObservationRequest) -> None:
+        checked = decode(encode(request))  # exactly what a server would receive
+        self._start(request.request_id)
+        with self.group._lock:
+            self.request, self.reply = checked, None
+
+    def metadata(self, timeout_s: float = 5.0) -> MetadataReply:
+        group = self.group
+        uptime = time.perf_counter() - group._started
+        return metadata_reply(0, self.policy.info, group.histogram, uptime, group._served)
+
+    def close(self) -> None:
+        self.group._leave(self)
+
+    def _receive(self, wait_s: float) -> Message | None:
+        if wait_s <= 0:
+            with self.group._lock:
+                reply, self.reply = self.reply, None
+                return reply
+        return self.group._wait(self, wait_s)
+
+    def _reset(self) -> None:
+        """After a timeout: forget the unanswered request."""
+        with self.group._lock:
+            self.request = self.reply = None

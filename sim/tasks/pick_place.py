@@ -103,6 +103,7 @@ class PickPlace(Task):
         self._site = model.site("grip").id
         self._gripper_qpos = model.joint("gripper").qposadr[0]
         self._fingers = {model.geom(f"finger_{s}").id for s in ("left", "right")}
+        self._finger_ids = tuple(sorted(self._fingers))
         self.color, self.side = "red", "left"
         self._start = {c: np.zeros(2) for c in COLORS}  # set by reset
 
@@ -166,11 +167,11 @@ class PickPlace(Task):
 
     def touching(self, color: str) -> bool:
         """Whether a finger touches the cube."""
-        cube = self._geom[color]
-        return any(
-            {c.geom1, c.geom2} & self._fingers and cube in (c.geom1, c.geom2)
-            for c in self.data.contact
-        )
+        pairs = self.data.contact.geom  # (ncon, 2) geom ids of each active contact
+        left, right = self._finger_ids
+        finger = (pairs == left) | (pairs == right)
+        cube = pairs == self._geom[color]
+        return bool(((cube[:, 0] & finger[:, 1]) | (cube[:, 1] & finger[:, 0])).any())
 
     def holding(self, color: str) -> bool:
         """Whether the cube sits between the closed fingers."""
