@@ -269,8 +269,8 @@ def pickle_audit() -> dict:
         for name in ("policy_server", "robot_client")
     }
     ours_hits = {
-        f"runtime.{name}": unpickling_functions(ours / f"{name}.py")
-        for name in ("protocol", "server", "client")
+        f"runtime.{name.replace('/', '.')}": unpickling_functions(ours / f"{name}.py")
+        for name in ("wire/protocol", "serving/server", "robot/client")
     }
     unpickles = any(lerobot_hits.values())
     return {

@@ -159,18 +159,17 @@ def _batched(figures: dict) -> int:
 
 
 def make_policy(model: str, checkpoint: str | None, num_steps: int) -> ChunkPolicy:
-    from runtime.commands.serve import load_model
-    from runtime.serving.sampling import FlowChunkPolicy
+    from runtime.serving.loader import SYNTHETIC, load_policy
 
     if checkpoint:
-        flow_model = load_model(checkpoint, "cpu")
-    elif model == "vla":
+        return load_policy(checkpoint, "cpu", num_steps=num_steps)
+    if model == "vla":
         from rtc_overhead import random_vla  # bench/ is on the path when run as a script
 
-        flow_model = random_vla()
-    else:
-        flow_model = load_model("synthetic", "cpu")
-    return FlowChunkPolicy(flow_model, num_steps=num_steps)
+        policy = random_vla()
+        policy.num_steps = num_steps
+        return policy
+    return load_policy(SYNTHETIC, "cpu", num_steps=num_steps)
 
 
 def main() -> None:
