@@ -62,6 +62,8 @@ def test_the_members_requests_are_answered_in_one_batch():
         assert isinstance(reply, ChunkReply) and reply.tick == tick
         assert np.all(reply.actions == tick)
     assert group.batches == 1
+    metadata = members[0].metadata()
+    assert metadata.model_id == "constant" and metadata.requests_served == 3
 
 
 def test_a_running_member_holds_the_batch_until_it_waits_or_leaves():

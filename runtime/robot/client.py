@@ -303,6 +303,11 @@ class LockstepGroup:
         self._served = 0
         self.batches = 0  # batches run, for the record
 
+    def metadata(self) -> MetadataReply:
+        """The policy's metadata and the group's latency histogram, as a server reports them."""
+        uptime = time.perf_counter() - self._started
+        return metadata_reply(0, self.policy.info, self.histogram, uptime, self._served)
+
     def member(self) -> _LockstepMember:
         """A new member's client (it joins the group now; ``close`` it to leave)."""
         with self._lock:
@@ -370,9 +375,7 @@ class _LockstepMember(_OneOutstanding):
             self.request, self.reply = checked, None
 
     def metadata(self, timeout_s: float = 5.0) -> MetadataReply:
-        group = self.group
-        uptime = time.perf_counter() - group._started
-        return metadata_reply(0, self.policy.info, group.histogram, uptime, group._served)
+        return self.group.metadata()
 
     def close(self) -> None:
         self.group._leave(self)
