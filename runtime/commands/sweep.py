@@ -389,23 +389,22 @@ def _run(cfg, grid: Grid, plan: Plan, clients, driver, stop: threading.Event) ->
     points = plan.points()
     seam_points = set(plan.seams.values())
     outcomes: dict[Point, Outcome] = {}
-    groups = _groups(len(points), grid.episodes, cfg.batch_episodes)
     bar = tqdm(total=len(points) * grid.episodes, desc="sweep", unit="ep")
     with logging_redirect_tqdm(), bar, contextlib.ExitStack() as closing:
         if cfg.jobs > 1:
             results = _run_in_workers(cfg, points, grid.episodes, bar, stop)
         else:
             results = {}
+
+            def done(i: int, k: int, result: tuple) -> None:
+                results[i, k] = result
+                bar.update()
+
             drivers = _Drivers(cfg, closing, first=driver)
-            for i, ks in groups:
+            for i, ks in _groups(len(points), grid.episodes, cfg.batch_episodes):
                 point = points[i]
                 s = dict(point.params).get("execution_horizon")
                 bar.set_postfix_str(f"{point.executor} d={point.delay}" + (f" s={s}" if s else ""))
-
-                def done(i: int, k: int, result: tuple) -> None:
-                    results[i, k] = result
-                    bar.update()
-
                 _run_group(cfg, i, point, clients[point.executor], drivers, ks, stop, done)
                 if stop.is_set():
                     break
