@@ -12,10 +12,15 @@ wrong version); half the senders read their error replies, half never do. Report
 robot's requests answered with a chunk during the flood, its round-trip p50/p99 quiet and
 under flood, the hostile messages answered, the server's RSS.
 
+By default the flooding process shares every CPU with the server and the robot, so on a small
+machine the attacker's own CPU use (sending as fast as it can) is part of what the robot
+feels; ``--flood-cpus`` gives it CPUs of its own, as an attacker on another machine has.
+
 Both ends use ``--max-message-mb`` as ``Limits.max_message_bytes`` (the oversize class sends
 frames of a quarter of it, six of them).
 
     uv run python bench/hostile.py [--messages 10000] [--hz 30] [--quiet-requests 300]
+        [--flood-cpus 1]   # the flooder on CPU 1, server and robot on the rest
 """
 
 from __future__ import annotations
@@ -126,10 +131,17 @@ def flood(
 
 
 def flood_all(
-    address: str, messages: int, senders: int, max_message_bytes: int, kinds: list[str]
+    address: str,
+    messages: int,
+    senders: int,
+    max_message_bytes: int,
+    kinds: list[str],
+    cpus: list[int] | None = None,
 ) -> None:
-    """The flooding process: ``senders`` threads share out ``messages``; prints the number of
-    error replies the reading half received."""
+    """The flooding process (on ``cpus`` if given): ``senders`` threads share out ``messages``;
+    prints the number of error replies the reading half received."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     limits = Limits(max_message_bytes=max_message_bytes)
     replies = [0] * senders
     counts = [messages // senders + (i < messages % senders) for i in range(senders)]
@@ -162,9 +174,24 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=4, help="Euler steps per chunk")
     parser.add_argument("--torch-threads", type=int, default=1, help="the server's torch threads")
     parser.add_argument("--flood-nice", type=int, default=0, help="the flooding process's nice")
+    parser.add_argument(
+        "--flood-cpus",
+        default="",
+        help="CPUs for the flooding process, e.g. 1; the server and robot get the others "
+        "(an attacker on another machine); default: all share every CPU",
+    )
     parser.add_argument("--kinds", default=",".join(HOSTILE_KINDS), help="hostile classes")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
+    flood_cpus = sorted({int(c) for c in args.flood_cpus.split(",") if c.strip()})
+    own_cpus = sorted(os.sched_getaffinity(0) - set(flood_cpus))
+    if flood_cpus and (not own_cpus or not set(flood_cpus) <= os.sched_getaffinity(0)):
+        parser.error(
+            f"--flood-cpus {args.flood_cpus}: pick CPUs among {sorted(os.sched_getaffinity(0))} "
+            "and leave at least one for the server and robot"
+        )
+    if flood_cpus:
+        os.sched_setaffinity(0, own_cpus)  # the server process inherits it
     limits = Limits(max_message_bytes=int(args.max_message_mb * 2**20))
 
     address_file = Path(f"/tmp/hostile_bench_{os.getpid()}.addr")
@@ -195,7 +222,8 @@ def main() -> None:
             quiet_sent, quiet_answered = quiet_sent + sent, quiet_answered + answered
             count = args.messages // args.blocks + (block < args.messages % args.blocks)
             code = (f"from bench.hostile import flood_all; flood_all({address!r}, {count}, "
-                    f"{args.senders}, {limits.max_message_bytes}, {kinds!r})")  # fmt: skip
+                    f"{args.senders}, {limits.max_message_bytes}, {kinds!r}, "
+                    f"{flood_cpus!r})")  # fmt: skip
             nice = ["nice", "-n", str(args.flood_nice)] if args.flood_nice else []
             flooder = subprocess.Popen([*nice, sys.executable, "-c", code], cwd=ROOT,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
@@ -222,6 +250,8 @@ def main() -> None:
     print(json.dumps({
         "hostile_messages": args.messages, "hostile_kinds": kinds,
         "senders": args.senders, "blocks": args.blocks, "flood_nice": args.flood_nice,
+        "flood_cpus": flood_cpus or "shared", "server_robot_cpus": own_cpus if flood_cpus
+        else "shared",
         "torch_threads": args.torch_threads, "flood_s": round(flood_s, 2),
         "hostile_replies_read": replies, "max_message_bytes": limits.max_message_bytes,
         "robot_hz": args.hz,

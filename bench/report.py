@@ -259,6 +259,13 @@ def hostile(d: dict) -> str:
         ["during the flood", f["requests"], f["answered"], f["p50_ms"], f["p99_ms"]],
     ]
     nice = f", at nice {d['flood_nice']}" if d.get("flood_nice") else ""
+    if isinstance(d.get("flood_cpus"), list):
+        nice += (
+            f", on CPU(s) {d['flood_cpus']} of its own (the server and robot on "
+            f"{d['server_robot_cpus']}: an attacker on another machine)"
+        )
+    elif d.get("flood_cpus") == "shared":
+        nice += ", sharing every CPU with the server and the robot"
     note = (
         f"{fmt(d['hostile_messages'])} hostile messages ({', '.join(d['hostile_kinds'])}) from "
         f"{d['senders']} DEALER sockets in a third process{nice}, sent as fast as they go, in "
@@ -284,6 +291,10 @@ BENCHES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "rtc_overhead": ("RTC sampling overhead", rtc_overhead),
     "throughput": ("Server throughput with several robots", throughput),
     "hostile": ("A served robot under a flood of hostile messages", hostile),
+    "hostile_remote": (
+        "A served robot under a flood of hostile messages, the attacker on its own CPU",
+        hostile,
+    ),
     "incumbents": ("Against LeRobot's async inference and RTC", incumbents),
 }
 

@@ -83,6 +83,12 @@ bench jitter uv run python bench/jitter.py "${JITTER_ARGS[@]}"
 bench rtc_overhead uv run python bench/rtc_overhead.py "${RTC_ARGS[@]}"
 bench throughput uv run python bench/throughput.py "${THROUGHPUT_ARGS[@]}"
 bench hostile uv run python bench/hostile.py "${HOSTILE_ARGS[@]}"
+if [[ $(nproc) -ge 2 ]]; then  # the flooder on the last CPU, as from another machine
+  bench hostile_remote uv run python bench/hostile.py "${HOSTILE_ARGS[@]}" \
+    --flood-cpus "$(($(nproc) - 1))"
+else
+  note_skipped hostile_remote "one CPU: the attacker cannot have one of its own"
+fi
 if uv run python -c "import grpc, google.protobuf" > /dev/null 2>&1; then
   bench incumbents uv run --group bench python bench/incumbents.py "${INCUMBENTS_ARGS[@]}"
 else

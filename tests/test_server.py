@@ -351,6 +351,17 @@ def test_an_absurd_shape_costs_only_its_own_reply_in_a_batch():
     assert isinstance(chunk, ChunkReply) and chunk.request_id == 9
 
 
+def test_a_batch_sends_its_chunks_before_its_error_replies():
+    absurd = hostile_message("absurd_shape", np.random.default_rng(0))
+    with serving(TickPolicy(), batch_window_ms=300) as server, dealer(server.address) as sock:
+        assert ask(sock, encode(MetadataRequest(request_id=0))) is not None
+        sock.send_multipart(absurd)  # first in, answered last
+        sock.send(encode(observation(rid=7)))
+        first, second = receive(sock), receive(sock)
+    assert isinstance(first, ChunkReply) and first.request_id == 7
+    assert isinstance(second, ErrorReply) and second.code == "bad_request"
+
+
 @pytest.mark.parametrize("kind", ["oversize_frames", "routing"])
 def test_a_message_over_the_frame_limits_is_refused_and_nothing_echoed(kind):
     limits = Limits(max_message_bytes=256 * 1024)

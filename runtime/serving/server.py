@@ -17,7 +17,8 @@ it over, so one message in transit can hold up to its frame count times the fram
 CURVE keys keep unknown peers from sending anything at all.)
 
 Isolation: each message is decoded and checked on its own; one that fails (however) gets its
-error reply and costs the others in its batch nothing.
+error reply and costs the others in its batch nothing. A batch's chunks are sent before its
+error and metadata replies.
 
 Batching: when a message arrives, the server also takes every message already waiting or
 arriving within ``batch_window_ms``, up to ``max_batch``, and answers all their observation
@@ -249,22 +250,33 @@ class PolicyServer:
         return messages
 
     def _serve(self, messages: list[list[zmq.Frame]]) -> None:
+        """Triage the batch, answer its observation requests, then send the other replies:
+        robots waiting for chunks go first, so a message that earns only an error (or
+        metadata) reply costs them its triage and no more."""
         pending: list[tuple[list[bytes], ObservationRequest]] = []
+        later: list[tuple[list[bytes], Message]] = []
         for frames in messages:
+            identity = frames[0].bytes
             try:
-                self._triage(frames, pending)
+                self._triage(frames, pending, later)
             except Exception:  # one message's failure must not cost the others their replies
                 log.exception("handling one message failed; the others are served")
-                if frames:
-                    text = "internal error (see the server log)"
-                    self._send([frames[0].bytes], _error(None, "internal", text, self.limits))
-        if pending:
-            self._answer(pending)
+                text = "internal error (see the server log)"
+                later.append(([identity], _error(None, "internal", text, self.limits)))
+        try:
+            if pending:
+                self._answer(pending)
+        finally:
+            for envelope, reply in later:
+                self._send(envelope, reply)
 
     def _triage(
-        self, frames: list[zmq.Frame], pending: list[tuple[list[bytes], ObservationRequest]]
+        self,
+        frames: list[zmq.Frame],
+        pending: list[tuple[list[bytes], ObservationRequest]],
+        later: list[tuple[list[bytes], Message]],
     ) -> None:
-        """Answer one message at once, or queue its observation request in ``pending``.
+        """Queue one message's observation request in ``pending``, or its reply in ``later``.
 
         ZMQ bounds each frame (MAXMSGSIZE), not their number: a message of many frames, or
         whose frames add up to more than the limit, is refused here and its frames freed; only
@@ -288,30 +300,30 @@ class PolicyServer:
             self._bad_log.warning("refused a message of %s", problem)
             if identity is not None and routing:
                 text = f"message refused: {problem}"
-                self._send([identity], _error(None, "bad_request", text, self.limits))
+                later.append(([identity], _error(None, "bad_request", text, self.limits)))
             return
         envelope = [f.bytes for f in routing]
         try:
             message = decode(payload.buffer, self.limits)
         except ProtocolError as e:
             self._bad_log.warning("bad message: %s", e)
-            self._send(envelope, _error(e.request_id, e.code, str(e), self.limits))
+            later.append((envelope, _error(e.request_id, e.code, str(e), self.limits)))
             return
         match message:
             case ObservationRequest():
                 pending.append((envelope, message))
             case MetadataRequest():
-                self._send(envelope, self._metadata(message.request_id))
+                later.append((envelope, self._metadata(message.request_id)))
             case OperatorInstruction() | EStop():
                 text = f"{message.TYPE} is for the robot's controller: send it there"
-                self._send(envelope, _error(None, "unsupported", text, self.limits))
+                later.append((envelope, _error(None, "unsupported", text, self.limits)))
             case _:
                 text = (
                     f"the policy server answers observation_request and metadata_request, "
                     f"not {message.TYPE}"
                 )
                 rid = getattr(message, "request_id", None)
-                self._send(envelope, _error(rid, "unsupported", text, self.limits))
+                later.append((envelope, _error(rid, "unsupported", text, self.limits)))
 
     def _answer(self, pending: list[tuple[list[bytes], ObservationRequest]]) -> None:
         """One infer call for the batch; if it fails, one call per request."""
