@@ -26,6 +26,16 @@ FAKE = {
         ],
     },
     "jitter": {"bench": "tick_jitter", "seconds_per_loop": 1.0, "surprise": [1, 2]},
+    "hostile_remote": {
+        "hostile_messages": 2000, "hostile_kinds": ["random", "pickle"], "senders": 4,
+        "blocks": 5, "flood_nice": 0, "flood_cpus": [1], "server_robot_cpus": [0],
+        "torch_threads": 1, "flood_s": 1.5, "hostile_replies_read": 1000,
+        "max_message_bytes": 1048576, "robot_hz": 30.0,
+        "quiet": {"requests": 100, "answered": 100, "p50_ms": 6.2, "p99_ms": 7.7},
+        "flood": {"requests": 45, "answered": 45, "p50_ms": 5.5, "p99_ms": 10.5},
+        "answered_during_flood": 1.0, "p99_ratio": 1.37,
+        "server_rss_mb": {"before": 560.0, "peak": 566.6, "after": 565.4},
+    },
 }  # fmt: skip
 
 SWEEP = {  # the shape rtvla sweep writes
@@ -81,6 +91,8 @@ def test_renders_without_a_sweep(report, tmp_path):
     assert "Not run: failed with exit status 1." in page  # sim_speed
     assert "Not run: no result." in page  # policy_speed: no JSON, no reason
     assert "surprise" in page  # an unknown shape is shown as recorded
+    assert "on CPU(s) [1] of its own (the server and robot on [0]" in page  # hostile_remote
+    assert "p99 flood / quiet: **1.37**" in page
     assert "Not run: no checkpoint at checkpoints/demo." in page
     assert not (tmp_path / "docs" / "figures").exists()
 
