@@ -44,6 +44,15 @@ def prefix_reliance(
         k.startswith("observation.images.") for k in policy.info.features
     ):
         raise SystemExit(f"{checkpoint}: reads cameras; this bench takes a state-based policy")
+    trained = getattr(getattr(policy.model, "model", None), "config", None)
+    K = getattr(trained, "rtc_training_max_delay", 0)
+    if not K:
+        raise SystemExit(
+            f"{checkpoint}: not trained with training-time RTC (policy.rtc_training_max_delay=0), "
+            "so it cannot condition on a prefix; train with policy.rtc_training_max_delay=K"
+        )
+    if delay > K:
+        raise SystemExit(f"--delay {delay}: the policy was trained on prefixes of at most {K}")
     if not 0 < delay <= H // 2:
         raise SystemExit(f"--delay {delay}: pick 1 <= d <= H/2 = {H // 2}")
     data = open_dataset(dataset, chunk_length=H)
@@ -86,7 +95,7 @@ def prefix_reliance(
     ramp = np.arange(1, H + 1)[:, None] / delay * shift  # (H, A): the prefix's last action + shift
     recorded, moved, bent = chunks(targets), chunks(targets + shift), chunks(targets + ramp)
     plain, late = chunks(None), chunks(lagging)
-    moving = shift > 0
+    moving = spread > 1e-3 * spread.max()  # joints that move in the data (not a held gripper)
     gain = ((moved - recorded)[..., moving] / shift[moving]).mean(axis=(0, 2))  # (H,)
     # the ramp probe: how far each action moved, in units of the prefix's last move (1 at d - 1;
     # a policy that extends the prefix's trend goes on rising, (i + 1) / d at position i)
