@@ -250,6 +250,23 @@ def prefix_flow_time(tau: Tensor, delay: Tensor, H: int) -> tuple[Tensor, Tensor
     return tau_tokens, postfix_mask
 
 
+def lag_chunk(actions: Tensor, lag: Tensor) -> Tensor:
+    """actions (B, H, D) delayed by lag (B,) ticks (>= 0, fractional): position i holds the
+    chunk at i - lag, linearly interpolated, and extrapolated along its first step before
+    position 0. A plan that lags the recording by ``lag`` ticks, for training a prefix-
+    conditioned policy to correct a stale prefix (``rtc_training_lag_prob``)."""
+    B, H, D = actions.shape
+    if H < 2:
+        raise ValueError(f"lag_chunk needs a chunk of at least 2 actions, got H={H}")
+    pos = torch.arange(H, device=actions.device, dtype=actions.dtype)[None] - lag[:, None]
+    lo = pos.floor().clamp(0, H - 2)  # (B, H): the interval's left end; 0 before the chunk
+    frac = (pos - lo)[..., None]  # (B, H, 1), < 0 before position 0: extrapolation
+    index = lo.long()[..., None].expand(B, H, D)
+    left = actions.gather(1, index)
+    right = actions.gather(1, index + 1)
+    return left + frac * (right - left)
+
+
 def _chunk_shape(noise: Tensor) -> tuple[int, int, int]:
     if noise.ndim != 3:
         raise ValueError(f"noise must have shape (B, H, D), got {tuple(noise.shape)}")

@@ -37,7 +37,12 @@ from policies.features import ACTION, ENV_STATE, HISTORY_SUFFIX, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.language import HASH_BUCKETS, words
 from policies.normalize import Normalizer
-from policies.rtc import check_training_delay, prefix_flow_time, sample_training_delay
+from policies.rtc import (
+    check_training_delay,
+    lag_chunk,
+    prefix_flow_time,
+    sample_training_delay,
+)
 
 MAX_WORDS = 16  # words of an instruction the policy reads
 
@@ -64,6 +69,12 @@ class StateFlowConfig:
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K}; 0: off
     rtc_training_zero_prob: float | None = None  # share of d = 0 (no prefix), the rest
     # d ~ U{1..K}; null: d ~ U{0..K}
+    # share of the prefixed examples whose prefix lags: the recorded chunk delayed by a lag
+    # ~ U(0, rtc_training_max_lag) ticks, while the rest of the chunk is the recording's, so
+    # the policy learns to correct a stale prefix (as an older chunk's plan is) from the
+    # observation instead of carrying it on; 0: every prefix is the recording's
+    rtc_training_lag_prob: float = 0.0
+    rtc_training_max_lag: float = 0.0
     relative_actions: bool = (
         False  # predict joint targets as offsets from the current state (not the gripper)
     )
@@ -82,6 +93,18 @@ class StateFlowConfig:
         check_training_delay(
             self.rtc_training_max_delay, self.rtc_training_zero_prob, self.chunk_length
         )
+        if not 0.0 <= self.rtc_training_lag_prob <= 1.0 or self.rtc_training_max_lag < 0:
+            raise ValueError(
+                f"rtc_training_lag_prob={self.rtc_training_lag_prob} must be in [0, 1] and "
+                f"rtc_training_max_lag={self.rtc_training_max_lag} >= 0 (ticks)"
+            )
+        if self.rtc_training_lag_prob > 0 and not (
+            self.rtc_training_max_delay > 0 and self.rtc_training_max_lag > 0
+        ):
+            raise ValueError(
+                "rtc_training_lag_prob > 0 lags the training-time RTC prefix: set "
+                "rtc_training_max_delay=K > 0 and rtc_training_max_lag > 0 (ticks) too"
+            )
 
 
 HISTORY_KEYS = (STATE + HISTORY_SUFFIX, ENV_STATE + HISTORY_SUFFIX)  # (T, S) and (T, E)
@@ -248,7 +271,12 @@ class StateFlow(nn.Module):
             )
             tau, postfix = prefix_flow_time(tau, delay, H)  # (B, H), (B, H)
             mask = mask & postfix
-        v = self.velocity(self.encode(batch), interpolate(actions, noise, tau), tau)
+        x = interpolate(actions, noise, tau)  # the prefix (tau = 1) is the recording
+        if cfg.rtc_training_lag_prob > 0:
+            lagging = torch.rand(B, device=actions.device) < cfg.rtc_training_lag_prob
+            lag = torch.rand(B, device=actions.device) * cfg.rtc_training_max_lag * lagging
+            x = torch.where(postfix[..., None], x, lag_chunk(actions, lag))
+        v = self.velocity(self.encode(batch), x, tau)
         fm = flow_matching_loss(v, actions, noise, mask)
         return fm, {"loss": fm, "fm": fm}
 

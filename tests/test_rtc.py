@@ -295,3 +295,19 @@ def test_sample_training_delay_share_of_no_prefix(zero_prob, expected_zero):
     nonzero = d[d > 0]
     counts = torch.bincount(nonzero, minlength=9)[1:].float() / nonzero.numel()
     assert torch.allclose(counts, torch.full((8,), 1 / 8), atol=0.015)  # d > 0 stays uniform
+
+
+def test_lag_chunk_delays_the_chunk_and_extrapolates_before_it():
+    import torch
+
+    from policies.rtc import lag_chunk
+
+    H = 6
+    t = torch.arange(H, dtype=torch.float32)
+    actions = torch.stack([t, t**2], dim=-1)[None].repeat(3, 1, 1)  # (3, H, 2)
+    lagged = lag_chunk(actions, torch.tensor([0.0, 1.0, 0.5]))
+    assert torch.equal(lagged[0], actions[0])  # no lag: the chunk itself
+    assert torch.allclose(lagged[1, 1:], actions[1, :-1])  # one tick: shifted by one
+    assert torch.allclose(lagged[1, 0], torch.tensor([-1.0, -1.0]))  # along the first step
+    assert torch.allclose(lagged[2, 1:, 0], t[1:] - 0.5)  # linear in between
+    assert torch.allclose(lagged[2, 1:, 1], (t[:-1] ** 2 + t[1:] ** 2) / 2)  # midpoints

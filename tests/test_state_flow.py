@@ -298,3 +298,33 @@ def test_a_policy_with_state_history_trains_serves_and_runs_an_episode(state_run
     assert figures["episodes"] == 1 and figures["ticks"] == 12 and figures["request_errors"] == 0
     with pytest.raises(ValueError, match="history_offsets"):
         train({**cfg, "output": str(tmp_path / "bad"), "policy": {**TINY, "history_offsets": [3]}})
+
+
+def test_a_policy_trained_on_lagging_prefixes_trains_and_serves_prefix_requests(
+    state_run, tmp_path
+):
+    from policies.state_flow import StateFlowConfig
+    from policies.train import train
+    from runtime.serving.loader import load_policy
+
+    with pytest.raises(ValueError, match="rtc_training_max_delay=K > 0"):
+        StateFlowConfig(rtc_training_lag_prob=0.5, rtc_training_max_lag=3.0)
+    with pytest.raises(ValueError, match=r"rtc_training_lag_prob=1\.5"):
+        StateFlowConfig(rtc_training_max_delay=2, rtc_training_lag_prob=1.5)
+    out = tmp_path / "lagging"
+    cfg = {
+        "dataset": str(state_run.parent / "reach"), "output": str(out), "steps": 2,
+        "batch_size": 8, "lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.0,
+        "warmup_steps": 1, "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0,
+        "resume": False, "data": "memory", "num_workers": 0, "log_every": 1, "save_every": 2,
+        "instruction": "task", "fast_tokenizer": None, "fast_fit_chunks": 8, "device": "cpu",
+        "policy": {**TINY, "rtc_training_max_delay": 3, "rtc_training_lag_prob": 0.5,
+                   "rtc_training_max_lag": 3.0},
+    }  # fmt: skip
+    figures = train(cfg)
+    assert np.isfinite(figures["fm"])
+    policy = load_policy(out)
+    assert policy.model.model.config.rtc_training_lag_prob == 0.5
+    prev = np.linspace(0, 1, 8 * 6, dtype=np.float32).reshape(8, 6)
+    chunk = policy.infer([request(policy, "prefix", prev=prev)])[0]
+    assert np.allclose(chunk[:2], prev[:2], atol=1e-4)  # the d = 2 actions under way, kept
