@@ -44,6 +44,18 @@ def request(policy, sampling="plain", prev=None, seed=3):
     )  # fmt: skip
 
 
+def train_cfg(dataset, out, steps: int = 2, **policy) -> dict:
+    """A tiny memory-data training config on ``dataset`` (TINY with ``policy`` overrides)."""
+    return {
+        "dataset": str(dataset), "output": str(out), "steps": steps, "batch_size": 8,
+        "lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 1,
+        "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0, "resume": False,
+        "data": "memory", "num_workers": 0, "log_every": 1, "save_every": steps,
+        "instruction": "task", "fast_tokenizer": None, "fast_fit_chunks": 8, "device": "cpu",
+        "policy": {**TINY, **policy},
+    }  # fmt: skip
+
+
 def test_served_over_zmq_and_in_process_give_the_same_chunk(state_run):
     from runtime.robot.client import ZmqPolicyClient
     from runtime.serving.loader import load_policy
@@ -230,14 +242,7 @@ def test_a_relative_action_policy_trains_and_serves(state_run, tmp_path):
 
     dataset = state_run.parent / "reach"
     out = tmp_path / "relative"
-    cfg = {
-        "dataset": str(dataset), "output": str(out), "steps": 2, "batch_size": 8, "lr": 1e-3,
-        "betas": [0.9, 0.95], "weight_decay": 0.0, "warmup_steps": 1, "min_lr_ratio": 0.1,
-        "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0, "resume": False, "data": "memory",
-        "num_workers": 0, "log_every": 1, "save_every": 2, "instruction": "task",
-        "fast_tokenizer": None, "fast_fit_chunks": 8, "device": "cpu",
-        "policy": {**TINY, "relative_actions": True},
-    }  # fmt: skip
+    cfg = train_cfg(dataset, out, relative_actions=True)
     train(cfg)
     policy = load_policy(out)
     assert policy.model.relative_mask == (True,) * 5 + (False,)  # every joint but the gripper
@@ -274,14 +279,7 @@ def test_a_policy_with_state_history_trains_serves_and_runs_an_episode(state_run
     from runtime.serving.loader import load_policy
 
     out = tmp_path / "history"
-    cfg = {
-        "dataset": str(state_run.parent / "reach"), "output": str(out), "steps": 2,
-        "batch_size": 8, "lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.0,
-        "warmup_steps": 1, "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0,
-        "resume": False, "data": "memory", "num_workers": 0, "log_every": 1, "save_every": 2,
-        "instruction": "task", "fast_tokenizer": None, "fast_fit_chunks": 8, "device": "cpu",
-        "policy": {**TINY, "history_offsets": [-6, -3]},
-    }  # fmt: skip
+    cfg = train_cfg(state_run.parent / "reach", out, history_offsets=[-6, -3])
     train(cfg)
     policy = load_policy(out)
     info = policy.info
@@ -312,15 +310,8 @@ def test_a_policy_trained_on_lagging_prefixes_trains_and_serves_prefix_requests(
     with pytest.raises(ValueError, match=r"rtc_training_lag_prob=1\.5"):
         StateFlowConfig(rtc_training_max_delay=2, rtc_training_lag_prob=1.5)
     out = tmp_path / "lagging"
-    cfg = {
-        "dataset": str(state_run.parent / "reach"), "output": str(out), "steps": 2,
-        "batch_size": 8, "lr": 1e-3, "betas": [0.9, 0.95], "weight_decay": 0.0,
-        "warmup_steps": 1, "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.9, "seed": 0,
-        "resume": False, "data": "memory", "num_workers": 0, "log_every": 1, "save_every": 2,
-        "instruction": "task", "fast_tokenizer": None, "fast_fit_chunks": 8, "device": "cpu",
-        "policy": {**TINY, "rtc_training_max_delay": 3, "rtc_training_lag_prob": 0.5,
-                   "rtc_training_max_lag": 3.0},
-    }  # fmt: skip
+    cfg = train_cfg(state_run.parent / "reach", out, rtc_training_max_delay=3,
+                    rtc_training_lag_prob=0.5, rtc_training_max_lag=3.0)  # fmt: skip
     figures = train(cfg)
     assert np.isfinite(figures["fm"])
     policy = load_policy(out)
