@@ -66,11 +66,13 @@ def prefix_reliance(
         if not it["action_is_pad"].numpy().any()  # whole chunks only
         and bool((early["goal_state"] == it["goal_state"]).all())  # the same episode
     ]  # fmt: skip
+    if not pairs:
+        raise SystemExit(
+            f"{dataset}: no frame with {H} recorded actions ahead of it and {stale} behind it"
+        )
     chosen = [it for it, _ in pairs]
     # the actions recorded stale ticks earlier, for the prefix's ticks: a plan that lags
     lagging = np.stack([early["action"].numpy() for _, early in pairs])  # (N, H, A)
-    if not chosen:
-        raise SystemExit(f"{dataset}: no frame with {H} recorded actions ahead of it")
     targets = np.stack([it["action"].numpy() for it in chosen])  # (N, H, A)
     spread = targets.reshape(-1, targets.shape[-1]).std(0)  # (A,)
     shift = offset * spread  # (A,)
