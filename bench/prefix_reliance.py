@@ -31,6 +31,7 @@ import json
 import numpy as np
 
 from policies.data import InMemoryChunks, open_dataset
+from runtime.commands.sweep import rtc_training_max_delay
 from runtime.serving.loader import load_policy
 from runtime.wire.protocol import ObservationRequest
 
@@ -44,8 +45,7 @@ def prefix_reliance(
         k.startswith("observation.images.") for k in policy.info.features
     ):
         raise SystemExit(f"{checkpoint}: reads cameras; this bench takes a state-based policy")
-    trained = getattr(getattr(policy.model, "model", None), "config", None)
-    K = getattr(trained, "rtc_training_max_delay", 0)
+    K = rtc_training_max_delay(policy)
     if not K:
         raise SystemExit(
             f"{checkpoint}: not trained with training-time RTC (policy.rtc_training_max_delay=0), "

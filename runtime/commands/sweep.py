@@ -53,6 +53,7 @@ from runtime.robot.clock import make_clock
 from runtime.robot.controller import ObservationHistory, run_episodes
 from runtime.robot.executors import EXECUTORS, make_executor
 from runtime.robot.runlog import RunLog
+from runtime.wire.info import ChunkPolicy
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +242,13 @@ def _grid(cfg: DictConfig) -> Grid:
     return Grid(server, executors, delays, horizons, int(axes.episodes))
 
 
-def rtc_training_max_delay(client: LocalPolicyClient) -> int | None:
+def rtc_training_max_delay(policy: ChunkPolicy) -> int | None:
     """The longest clean prefix the served model was trained to condition on (training-time
     RTC, the VLA's ``rtc_training_max_delay``; 0: not trained for it). None: any length, the
     analytic synthetic model's velocity being exact for every per-token flow time."""
     from policies.inference import FlowPolicy
 
-    model = client.policy.model
+    model = policy.model  # a served policy's model (``FlowChunkPolicy.model``)
     return model.model.config.rtc_training_max_delay if isinstance(model, FlowPolicy) else None
 
 
@@ -270,13 +271,13 @@ def _clients(
             OmegaConf.merge(cfg, {"server": server}), action_dim
         )
         closing.callback(trained.close)
-        if rtc_training_max_delay(trained) == 0:
+        if rtc_training_max_delay(trained.policy) == 0:
             raise ValueError(
                 f"rtc_trained_checkpoint={cfg.rtc_trained_checkpoint} was trained without "
                 "training-time RTC: train one with policy.rtc_training_max_delay=K (K >= the "
                 "largest delay swept), or set rtc_trained_checkpoint=null"
             )
-    elif rtc_training_max_delay(main_client) == 0:
+    elif rtc_training_max_delay(main_client.policy) == 0:
         del clients["rtc_trained"]
         reason = (
             f"{grid.server} was trained without training-time RTC "
@@ -306,7 +307,7 @@ def _fill(plan: Plan, cfg: DictConfig, grid: Grid, clients: Mapping) -> None:
     """Every point to run; a delay an executor cannot run raises ValueError."""
     for name, client in clients.items():
         H = _chunk_length(client)
-        limit = rtc_training_max_delay(client) if name == "rtc_trained" else None
+        limit = rtc_training_max_delay(client.policy) if name == "rtc_trained" else None
         for d in grid.delays:
             if not _untrained(plan, name, limit, d):
                 plan.delay[name, d] = _point(cfg, name, H, d, key="delays")
