@@ -5,12 +5,27 @@ shared helpers live here as fixtures, and the fake policies and drivers that tes
 share in ``runtime/robot/testing.py``.
 """
 
+import logging
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """Remove the root-logger handlers a test added (a command run in-process configures
+    logging through hydra, bound to that test's captured stdout): a thread that logs after the
+    test would otherwise write to a closed stream."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in before]:
+        if type(handler).__module__ != "_pytest.logging":  # pytest removes its own
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")
