@@ -61,7 +61,7 @@ def test_public_api() -> None:
         "wrist_roll",
         "gripper",
     )
-    assert set(TASKS) == {"reach", "pick_place", "track", "conveyor"}
+    assert set(TASKS) == {"reach", "pick_place", "track", "track_preview", "conveyor"}
     assert callable(sim.evaluate_demonstrator)
 
 

@@ -10,12 +10,14 @@ from sim.tasks.base import Demonstrator, Labels, Task
 from sim.tasks.conveyor import Conveyor
 from sim.tasks.pick_place import PickPlace
 from sim.tasks.reach import Reach
-from sim.tasks.track import Track
+from sim.tasks.track import Track, TrackPreview
 
 if TYPE_CHECKING:
     from sim.env import SimEnv
 
-TASKS: dict[str, type[Task]] = {cls.name: cls for cls in (Reach, PickPlace, Track, Conveyor)}
+TASKS: dict[str, type[Task]] = {
+    cls.name: cls for cls in (Reach, PickPlace, Track, TrackPreview, Conveyor)
+}
 
 
 def make_demonstrator(

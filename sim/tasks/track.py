@@ -9,7 +9,10 @@ pauses to think, or whose chunks jump at their seams, falls behind: this task is
 inference delay measurable.
 
 ``observation.environment_state`` holds every target's position and velocity, so a policy
-can lead a target by its inference delay.
+can lead a target by its inference delay; over longer delays its path curves away from that
+extrapolation (``bench/track_oracle.py`` measures by how much). ``track_preview``
+(``TrackPreview``) also shows where each target will be ``PREVIEW_S`` ahead, so that the world's
+future is in the observation, as in a fully observed simulator.
 """
 
 from __future__ import annotations
@@ -69,6 +72,10 @@ class Path:
         f = self._freq()
         return self.amplitude * f * np.cos(f * t + self.phase)
 
+    def acceleration(self, t: float) -> np.ndarray:
+        f = self._freq()
+        return -self.amplitude * f**2 * np.sin(f * t + self.phase)
+
 
 def draw_path(rng: np.random.Generator) -> Path:
     """A random path whose mean speed lies in SPEED_RANGE."""
@@ -87,6 +94,7 @@ def draw_path(rng: np.random.Generator) -> Path:
 class Track(Task):
     name = "track"
     max_steps = round(DURATION_S * 30)
+    PREVIEW_S: tuple[float, ...] = ()  # s ahead: each target's position then, in the scene state
 
     def build(self, spec: mujoco.MjSpec) -> None:
         add_target_spheres(spec, radius=0.015)
@@ -136,15 +144,21 @@ class Track(Task):
         return self._on_target / self._scored if self._scored else 0.0
 
     def environment_state(self) -> np.ndarray:
-        """(18,) position and velocity of the red, green and blue targets."""
-        t = self.time
-        parts = [(p.position(t), p.velocity(t)) for p in (self.paths[c] for c in COLORS)]
-        return np.concatenate([x for pair in parts for x in pair], dtype=np.float32)
+        """(18,) position and velocity of the red, green and blue targets; with ``PREVIEW_S``,
+        each target's position that far ahead after its velocity."""
+        t, parts = self.time, []
+        for path in (self.paths[c] for c in COLORS):
+            parts += [path.position(t), path.velocity(t)]
+            parts += [path.position(t + ahead) for ahead in self.PREVIEW_S]
+        return np.concatenate(parts, dtype=np.float32)
 
     def environment_names(self) -> list[str]:
-        return [
-            f"target_{color}.{q}{axis}" for color in COLORS for q in ("", "v") for axis in "xyz"
-        ]
+        names = []
+        for color in COLORS:
+            names += [f"target_{color}.{q}{axis}" for q in ("", "v") for axis in "xyz"]
+            names += [f"target_{color}.{axis}_in_{ahead:g}s" for ahead in self.PREVIEW_S
+                      for axis in "xyz"]  # fmt: skip
+        return names
 
     def success(self) -> bool:
         finished = self.time >= DURATION_S - 1e-6
@@ -165,6 +179,15 @@ class Track(Task):
         self, env: SimEnv, rng: np.random.Generator, failure_prob: float
     ) -> Demonstrator:
         return TrackDemonstrator(env, rng, failure_prob)
+
+
+class TrackPreview(Track):
+    """``track`` whose scene state also shows where each target will be 0.2, 0.4 and 0.6 s
+    ahead (a route in view): what a policy needs to act on a plan made up to 16 ticks
+    earlier, which position and velocity alone do not tell it on a curving path."""
+
+    name = "track_preview"
+    PREVIEW_S = (0.2, 0.4, 0.6)
 
 
 class TrackDemonstrator(Demonstrator):
