@@ -32,3 +32,24 @@ def test_the_throughput_bench_builds_its_policies():
     throughput = load("throughput")
     policy = throughput.make_policy("synthetic", None, 3)
     assert policy.num_steps == 3 and policy.info.chunk_length > 0
+
+
+def test_the_track_oracle_plans_from_the_chunk_it_would_run_and_tracks_without_delay():
+    oracle = load("track_oracle")
+    from sim.env import SimEnv
+
+    env = SimEnv("track", render=False)
+    try:
+        env.reset(seed=1000)
+        rng = __import__("numpy").random.default_rng(0)
+        demonstrator = oracle.DelayedTrackDemonstrator(env, rng, "linear", delay=4, s=5)
+        # naive switching: chunk observed at 0 runs ticks 4-8, at 5 runs 9-13, ...
+        assert [demonstrator.observed_tick(t) for t in (0, 3, 4, 8, 9, 13, 14)] == [
+            0, 0, 0, 0, 5, 5, 10,
+        ]  # fmt: skip
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match="view='psychic'"):
+        oracle.DelayedTrackDemonstrator(None, None, "psychic", 0, 5)
+    result = oracle.success_rate("exact", 0, range(1000, 1002), s_min=5)
+    assert result["episodes"] == 2 and result["successes"] == 2  # the demonstrator tracks
