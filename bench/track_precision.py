@@ -7,8 +7,9 @@ episode succeeds at radius r when the grip site is within r of the target on at 
 task's share of the scored ticks (those after the grace period), as ``Track.success`` judges it
 at its own radius. At the task's radius this reproduces the sweep's count to within an
 episode (the log holds the state observed at the start of each tick, which the task scores at
-its end, so the last scored tick is not in it). Needs the per-episode logs a ``jobs`` >= 2 sweep
-keeps in ``workers/``.
+its end, so the last scored tick is not in it; and the task reads the grip site as MuJoCo left it
+before the last physics substep, a fraction of a millimetre from where the joints put it).
+Needs the per-episode logs a ``jobs`` >= 2 sweep keeps in ``workers/``.
 
     uv run python bench/track_precision.py outputs/sweep/trackp_full --executors naive,rtc \
         --delays 8 [--radii 0.025,0.02,0.015,0.01]

@@ -53,3 +53,30 @@ def test_the_track_oracle_plans_from_the_chunk_it_would_run_and_tracks_without_d
         oracle.DelayedTrackDemonstrator(None, None, "psychic", 0, 5)
     result = oracle.success_rate("exact", 0, range(1000, 1002), s_min=5)
     assert result["episodes"] == 2 and result["successes"] == 2  # the demonstrator tracks
+
+
+def test_track_precision_rebuilds_the_distance_the_task_measures_from_the_joint_states():
+    import numpy as np
+
+    from sim import SimEnv, make_demonstrator
+    from sim.env import STATE
+
+    precision = load("track_precision")
+    env = SimEnv("track", render=False)
+    try:
+        obs, states, measured = env.reset(seed=1000), [], []
+        demonstrator = make_demonstrator(env, np.random.default_rng(0))
+        for _ in range(90):  # past the 2.5 s grace period (75 ticks)
+            states.append(obs[STATE])
+            obs = env.step(demonstrator.act()[0])
+            measured.append(env.task.distance())  # after tick t's physics: observation t + 1
+        states.append(obs[STATE])
+        rebuilt = precision.distances(env, np.stack(states), seed=1000)
+    finally:
+        env.close()
+    scored = [d for t, d in enumerate(measured, start=1) if t / 30 > 2.5 + 1e-9]
+    assert len(scored) == 15
+    # The task reads site_xpos as mj_step leaves it: computed before the last substep's
+    # integration (2 ms earlier), which the joint states are after; a fraction of a mm apart.
+    np.testing.assert_allclose(rebuilt, scored, atol=5e-4)
+    assert np.abs(rebuilt - scored).max() > 0  # not the task's own number read back
