@@ -50,7 +50,7 @@ def main(cfg: DictConfig) -> dict:
 
     address = cfg.server or f"tcp://127.0.0.1:{_free_port()}"
     server_dir = out / "server"
-    server = None if cfg.server else start_server(checkpoint, address, server_dir)
+    server = None if cfg.server else start_server(checkpoint, address, server_dir, cfg.num_steps)
     try:
         wait_for_server(address, cfg.server_start_timeout_s, server, server_dir / "server.log")
         run_cfg = OmegaConf.merge(cfg, {"server": address, "output_dir": str(out / "run")})
@@ -132,12 +132,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(checkpoint: Path, address: str, folder: Path) -> subprocess.Popen:
-    """``rtvla serve`` in a child process; its output goes to ``folder/server.log``."""
+def start_server(
+    checkpoint: Path, address: str, folder: Path, num_steps: int | None = None
+) -> subprocess.Popen:
+    """``rtvla serve`` in a child process (``num_steps`` Euler steps per chunk; None: the
+    checkpoint's); its output goes to ``folder/server.log``."""
     folder.mkdir(parents=True, exist_ok=True)
     command = [
         sys.executable, "-m", "runtime.commands.cli", "serve", f"checkpoint={checkpoint}",
         f"address={address}", "log_every_s=null", f"hydra.run.dir={folder}",
+        f"num_steps={'null' if num_steps is None else num_steps}",
     ]  # fmt: skip
     log.info("starting the policy server at %s: %s", address, " ".join(command[2:]))
     with open(folder / "server.log", "wb") as stderr, open(folder / "figures.json", "wb") as out:
