@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-import yaml
+from omegaconf import OmegaConf
 
 from runtime.analysis.stats import wilson_interval
 from sim.env import SimEnv
@@ -57,7 +57,7 @@ def main() -> None:
     workers = args.sweep / "workers"
     if not (workers / "config.yaml").exists():
         parser.error(f"{workers}/config.yaml not found: rescore a sweep run with jobs >= 2")
-    cfg = yaml.safe_load((workers / "config.yaml").read_text())
+    cfg = OmegaConf.load(workers / "config.yaml")  # what the sweep wrote for its workers
     task, seed, episodes = cfg["task"]["name"], cfg["seed"], cfg["episodes"]
     if not task.startswith("track"):
         parser.error(f"the sweep ran task={task}: this rescoring is for track tasks")
