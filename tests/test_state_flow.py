@@ -319,3 +319,20 @@ def test_a_policy_trained_on_lagging_prefixes_trains_and_serves_prefix_requests(
     prev = np.linspace(0, 1, 8 * 6, dtype=np.float32).reshape(8, 6)
     chunk = policy.infer([request(policy, "prefix", prev=prev)])[0]
     assert np.allclose(chunk[:2], prev[:2], atol=1e-4)  # the d = 2 actions under way, kept
+
+
+def test_a_sweep_samples_with_its_own_number_of_euler_steps(state_run):
+    """num_steps=N overrides the checkpoint's steps for the sweep's policies; null keeps them."""
+    from hydra import compose, initialize_config_dir
+
+    from runtime.commands.cli import CONFIG_DIR
+    from runtime.commands.run import make_client
+
+    steps = {}
+    for value in ("2", "null"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("sweep", [f"checkpoint={state_run}", f"num_steps={value}"])
+        client = make_client(cfg, action_dim=6)
+        steps[value] = client.policy.num_steps
+        client.close()
+    assert steps == {"2": 2, "null": TINY["num_steps"]}
