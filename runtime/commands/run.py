@@ -408,9 +408,11 @@ def make_client(cfg: DictConfig, action_dim: int) -> PolicyClient:
 
     name = cfg.server.removeprefix(LOCAL_PREFIX)
     synthetic = cfg.synthetic
-    steps = cfg.get("num_steps")  # the sweep's override; None: the checkpoint's own
+    steps = cfg.get("num_steps")  # the sweep's override of every policy's Euler steps
+    if steps is None:  # the checkpoint's own, the synthetic model's from its config group
+        steps = synthetic.num_steps if name == "synthetic" else None
     policy = load_policy(
-        name, num_steps=synthetic.num_steps if name == "synthetic" else steps,
+        name, num_steps=steps,
         chunk_length=synthetic.chunk_length, action_dim=action_dim, fps=cfg.hz,
     )  # fmt: skip
     if policy.info.action_dim != action_dim:
