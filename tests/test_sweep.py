@@ -267,3 +267,14 @@ def test_a_quick_sweep_on_the_dynamic_task(tmp_path):
             assert cell["episodes"] == 1 and len(cell["ci95"]) == 2
             assert cell["episode_success"] == [int(cell["success"])]
     assert figures["success_vs_delay"]["rtc"]["4"]["episodes"] == 1
+
+
+def test_num_steps_sets_the_synthetic_policys_euler_steps_too():
+    from runtime.commands.run import make_client
+
+    steps = {}
+    for value in ("3", "null"):
+        client = make_client(compose(*SYNTHETIC, f"num_steps={value}"), action_dim=6)
+        steps[value] = client.policy.num_steps
+        client.close()
+    assert steps == {"3": 3, "null": 5}  # null: synthetic.num_steps (5 in SYNTHETIC)
