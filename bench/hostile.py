@@ -21,6 +21,10 @@ frames of a quarter of it, six of them).
 
     uv run python bench/hostile.py [--messages 10000] [--hz 30] [--quiet-requests 300]
         [--flood-cpus 1]   # the flooder on CPU 1, server and robot on the rest
+        [--cpu-hog 3]      # the control: 3 busy processes instead of the flood, no messages
+
+Also reported: the CPU seconds the server and the flooding process used during the flood
+phases, so that a slower robot can be told apart from a busier machine.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -67,6 +72,12 @@ def rss_mb(pid: int, field: str = "VmRSS") -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field} for process {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a live process has used (``/proc/<pid>/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def robot_request(k: int) -> ObservationRequest:
@@ -156,6 +167,19 @@ def flood_all(
     print(sum(replies))
 
 
+def hog_all(processes: int, seconds: float) -> None:
+    """The control for a flood: ``processes`` busy loops of ``seconds`` each and no message, so
+    that what the robot feels from CPU contention alone can be told from what the server's
+    handling of hostile messages costs it."""
+    print("ready", flush=True)
+    sys.stdin.readline()
+    loop = f"import time\nend = time.monotonic() + {seconds}\nwhile time.monotonic() < end: pass"
+    hogs = [subprocess.Popen([sys.executable, "-c", loop]) for _ in range(processes)]
+    for hog in hogs:
+        hog.wait()
+    print(0)
+
+
 def percentiles(times: list[float]) -> dict:
     if not times:
         return {"p50_ms": None, "p99_ms": None}
@@ -181,6 +205,14 @@ def main() -> None:
         "(an attacker on another machine); default: all share every CPU",
     )
     parser.add_argument("--kinds", default=",".join(HOSTILE_KINDS), help="hostile classes")
+    parser.add_argument(
+        "--cpu-hog",
+        type=int,
+        default=0,
+        help="the control: instead of the flood, N busy processes (no messages) for "
+        "--hog-s seconds per block",
+    )
+    parser.add_argument("--hog-s", type=float, default=1.4, help="each hog block's length")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     flood_cpus = sorted({int(c) for c in args.flood_cpus.split(",") if c.strip()})
@@ -211,7 +243,7 @@ def main() -> None:
         rss_before = rss_mb(server.pid)
         quiet_times, flood_times = [], []
         quiet_sent = quiet_answered = flood_sent = flood_answered = replies = 0
-        flood_s = 0.0
+        flood_s = server_flood_cpu = flooder_cpu = 0.0
         per_block = args.quiet_requests // args.blocks
         for block in range(args.blocks):  # alternate, so background load hits both alike
             left = iter(range(per_block + 1))
@@ -224,20 +256,28 @@ def main() -> None:
             code = (f"from bench.hostile import flood_all; flood_all({address!r}, {count}, "
                     f"{args.senders}, {limits.max_message_bytes}, {kinds!r}, "
                     f"{flood_cpus!r})")  # fmt: skip
+            if args.cpu_hog:
+                code = f"from bench.hostile import hog_all; hog_all({args.cpu_hog}, {args.hog_s})"
             nice = ["nice", "-n", str(args.flood_nice)] if args.flood_nice else []
             flooder = subprocess.Popen([*nice, sys.executable, "-c", code], cwd=ROOT,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
             assert flooder.stdout.readline().strip() == b"ready"
-            started = time.perf_counter()
+            started, server_cpu = time.perf_counter(), cpu_s(server.pid)
+            children = resource.getrusage(resource.RUSAGE_CHILDREN)
             flooder.stdin.write(b"go\n")
             flooder.stdin.flush()
             times, sent, answered = robot(
                 client, (2 * block + 1) * 10**6, args.hz, lambda f=flooder: f.poll() is not None
             )
             flood_s += time.perf_counter() - started
+            server_flood_cpu += cpu_s(server.pid) - server_cpu
             flood_times += times
             flood_sent, flood_answered = flood_sent + sent, flood_answered + answered
             replies += int(flooder.communicate()[0].decode().strip() or 0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            flooder_cpu += (after.ru_utime - children.ru_utime) + (
+                after.ru_stime - children.ru_stime
+            )
         time.sleep(1.0)
         rss_after, rss_peak = rss_mb(server.pid), rss_mb(server.pid, "VmHWM")
         client.close()
@@ -248,11 +288,14 @@ def main() -> None:
 
     quiet, flooded = percentiles(quiet_times), percentiles(flood_times)
     print(json.dumps({
-        "hostile_messages": args.messages, "hostile_kinds": kinds,
+        "hostile_messages": 0 if args.cpu_hog else args.messages,
+        "hostile_kinds": [] if args.cpu_hog else kinds, "cpu_hog_processes": args.cpu_hog,
         "senders": args.senders, "blocks": args.blocks, "flood_nice": args.flood_nice,
         "flood_cpus": flood_cpus or "shared", "server_robot_cpus": own_cpus if flood_cpus
         else "shared",
         "torch_threads": args.torch_threads, "flood_s": round(flood_s, 2),
+        "cpu_s_during_flood": {"server": round(server_flood_cpu, 2),
+                               "flooder": round(flooder_cpu, 2)},
         "hostile_replies_read": replies, "max_message_bytes": limits.max_message_bytes,
         "robot_hz": args.hz,
         "quiet": {"requests": quiet_sent, "answered": quiet_answered, **quiet},

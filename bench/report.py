@@ -266,17 +266,40 @@ def hostile(d: dict) -> str:
         )
     elif d.get("flood_cpus") == "shared":
         nice += ", sharing every CPU with the server and the robot"
+    if d.get("cpu_hog_processes"):
+        who = (
+            f"the control for the flood: no message, {d['cpu_hog_processes']} busy processes "
+            f"sharing every CPU with the server and the robot, in {d['blocks']} blocks "
+            f"alternating with quiet ones ({fmt(d['flood_s'])} s of load in all)"
+        )
+    else:
+        who = (
+            f"{fmt(d['hostile_messages'])} hostile messages ({', '.join(d['hostile_kinds'])}) "
+            f"from {d['senders']} DEALER sockets in a third process{nice}, sent as fast as they "
+            f"go, in {d['blocks']} blocks alternating with quiet ones ({fmt(d['flood_s'])} s of "
+            "flood in all)"
+        )
+    replies = (
+        ""
+        if d.get("cpu_hog_processes")
+        else f"; error replies read by the senders that read them: {fmt(d['hostile_replies_read'])}"
+    )
+    cpu = d.get("cpu_s_during_flood")
+    used = (
+        f" CPU seconds used meanwhile: the server {fmt(cpu['server'])}, the "
+        f"{'busy processes' if d.get('cpu_hog_processes') else 'flooding process'} "
+        f"{fmt(cpu['flooder'])}."
+        if isinstance(cpu, dict)
+        else ""
+    )
     note = (
-        f"{fmt(d['hostile_messages'])} hostile messages ({', '.join(d['hostile_kinds'])}) from "
-        f"{d['senders']} DEALER sockets in a third process{nice}, sent as fast as they go, in "
-        f"{d['blocks']} blocks alternating with quiet ones ({fmt(d['flood_s'])} s of flood in "
-        f"all); the robot asks for a chunk at {fmt(d['robot_hz'])} Hz (two 96x96 cameras, one "
-        f"outstanding) from a synthetic flow policy served with {d['torch_threads']} torch "
-        f"thread(s); message limit {fmt(d['max_message_bytes'])} bytes on both ends. Answered "
+        f"{who[0].upper()}{who[1:]}; the robot asks for a chunk at {fmt(d['robot_hz'])} Hz "
+        f"(two 96x96 cameras, one outstanding) from a synthetic flow policy served with "
+        f"{d['torch_threads']} torch thread(s); message limit {fmt(d['max_message_bytes'])} "
+        "bytes on both ends. Answered "
         f"during the flood: **{fmt(100 * d['answered_during_flood'])} %**; p99 flood / quiet: "
         f"**{fmt(d['p99_ratio'])}**; server RSS before {fmt(rss['before'])} MB, peak "
-        f"{fmt(rss['peak'])} MB, after {fmt(rss['after'])} MB; error replies read by the "
-        f"senders that read them: {fmt(d['hostile_replies_read'])}."
+        f"{fmt(rss['peak'])} MB, after {fmt(rss['after'])} MB{replies}.{used}"
     )
     header = ["robot", "requests", "answered", "round trip p50 ms", "p99 ms"]
     return note + "\n\n" + table(header, rows)
@@ -293,6 +316,10 @@ BENCHES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "hostile": ("A served robot under a flood of hostile messages", hostile),
     "hostile_remote": (
         "A served robot under a flood of hostile messages, the attacker on its own CPU",
+        hostile,
+    ),
+    "hostile_hog": (
+        "The same robot beside busy processes and no message (the flood's control)",
         hostile,
     ),
     "incumbents": ("Against LeRobot's async inference and RTC", incumbents),

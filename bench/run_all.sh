@@ -89,6 +89,8 @@ if [[ $(nproc) -ge 2 ]]; then  # the flooder on the last CPU, as from another ma
 else
   note_skipped hostile_remote "one CPU: the attacker cannot have one of its own"
 fi
+# the control: CPU contention alone, 3 busy processes in place of the flood
+bench hostile_hog uv run python bench/hostile.py "${HOSTILE_ARGS[@]}" --cpu-hog 3
 if uv run python -c "import grpc, google.protobuf" > /dev/null 2>&1; then
   bench incumbents uv run --group bench python bench/incumbents.py "${INCUMBENTS_ARGS[@]}"
 else
