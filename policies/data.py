@@ -220,11 +220,19 @@ class InMemoryChunks(torch.utils.data.Dataset):
         image_size: tuple[int, int] | None = None,
         rename_map: Mapping[str, str] | None = None,
         history_offsets: Sequence[int] = (),
+        label_shift: int = 0,
     ) -> None:
         """image_keys: the cameras to decode, policy names (None: all; () for state-based
         policies); image_size: (H, W) to resize them to (None: as recorded);
         history_offsets: items also hold ``<key>.history`` (T, D) for the state and the scene
-        state, at these frame offsets (< 0), clamped to the episode's first frame."""
+        state, at these frame offsets (< 0), clamped to the episode's first frame;
+        label_shift: an item's hierarchy labels (step and corrective instruction, correction
+        flag) are those of the frame this many frames later, clamped to the episode's last
+        frame, as the high-level policy is trained to predict them
+        (``policies.hierarchy.label_indices``)."""
+        if label_shift < 0:
+            raise ValueError(f"label_shift={label_shift} must be >= 0 frames")
+        self.label_shift = int(label_shift)
         rename = dict(rename_map or {})
         features = rename_features(dataset.meta.features, rename)
         source = {rename.get(k, k): k for k in dataset.meta.features}  # policy name -> dataset's
@@ -313,10 +321,11 @@ class InMemoryChunks(torch.utils.data.Dataset):
         item[ACTION] = self.action[index]  # (H, A)
         item["action_is_pad"] = torch.from_numpy(query >= self.ep_end[i])  # (H,)
         item["task"] = self.task[i]
+        label = min(i + self.label_shift, self.ep_end[i] - 1)
         for key in self.text_keys:
-            item[key] = self.texts[key][i]
+            item[key] = self.texts[key][label]
         if self.correction is not None:
-            item["correction"] = bool(self.correction[i])
+            item["correction"] = bool(self.correction[label])
         return item
 
 

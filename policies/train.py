@@ -64,6 +64,12 @@ def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
 def train(cfg: Mapping) -> dict:
     """Train (or resume) a run described by the resolved ``configs/train.yaml``; returns figures."""
     check_instruction_source(_features(cfg["dataset"]), cfg["instruction"])
+    lookahead = cfg.get("instruction_lookahead_s") or 0.0
+    if lookahead < 0 or (lookahead and cfg["instruction"] == "task"):
+        raise ValueError(
+            f"instruction_lookahead_s={lookahead}: give 0 or more seconds, and only with "
+            "instruction=step or hierarchy (the task instruction does not change in an episode)"
+        )
     kind = cfg["policy"].get("name", "vla")
     if kind not in KINDS:
         raise ValueError(f"policy={kind} is unknown: choose one of {KINDS}")
@@ -81,6 +87,10 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
                 for k, v in rename_features(dataset.meta.features, rename).items()}  # fmt: skip
     stats = {rename.get(k, k): v for k, v in dataset.meta.stats.items()}
     fps = dataset.meta.fps
+    label_shift = round(float(cfg.get("instruction_lookahead_s") or 0.0) * fps)
+    if label_shift and cfg["data"] != "memory":
+        raise ValueError("instruction_lookahead_s needs data=memory (it reads the labels of a "
+                         "later frame of the decoded dataset)")  # fmt: skip
     if kind == "state_flow":
         config = state_flow.state_flow_config(features, policy_cfg)
         normalizer = Normalizer.from_stats(stats, state_flow.NORMALIZED)
@@ -90,7 +100,7 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
                 raise ValueError(f"policy.{option} needs data=memory (its statistics are "
                                  "computed over the decoded dataset)")  # fmt: skip
         items = (InMemoryChunks(dataset, H, (), rename_map=rename,
-                                history_offsets=config.history_offsets)
+                                history_offsets=config.history_offsets, label_shift=label_shift)
                  if cfg["data"] == "memory" else Renamed(dataset, rename))  # fmt: skip
         if config.relative_actions:  # normalize the offsets, not the absolute targets
             mean, std = items.relative_action_stats(config.relative_mask)
@@ -129,7 +139,9 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
         raise ValueError(f"policy.aux_goal={config.aux_goal} needs data=memory (it reads each "
                          "episode's last state from the decoded dataset)")  # fmt: skip
     if cfg["data"] == "memory":
-        items = InMemoryChunks(dataset, H, config.image_keys, config.image_size, rename)
+        items = InMemoryChunks(
+            dataset, H, config.image_keys, config.image_size, rename, label_shift=label_shift
+        )
     else:
         items = Renamed(dataset, rename)
     return Setup(

@@ -45,6 +45,34 @@ def test_in_memory_items_match_lerobot_delta_timestamps(reach_dataset):
         assert b["correction"] == bool(a["correction"])
 
 
+def test_label_shift_reads_the_labels_of_a_later_frame_of_the_same_episode(reach_dataset):
+    from policies.data import InMemoryChunks, open_dataset
+
+    root, _ = reach_dataset
+    ds = open_dataset(root, chunk_length=8)
+    plain, shifted = InMemoryChunks(ds, 8), InMemoryChunks(ds, 8, label_shift=15)
+    keys = ("step_instruction", "corrective_instruction", "correction")
+    assert len({plain[i]["step_instruction"] for i in range(len(ds))}) > 1  # labels change
+    for i in range(len(ds)):
+        later = min(i + 15, int(plain.ep_end[i]) - 1)
+        assert [shifted[i][k] for k in keys] == [plain[later][k] for k in keys], i
+        assert shifted[i]["task"] == plain[i]["task"]
+        torch.testing.assert_close(shifted[i]["action"], plain[i]["action"])
+    with pytest.raises(ValueError, match="label_shift"):
+        InMemoryChunks(ds, 8, label_shift=-1)
+
+
+def test_an_instruction_lookahead_needs_an_instruction_that_changes(reach_dataset, tmp_path):
+    from policies.train import train
+
+    root, _ = reach_dataset
+    cfg = {**train_cfg(root, tmp_path / "a", 2), "instruction": "task",
+           "instruction_lookahead_s": 0.5}  # fmt: skip
+    with pytest.raises(ValueError, match="instruction=step or hierarchy"):
+        train(cfg)
+    assert not (tmp_path / "a").exists()
+
+
 def test_two_steps_then_resume_equals_four_steps(reach_dataset, tmp_path):
     from policies.train import train
 
