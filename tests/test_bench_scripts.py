@@ -80,3 +80,12 @@ def test_track_precision_rebuilds_the_distance_the_task_measures_from_the_joint_
     # integration (2 ms earlier), which the joint states are after; a fraction of a mm apart.
     np.testing.assert_allclose(rebuilt, scored, atol=5e-4)
     assert np.abs(rebuilt - scored).max() > 0  # not the task's own number read back
+
+
+def test_a_missed_grasp_is_a_close_on_nothing_after_an_opening():
+    np = __import__("numpy")
+    misses = load("grasp_misses").misses
+    # open, close on nothing, still closed, open, close on a cube (30), open, close on nothing
+    gripper = np.array([86, 40, 1, 0.5, 2, 60, 86, 30, 31, 86, 10, 0])
+    assert misses(gripper, closed=3.0, opened=20.0) == 2
+    assert misses(np.array([0.0, 0.0, 1.0]), closed=3.0, opened=20.0) == 0  # never opened
