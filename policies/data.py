@@ -25,10 +25,19 @@ from policies.vision import resize_with_pad
 log = logging.getLogger(__name__)
 
 
-INSTRUCTION_SOURCES = ("task", "step", "hierarchy")
+INSTRUCTION_SOURCES = ("task", "step", "hierarchy", "hierarchy+task")
 """What the low-level policy reads as its instruction: the episode's ``task``, the expert's
-``step_instruction``, or SRT-H's choice: the ``corrective_instruction`` on correction frames,
-the step instruction elsewhere."""
+``step_instruction``, SRT-H's choice (the ``corrective_instruction`` on correction frames, the
+step instruction elsewhere), or SRT-H's choice followed by the task (``with_task``), so that a
+low level told "open the gripper and retry" still knows which cube and bin the episode is
+about; at run time ``high_level_with_task=true`` sends it so."""
+
+TASK_SEPARATOR = " ; "
+
+
+def with_task(instruction: str, task: str) -> str:
+    """The instruction of a ``hierarchy+task`` low level: SRT-H's choice, then the task."""
+    return f"{instruction}{TASK_SEPARATOR}{task}"
 
 
 def open_dataset(root: str | Path, chunk_length: int | None = None):
@@ -73,10 +82,11 @@ def instruction_of(item: dict, source: str) -> str:
         return item["task"]
     if source == "step":
         return item["step_instruction"]
-    if source == "hierarchy":
-        return (
+    if source in ("hierarchy", "hierarchy+task"):
+        chosen = (
             item["corrective_instruction"] if bool(item["correction"]) else item["step_instruction"]
         )
+        return chosen if source == "hierarchy" else with_task(chosen, item["task"])
     raise ValueError(f"instruction={source!r} is unknown: use one of {INSTRUCTION_SOURCES}")
 
 
@@ -84,6 +94,7 @@ def check_instruction_source(features: dict[str, dict], source: str) -> None:
     """Fail early when the dataset lacks the labels an instruction source needs."""
     needs = {"task": (), "step": ("step_instruction",),
              "hierarchy": ("step_instruction", "corrective_instruction", "correction")}  # fmt: skip
+    needs["hierarchy+task"] = needs["hierarchy"]
     if source not in needs:
         raise ValueError(f"instruction={source!r} is unknown: use one of {INSTRUCTION_SOURCES}")
     missing = [k for k in needs[source] if k not in features]

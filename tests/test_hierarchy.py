@@ -271,7 +271,26 @@ def test_a_runner_without_corrections_sends_the_step_instruction_whatever_the_fl
         assert runner.instruction == expected and runner.correction == pytest.approx(0.95)
 
 
-def test_controller_sends_the_high_level_choice_unless_an_operator_overrides_it(jump_driver):
+def test_a_low_level_with_the_task_is_trained_and_sent_the_choice_then_the_task():
+    from policies.data import check_instruction_source, instruction_of, with_task
+
+    item = {"task": "put the red cube in the left bin", "step_instruction": "grasp the red cube",
+            "corrective_instruction": "open the gripper and retry", "correction": True}  # fmt: skip
+    assert instruction_of(item, "hierarchy+task") == (
+        "open the gripper and retry ; put the red cube in the left bin"
+    )
+    assert instruction_of({**item, "correction": False}, "hierarchy+task") == with_task(
+        "grasp the red cube", item["task"]
+    )
+    with pytest.raises(ValueError, match="correction"):
+        check_instruction_source({"step_instruction": {}}, "hierarchy+task")
+
+
+@pytest.mark.parametrize("joined", [False, True])
+def test_controller_sends_the_high_level_choice_unless_an_operator_overrides_it(
+    jump_driver, joined
+):
+    from policies.data import with_task
     from runtime.robot.client import LocalPolicyClient
     from runtime.robot.clock import SimClock
     from runtime.robot.controller import Controller
@@ -297,12 +316,15 @@ def test_controller_sends_the_high_level_choice_unless_an_operator_overrides_it(
         instruction="the task", inference_delay_ticks=1, high_level=HighLevel(),
         operator_script=scripted_operator([{"tick": 20, "instruction": "stop", "timeout_s": 0.5}],
                                           "robot"),
+        join_task=with_task if joined else None,
     )  # fmt: skip
     log = ctl.run(50)
     client.close()
     by_tick = {r.tick: r.instruction for r in policy.requests}
     for tick, instruction in by_tick.items():
         expected = "the task" if tick < 10 else "stop" if 20 <= tick < 35 else "b"
+        if joined and tick >= 10:  # a hierarchy+task low level: the choice, then the task
+            expected = with_task(expected, "the task")
         assert instruction == expected, tick
     source = log.ticks["instruction_source"]
     assert source[0] == "task" and source[10] == "high_level" and source[20] == "operator"

@@ -114,6 +114,16 @@ def main(cfg: DictConfig) -> dict:
     return figures
 
 
+def _join_task(cfg: DictConfig):
+    """``policies.data.with_task`` for a low level trained with ``instruction=hierarchy+task``
+    (``high_level_with_task=true``), else None: the chosen instruction goes alone."""
+    if not cfg.get("high_level_with_task", False):
+        return None
+    from policies.data import with_task
+
+    return with_task
+
+
 def _watching_operator(cfg: DictConfig, driver: Driver) -> WatchingOperator | None:
     """The scripted operator watching the simulated robot (``operator_watch.enabled``)."""
     watch = cfg.get("operator_watch")
@@ -178,6 +188,7 @@ def controller_setup(
             cfg.hz,
             cfg.get("high_level_corrections", True),
         ),
+        "join_task": _join_task(cfg),
         "stop": stop,
         "display": make_display(cfg, driver),
         "observation_history": ObservationHistory.of_policy(

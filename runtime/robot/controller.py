@@ -182,6 +182,7 @@ class Controller:
         operator_script: Sequence[tuple[int, OperatorMessage]] = (),
         operator_watch: Callable[[int], Sequence[OperatorMessage]] | None = None,
         high_level: HighLevel | None = None,
+        join_task: Callable[[str, str], str] | None = None,
         seed: int | None = None,
         stop: threading.Event | None = None,
         display: Display | None = None,
@@ -195,7 +196,9 @@ class Controller:
         of every run, as if they had come in on the socket; operator_watch: called every tick
         with the tick, returns messages of an operator watching the robot (as if they had
         come in on the socket; ``runtime.robot.operator.WatchingOperator``); high_level:
-        picks the instruction unless an operator overrides it; seed: requests carry
+        picks the instruction unless an operator overrides it; join_task: for a low level
+        trained with ``instruction=hierarchy+task``, what is sent when a high level or an
+        operator chose the instruction: ``join_task(chosen, task)``; seed: requests carry
         seed * 2**20 + request_id (reproducible samples); stop: an event that ends ``run``
         (e.g. set by a SIGINT handler); display: told every tick, to show the run live
         (``runtime.robot.display``); observation_history: the earlier ticks the policy
@@ -220,6 +223,7 @@ class Controller:
         self.max_backoff_ticks = max_backoff_ticks
         self.seed = seed
         self.high_level = high_level
+        self.join_task = join_task
         self.display = display
         self.history = observation_history
         self.stop_event = stop if stop is not None else threading.Event()
@@ -277,9 +281,13 @@ class Controller:
             log.info("operator instruction %r expired", self._override[0])
             self._override = None
         if self._override is not None:
-            return self._override[0], "operator"
-        chosen = None if self.high_level is None else self.high_level.instruction
-        return (self.instruction, "task") if chosen is None else (chosen, "high_level")
+            chosen, source = self._override[0], "operator"
+        elif self.high_level is not None and self.high_level.instruction is not None:
+            chosen, source = self.high_level.instruction, "high_level"
+        else:
+            return self.instruction, "task"
+        return (chosen if self.join_task is None else self.join_task(chosen, self.instruction),
+                source)  # fmt: skip
 
     def close(self) -> None:
         """Close the operator socket (the driver and the client belong to the caller)."""
