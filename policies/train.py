@@ -68,7 +68,7 @@ def train(cfg: Mapping) -> dict:
     if lookahead < 0 or (lookahead and cfg["instruction"] == "task"):
         raise ValueError(
             f"instruction_lookahead_s={lookahead}: give 0 or more seconds, and only with "
-            "instruction=step or hierarchy (the task instruction does not change in an episode)"
+            "instruction=step, hierarchy or hierarchy+task (the task does not change in an episode)"
         )
     kind = cfg["policy"].get("name", "vla")
     if kind not in KINDS:

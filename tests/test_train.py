@@ -68,7 +68,7 @@ def test_an_instruction_lookahead_needs_an_instruction_that_changes(reach_datase
     root, _ = reach_dataset
     cfg = {**train_cfg(root, tmp_path / "a", 2), "instruction": "task",
            "instruction_lookahead_s": 0.5}  # fmt: skip
-    with pytest.raises(ValueError, match="instruction=step or hierarchy"):
+    with pytest.raises(ValueError, match="instruction=step, hierarchy"):
         train(cfg)
     assert not (tmp_path / "a").exists()
 

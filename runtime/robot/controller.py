@@ -282,10 +282,11 @@ class Controller:
             self._override = None
         if self._override is not None:
             chosen, source = self._override[0], "operator"
-        elif self.high_level is not None and self.high_level.instruction is not None:
-            chosen, source = self.high_level.instruction, "high_level"
         else:
-            return self.instruction, "task"
+            chosen = None if self.high_level is None else self.high_level.instruction
+            if chosen is None:
+                return self.instruction, "task"
+            source = "high_level"
         return (chosen if self.join_task is None else self.join_task(chosen, self.instruction),
                 source)  # fmt: skip
 
