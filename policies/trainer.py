@@ -50,20 +50,35 @@ class Setup:
     write_extra: Callable[[Path], None]  # writes the kind's extra checkpoint files
 
 
-def sampling_weights(items, early_frames: int, early_weight: float) -> np.ndarray | None:
+def sampling_weights(
+    items, early_frames: int, early_weight: float, correction_weight: float = 1.0
+) -> np.ndarray | None:
     """Per-item draw probabilities: frames before ``early_frames`` in their episode are drawn
-    ``early_weight`` times as often as the rest; None (uniform) when the weight is 1.
+    ``early_weight`` times as often as the rest, frames labelled as corrections
+    (``correction``, the demonstrator's recoveries) ``correction_weight`` times; the two
+    multiply. None (uniform) when both are 1.
 
     Early frames are where only the instruction and the scene say where to go (later, the
-    arm's own pose already does), so weighting them counters that shortcut.
+    arm's own pose already does), so weighting them counters that shortcut. Corrections are a
+    few per cent of a recording, yet they are what a policy must get right to recover.
     """
-    if early_weight == 1 or early_frames <= 0:
+    for name, weight in (("early_weight", early_weight), ("correction_weight", correction_weight)):
+        if weight <= 0:
+            raise ValueError(f"{name}={weight} must be > 0 (1: uniform sampling)")
+    early = early_weight != 1 and early_frames > 0
+    if not early and correction_weight == 1:
         return None
-    if early_weight <= 0:
-        raise ValueError(f"early_weight={early_weight} must be > 0 (1: uniform sampling)")
     if not hasattr(items, "frame_in_episode"):
-        raise ValueError("early_weight needs data=memory (it reads each frame's episode index)")
-    w = np.where(items.frame_in_episode() < early_frames, early_weight, 1.0)
+        raise ValueError("early_weight and correction_weight need data=memory (they read each "
+                         "frame's episode index and labels)")  # fmt: skip
+    w = np.ones(len(items))
+    if early:
+        w = np.where(items.frame_in_episode() < early_frames, early_weight, 1.0)
+    if correction_weight != 1:
+        if getattr(items, "correction", None) is None:
+            raise ValueError("correction_weight needs a dataset with the `correction` label "
+                             "(recorded by `rtvla record` or `rtvla aggregate`)")  # fmt: skip
+        w = w * np.where(items.correction, correction_weight, 1.0)
     return w / w.sum()
 
 
@@ -103,7 +118,8 @@ def fit(cfg: Mapping, build: Callable[[torch.device], Setup]) -> tuple[dict, Set
     net = nn.parallel.DistributedDataParallel(model) if world > 1 else model
     batches = step_batches(
         len(setup.items), cfg["batch_size"], cfg["seed"], start, cfg["steps"], rank, world,
-        sampling_weights(setup.items, cfg.get("early_frames", 0), cfg.get("early_weight", 1.0)),
+        sampling_weights(setup.items, cfg.get("early_frames", 0), cfg.get("early_weight", 1.0),
+                         cfg.get("correction_weight", 1.0)),
     )  # fmt: skip
     loader = torch.utils.data.DataLoader(
         setup.items, batch_sampler=list(batches), collate_fn=setup.collate,

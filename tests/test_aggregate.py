@@ -70,6 +70,51 @@ def test_a_knock_or_a_drop_hits_the_named_cube_and_the_demonstrator_recovers(kin
     env.close()
 
 
+def test_the_miss_gate_calls_the_demonstrator_when_the_gripper_closes_on_nothing():
+    """takeover_on=[miss]: closing the gripper away from the cube (after it was open) calls
+    for a takeover, labelled "miss"; an open gripper, or one closing on the cube, does not.
+    The demonstrator's recovery from there starts with "open the gripper and retry"."""
+    from runtime.commands.aggregate import MISS_FIX, Takeover
+
+    env = SimEnv("pick_place", render=False)
+    env.reset(seed=1)
+    nothing = Disturbance(env, probability=0.0)
+    nothing.reset(np.random.default_rng(0))
+    gate = Takeover(env, nothing, tolerance=0.01, after=0, on=("miss",))
+    hold = env.observe()["observation.state"].copy()
+    for _ in range(5):  # open (home): no call
+        env.step(hold)
+        assert not gate()
+    closed, calls = hold.copy(), []
+    closed[-1] = 0.0
+    for _ in range(20):
+        env.step(closed)
+        calls.append(gate())
+    assert any(calls) and gate.due and gate.reason == "miss"
+    assert not env.task.holding(env.task.color)
+    recovery = Recovery(env, np.random.default_rng(0), None, MISS_FIX)
+    steps = []
+    while (step := recovery.act()) is not None:
+        env.step(step[0])
+        steps.append(step[1])
+    assert steps[0].correction and steps[0].corrective_instruction == MISS_FIX
+    assert env.success()
+    with pytest.raises(ValueError, match="takeover_on"):
+        Takeover(env, nothing, 0.01, 0, on=("stall",))
+
+    from sim.tasks import make_demonstrator  # a clean run grasps the cube: never a call
+
+    env.reset(seed=2)
+    gate = Takeover(env, nothing, tolerance=0.01, after=0, on=("miss",))
+    demo = make_demonstrator(env, np.random.default_rng(2), 0.0)
+    calls = []
+    while not demo.done:
+        env.step(demo.act()[0])
+        calls.append(gate())
+    assert env.success() and not any(calls)
+    env.close()
+
+
 @pytest.mark.parametrize("failure", ["missed_grasp", "drop"])
 def test_the_watching_operator_says_what_a_person_would(failure):
     """Watching the demonstrator fail: beside the cube at grasp height it gets a direction

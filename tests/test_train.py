@@ -62,6 +62,30 @@ def test_label_shift_reads_the_labels_of_a_later_frame_of_the_same_episode(reach
         InMemoryChunks(ds, 8, label_shift=-1)
 
 
+def test_correction_weight_draws_the_labelled_corrections_that_many_times_as_often():
+    from policies.trainer import sampling_weights
+
+    class Items:
+        correction = np.array([False, True, False, True, False])
+
+        def __len__(self):
+            return 5
+
+        def frame_in_episode(self):
+            return np.array([0, 1, 2, 0, 1])
+
+    assert sampling_weights(Items(), 0, 1.0, 1.0) is None
+    w = sampling_weights(Items(), 0, 1.0, 4.0)
+    assert np.allclose(w, np.array([1, 4, 1, 4, 1]) / 11)
+    w = sampling_weights(Items(), 1, 2.0, 4.0)  # the two weights multiply
+    assert np.allclose(w, np.array([2, 4, 1, 8, 1]) / 16)
+    with pytest.raises(ValueError, match="correction_weight=0"):
+        sampling_weights(Items(), 0, 1.0, 0.0)
+    Items.correction = None
+    with pytest.raises(ValueError, match="`correction` label"):
+        sampling_weights(Items(), 0, 1.0, 2.0)
+
+
 def test_an_instruction_lookahead_needs_an_instruction_that_changes(reach_dataset, tmp_path):
     from policies.train import train
 

@@ -11,7 +11,11 @@ correction collection, the demonstrator steps in only where a correction is need
    (``sim.disturb.Recovery``): back to that point, labelled as a correction with direction
    words ("move left"), then its own script to the end of the task; after a knock or a drop
    (``disturbance.kinds``) it takes over unless the policy holds the cube again, its first
-   move labelled "move left" (towards the knocked cube) or "pick up the dropped cube";
+   move labelled "move left" (towards the knocked cube) or "pick up the dropped cube".
+   With ``takeover_on=[miss]`` (or both) it also takes over where the policy fails on its own:
+   the moment its gripper closes on nothing, its first move labelled "open the gripper and
+   retry", as the demonstrator labels its own missed grasps (HG-DAgger's gate: the expert
+   steps in at the learner's mistakes, so the data covers the states the learner reaches);
 3. the demonstrator's part, from the takeover on, is recorded as a new episode (successful ones
    only), through ``sim/record.py``'s writer, into ``<output>_corrections``;
 4. ``output`` is that dataset merged with the original ``dataset`` by lerobot's
@@ -48,28 +52,70 @@ from sim.record import (
     finish_dataset,
     partial_path,
 )
+from sim.units import to_follower
 
 log = logging.getLogger(__name__)
 
 
-class Takeover:
-    """``done`` callback of a rollout: True once the demonstrator should take over (``due``)."""
+MISS_CLOSED, MISS_OPEN = 3.0, 20.0  # gripper (0 closed to 100): closed on nothing / open
 
-    def __init__(self, env: SimEnv, push: Disturbance, tolerance: float, after: int) -> None:
+
+class Takeover:
+    """``done`` callback of a rollout: True once the demonstrator should take over (``due``).
+
+    ``on``: what calls for it. ``disturbance``: ``after`` ticks after the injected failure lets
+    go, if the policy has not undone it (a push: the grip site farther than ``tolerance`` from
+    where it began; a knock or a drop: the cube not held). ``miss``: the policy closes its
+    gripper on nothing (under ``MISS_CLOSED`` after being open past ``MISS_OPEN``), a failure
+    of its own. ``reason`` says which fired: push, knock, drop or miss.
+    """
+
+    def __init__(
+        self, env: SimEnv, push: Disturbance, tolerance: float, after: int,
+        on: tuple[str, ...] = ("disturbance",),
+    ) -> None:  # fmt: skip
+        unknown = set(on) - set(TAKEOVER_TRIGGERS)
+        if unknown or not on:
+            raise ValueError(f"takeover_on={list(on)}: choose from {list(TAKEOVER_TRIGGERS)}")
         self.env, self.push, self.tolerance, self.after = env, push, tolerance, after
-        self.due = False
+        self.on = set(on)
+        self.due, self.reason = False, ""
+        self._was_open = False
 
     def __call__(self) -> bool:
+        if "miss" in self.on and self._missed():
+            self.due, self.reason = True, "miss"
+            return True
         push = self.push
-        if push.onset is None or self.env.tick != push.onset + push.ticks + self.after:
+        if "disturbance" not in self.on or push.onset is None:
+            return False
+        if self.env.tick != push.onset + push.ticks + self.after:
             return False
         if push.kind != "push":  # knock, drop: due unless the policy holds the cube again
             task = self.env.task
             self.due = not task.holding(task.color)
-            return self.due
-        site = self.env.data.site_xpos[self.env.robot.grip_site]
-        self.due = bool(np.linalg.norm(site - push.origin) > self.tolerance)
+        else:
+            site = self.env.data.site_xpos[self.env.robot.grip_site]
+            self.due = bool(np.linalg.norm(site - push.origin) > self.tolerance)
+        self.reason = push.kind if self.due else ""
         return self.due
+
+    def _missed(self) -> bool:
+        """Whether the gripper has just closed on nothing after being open."""
+        env = self.env
+        grip = float(to_follower(env.data.qpos[env.robot.qpos])[-1])
+        if grip > MISS_OPEN:
+            self._was_open = True
+            return False
+        if grip < MISS_CLOSED and self._was_open:
+            self._was_open = False
+            task = env.task
+            return not (hasattr(task, "holding") and task.holding(task.color))
+        return False
+
+
+TAKEOVER_TRIGGERS = ("disturbance", "miss")
+MISS_FIX = "open the gripper and retry"  # the demonstrator's words after its own missed grasp
 
 
 def main(cfg: DictConfig) -> dict:
@@ -77,6 +123,9 @@ def main(cfg: DictConfig) -> dict:
     corrections = Path(cfg.corrections_output)
     for path in (output, corrections):
         check_output(path)
+    on = list(cfg.get("takeover_on", ["disturbance"]))
+    if not on or set(on) - set(TAKEOVER_TRIGGERS):
+        raise ValueError(f"takeover_on={on}: choose one or more of {list(TAKEOVER_TRIGGERS)}")
     if cfg.failure_prob <= 0:
         raise ValueError("failure_prob=0 pushes nothing, so nothing needs correcting: set it > 0")
     info = _original_features(original)
@@ -126,15 +175,17 @@ def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) ->
     dataset = create_dataset(env, staging, repo_id=f"{cfg.repo_id}_corrections", video=video)
     counts = dict.fromkeys(("rollouts", "pushed", "policy_successes", "self_corrected",
                             "takeovers", "corrections_recorded", "demonstrator_failures",
-                            "frames", "correction_frames"), 0)  # fmt: skip
+                            "frames", "correction_frames", "takeovers_push", "takeovers_knock",
+                            "takeovers_drop", "takeovers_miss"), 0)  # fmt: skip
     after = round(cfg.takeover_after_s * cfg.hz)
+    on = tuple(cfg.get("takeover_on", ["disturbance"]))
     try:
         for k in tqdm(range(cfg.episodes), desc="aggregate", unit="rollout"):
             if stop.is_set():
                 break
             seed = cfg.seed + k
             ticks = start_episode(controller, driver, seed, factory(), cfg.max_ticks)
-            takeover = Takeover(env, driver.disturbance, cfg.takeover_tolerance, after)
+            takeover = Takeover(env, driver.disturbance, cfg.takeover_tolerance, after, on)
             controller.run(ticks, done=lambda t=takeover: driver.success() or t())
             push = driver.disturbance
             counts["rollouts"] += 1
@@ -144,8 +195,13 @@ def _collect(cfg, driver, controller, factory, root: Path, video: bool, stop) ->
                 counts["self_corrected"] += push.finished
                 continue
             counts["takeovers"] += 1
-            fix = "" if push.kind == "push" else recovery_fix(env, push.kind)
-            origin = push.origin if push.kind == "push" else None
+            counts[f"takeovers_{takeover.reason}"] += 1
+            if takeover.reason == "miss":
+                fix, origin = MISS_FIX, None
+            elif takeover.reason == "push":
+                fix, origin = "", push.origin
+            else:
+                fix, origin = recovery_fix(env, push.kind), None
             frames, fixes = _record_recovery(env, dataset, origin, seed, fix)
             if env.success():
                 dataset.save_episode()
