@@ -57,7 +57,9 @@ from sim.units import to_follower
 log = logging.getLogger(__name__)
 
 
+TAKEOVER_TRIGGERS = ("disturbance", "miss")  # takeover_on= choices
 MISS_CLOSED, MISS_OPEN = 3.0, 20.0  # gripper (0 closed to 100): closed on nothing / open
+MISS_FIX = "open the gripper and retry"  # the demonstrator's words after its own missed grasp
 
 
 class Takeover:
@@ -112,10 +114,6 @@ class Takeover:
             task = env.task
             return not (hasattr(task, "holding") and task.holding(task.color))
         return False
-
-
-TAKEOVER_TRIGGERS = ("disturbance", "miss")
-MISS_FIX = "open the gripper and retry"  # the demonstrator's words after its own missed grasp
 
 
 def main(cfg: DictConfig) -> dict:
