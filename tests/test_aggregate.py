@@ -8,6 +8,15 @@ from sim import SimEnv
 from sim.disturb import Disturbance, Recovery
 
 
+def run_recovery(env, recovery) -> list:
+    """Step ``env`` through the demonstrator's takeover; the labels of each step."""
+    steps = []
+    while (step := recovery.act()) is not None:
+        env.step(step[0])
+        steps.append(step[1])
+    return steps
+
+
 def test_a_push_drags_the_arm_off_course_and_the_demonstrator_recovers():
     env = SimEnv("reach", render=False)
     push = Disturbance(env, probability=1.0, distance=0.04, duration_s=0.5, window=(0.1, 0.1))
@@ -20,10 +29,7 @@ def test_a_push_drags_the_arm_off_course_and_the_demonstrator_recovers():
     site = env.data.site_xpos[env.robot.grip_site]
     assert 0.03 < np.linalg.norm(site - push.origin) < 0.05
     recovery = Recovery(env, np.random.default_rng(0), push.origin)
-    steps = []
-    while (step := recovery.act()) is not None:
-        env.step(step[0])
-        steps.append(step[1])
+    steps = run_recovery(env, recovery)
     fixes = [labels for labels in steps if labels.correction]
     assert fixes and all(f.corrective_instruction.startswith("move ") for f in fixes)
     assert steps[0].correction and not steps[-1].correction  # the correction comes first
@@ -61,10 +67,7 @@ def test_a_knock_or_a_drop_hits_the_named_cube_and_the_demonstrator_recovers(kin
         assert cube[2] < 0.03 and not task.holding(task.color)  # fell
     fix = recovery_fix(env, kind)
     recovery = Recovery(env, np.random.default_rng(0), None, fix)
-    steps = []
-    while (step := recovery.act()) is not None:
-        env.step(step[0])
-        steps.append(step[1])
+    steps = run_recovery(env, recovery)
     assert steps[0].correction and steps[0].corrective_instruction == fix
     assert not steps[-1].correction and env.success()
     env.close()
@@ -93,10 +96,7 @@ def test_the_miss_gate_calls_the_demonstrator_when_the_gripper_closes_on_nothing
     assert any(calls) and gate.due and gate.reason == "miss"
     assert not env.task.holding(env.task.color)
     recovery = Recovery(env, np.random.default_rng(0), None, MISS_FIX)
-    steps = []
-    while (step := recovery.act()) is not None:
-        env.step(step[0])
-        steps.append(step[1])
+    steps = run_recovery(env, recovery)
     assert steps[0].correction and steps[0].corrective_instruction == MISS_FIX
     assert env.success()
     with pytest.raises(ValueError, match="takeover_on"):

@@ -62,6 +62,12 @@ MISS_CLOSED, MISS_OPEN = 3.0, 20.0  # gripper (0 closed to 100): closed on nothi
 MISS_FIX = "open the gripper and retry"  # the demonstrator's words after its own missed grasp
 
 
+def check_takeover_on(on) -> None:
+    """Refuse an empty ``takeover_on`` or one naming an unknown gate."""
+    if not on or set(on) - set(TAKEOVER_TRIGGERS):
+        raise ValueError(f"takeover_on={list(on)}: choose one or more of {list(TAKEOVER_TRIGGERS)}")
+
+
 class Takeover:
     """``done`` callback of a rollout: True once the demonstrator should take over (``due``).
 
@@ -76,9 +82,7 @@ class Takeover:
         self, env: SimEnv, push: Disturbance, tolerance: float, after: int,
         on: tuple[str, ...] = ("disturbance",),
     ) -> None:  # fmt: skip
-        unknown = set(on) - set(TAKEOVER_TRIGGERS)
-        if unknown or not on:
-            raise ValueError(f"takeover_on={list(on)}: choose from {list(TAKEOVER_TRIGGERS)}")
+        check_takeover_on(on)
         self.env, self.push, self.tolerance, self.after = env, push, tolerance, after
         self.on = set(on)
         self.due, self.reason = False, ""
@@ -121,9 +125,7 @@ def main(cfg: DictConfig) -> dict:
     corrections = Path(cfg.corrections_output)
     for path in (output, corrections):
         check_output(path)
-    on = list(cfg.get("takeover_on", ["disturbance"]))
-    if not on or set(on) - set(TAKEOVER_TRIGGERS):
-        raise ValueError(f"takeover_on={on}: choose one or more of {list(TAKEOVER_TRIGGERS)}")
+    check_takeover_on(cfg.get("takeover_on", ["disturbance"]))
     if cfg.failure_prob <= 0:
         raise ValueError("failure_prob=0 pushes nothing, so nothing needs correcting: set it > 0")
     info = _original_features(original)
