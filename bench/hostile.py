@@ -20,8 +20,13 @@ Both ends use ``--max-message-mb`` as ``Limits.max_message_bytes`` (the oversize
 frames of a quarter of it, six of them).
 
     uv run python bench/hostile.py [--messages 10000] [--hz 30] [--quiet-requests 300]
+        [--repeats 5]      # the whole schedule five times, round trips pooled
         [--flood-cpus 1]   # the flooder on CPU 1, server and robot on the rest
         [--cpu-hog 3]      # the control: 3 busy processes instead of the flood, no messages
+
+A p99 of a few hundred round trips rests on its two or three slowest, so one run's ratio
+moves a lot from run to run: ``--repeats`` runs the schedule again and pools, and the JSON
+gives each repeat's ratio and a bootstrap 95 % interval of the pooled one.
 
 Also reported: the CPU seconds the server and the flooding process used during the flood
 phases, so that a slower robot can be told apart from a busier machine.
@@ -187,6 +192,28 @@ def percentiles(times: list[float]) -> dict:
             "p99_ms": round(float(np.percentile(times, 99)), 2)}  # fmt: skip
 
 
+def ratio(quiet: list[float], flood: list[float]) -> float | None:
+    """p99 under flood over p99 quiet, or None when either phase has no answered request."""
+    if not quiet or not flood:
+        return None
+    return round(float(np.percentile(flood, 99) / np.percentile(quiet, 99)), 2)
+
+
+def ratio_interval(
+    quiet: list[float], flood: list[float], draws: int = 2000, seed: int = 0
+) -> list[float] | None:
+    """95 % percentile-bootstrap interval of the p99 ratio: both phases resampled with
+    replacement, since a p99 of a few hundred round trips rests on its few slowest ones."""
+    if len(quiet) < 2 or len(flood) < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    q, f = np.asarray(quiet), np.asarray(flood)
+    qs = np.percentile(rng.choice(q, (draws, q.size)), 99, axis=1)
+    fs = np.percentile(rng.choice(f, (draws, f.size)), 99, axis=1)
+    low, high = np.percentile(fs / qs, [2.5, 97.5])
+    return [round(float(low), 2), round(float(high), 2)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000, help="hostile messages in all")
@@ -194,6 +221,13 @@ def main() -> None:
     parser.add_argument("--hz", type=float, default=30.0, help="the robot's request rate")
     parser.add_argument("--quiet-requests", type=int, default=300, help="requests without it")
     parser.add_argument("--blocks", type=int, default=5, help="alternating quiet/flood blocks")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run the whole schedule (all --messages, all blocks) this many times and pool "
+        "the round trips; each repeat's ratio is reported too",
+    )
     parser.add_argument("--max-message-mb", type=float, default=1.0, help="Limits, both ends")
     parser.add_argument("--num-steps", type=int, default=4, help="Euler steps per chunk")
     parser.add_argument("--torch-threads", type=int, default=1, help="the server's torch threads")
@@ -215,6 +249,8 @@ def main() -> None:
     parser.add_argument("--hog-s", type=float, default=1.4, help="each hog block's length")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
+    if args.repeats < 1 or args.blocks < 1:
+        parser.error(f"--repeats and --blocks must be >= 1, got {args.repeats}, {args.blocks}")
     flood_cpus = sorted({int(c) for c in args.flood_cpus.split(",") if c.strip()})
     own_cpus = sorted(os.sched_getaffinity(0) - set(flood_cpus))
     if flood_cpus and (not own_cpus or not set(flood_cpus) <= os.sched_getaffinity(0)):
@@ -245,14 +281,19 @@ def main() -> None:
         quiet_sent = quiet_answered = flood_sent = flood_answered = replies = 0
         flood_s = server_flood_cpu = flooder_cpu = 0.0
         per_block = args.quiet_requests // args.blocks
-        for block in range(args.blocks):  # alternate, so background load hits both alike
+        per_repeat: list[tuple[list[float], list[float]]] = []
+        for block in range(args.blocks * args.repeats):  # alternate: load hits both alike
+            if block % args.blocks == 0:
+                per_repeat.append(([], []))
             left = iter(range(per_block + 1))
             times, sent, answered = robot(
                 client, 2 * block * 10**6, args.hz, lambda left=left: next(left) >= per_block
             )
             quiet_times += times
+            per_repeat[-1][0].extend(times)
             quiet_sent, quiet_answered = quiet_sent + sent, quiet_answered + answered
-            count = args.messages // args.blocks + (block < args.messages % args.blocks)
+            b = block % args.blocks
+            count = args.messages // args.blocks + (b < args.messages % args.blocks)
             code = (f"from bench.hostile import flood_all; flood_all({address!r}, {count}, "
                     f"{args.senders}, {limits.max_message_bytes}, {kinds!r}, "
                     f"{flood_cpus!r})")  # fmt: skip
@@ -272,6 +313,7 @@ def main() -> None:
             flood_s += time.perf_counter() - started
             server_flood_cpu += cpu_s(server.pid) - server_cpu
             flood_times += times
+            per_repeat[-1][1].extend(times)
             flood_sent, flood_answered = flood_sent + sent, flood_answered + answered
             replies += int(flooder.communicate()[0].decode().strip() or 0)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -303,6 +345,9 @@ def main() -> None:
         "answered_during_flood": round(flood_answered / max(flood_sent, 1), 4),
         "p99_ratio": round(flooded["p99_ms"] / quiet["p99_ms"], 2)
         if flooded["p99_ms"] and quiet["p99_ms"] else None,
+        "repeats": args.repeats,
+        "p99_ratio_ci95": ratio_interval(quiet_times, flood_times),
+        "p99_ratio_per_repeat": [ratio(q, f) for q, f in per_repeat],
         "server_rss_mb": {"before": round(rss_before, 1), "peak": round(rss_peak, 1),
                           "after": round(rss_after, 1)},
         "server_rss_growth_mb": round(rss_after - rss_before, 1),

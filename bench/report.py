@@ -292,13 +292,21 @@ def hostile(d: dict) -> str:
         if isinstance(cpu, dict)
         else ""
     )
+    repeats = d.get("repeats", 1)
+    if repeats > 1:
+        who += (
+            f", the whole schedule run {repeats} times and the round trips pooled (each "
+            f"repeat's ratio: {', '.join(fmt(r) for r in d['p99_ratio_per_repeat'])})"
+        )
+    ci = d.get("p99_ratio_ci95")
+    interval = f" (bootstrap 95 % interval {fmt(ci[0])}-{fmt(ci[1])})" if ci else ""
     note = (
         f"{who[0].upper()}{who[1:]}; the robot asks for a chunk at {fmt(d['robot_hz'])} Hz "
         f"(two 96x96 cameras, one outstanding) from a synthetic flow policy served with "
         f"{d['torch_threads']} torch thread(s); message limit {fmt(d['max_message_bytes'])} "
         "bytes on both ends. Answered "
         f"during the flood: **{fmt(100 * d['answered_during_flood'])} %**; p99 flood / quiet: "
-        f"**{fmt(d['p99_ratio'])}**; server RSS before {fmt(rss['before'])} MB, peak "
+        f"**{fmt(d['p99_ratio'])}**{interval}; server RSS before {fmt(rss['before'])} MB, peak "
         f"{fmt(rss['peak'])} MB, after {fmt(rss['after'])} MB{replies}.{used}"
     )
     header = ["robot", "requests", "answered", "round trip p50 ms", "p99 ms"]

@@ -43,7 +43,7 @@ else
   JITTER_ARGS=()
   RTC_ARGS=()
   THROUGHPUT_ARGS=(--seconds 10)
-  HOSTILE_ARGS=()
+  HOSTILE_ARGS=(--repeats 5)
   INCUMBENTS_ARGS=(--round-trips 2000)
   SWEEP_ARGS=${SWEEP_ARGS-}
 fi

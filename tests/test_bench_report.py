@@ -33,7 +33,8 @@ FAKE = {
         "max_message_bytes": 1048576, "robot_hz": 30.0,
         "quiet": {"requests": 100, "answered": 100, "p50_ms": 6.2, "p99_ms": 7.7},
         "flood": {"requests": 45, "answered": 45, "p50_ms": 5.5, "p99_ms": 10.5},
-        "answered_during_flood": 1.0, "p99_ratio": 1.37,
+        "answered_during_flood": 1.0, "p99_ratio": 1.37, "repeats": 3,
+        "p99_ratio_ci95": [1.21, 1.55], "p99_ratio_per_repeat": [1.3, 1.4, 1.41],
         "server_rss_mb": {"before": 560.0, "peak": 566.6, "after": 565.4},
     },
 }  # fmt: skip
@@ -92,6 +93,8 @@ def test_renders_without_a_sweep(report, tmp_path):
     assert "Not run: no result." in page  # policy_speed: no JSON, no reason
     assert "surprise" in page  # an unknown shape is shown as recorded
     assert "on CPU(s) [1] of its own (the server and robot on [0]" in page  # hostile_remote
+    assert "run 3 times and the round trips pooled (each repeat's ratio: 1.3, 1.4, 1.41)" in page
+    assert "**1.37** (bootstrap 95 % interval 1.21-1.55)" in page
     assert "p99 flood / quiet: **1.37**" in page
     assert "Not run: no checkpoint at checkpoints/demo." in page
     assert not (tmp_path / "docs" / "figures").exists()
