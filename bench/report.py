@@ -313,6 +313,29 @@ def hostile(d: dict) -> str:
     return note + "\n\n" + table(header, rows)
 
 
+def kill_record(d: dict) -> str:
+    moments = {
+        "mid_first_episode": "in the first episode",
+        "between_episodes": "as episode 2 reached the disk",
+        "finalising": "while merging",
+    }
+    rows = [
+        [moments.get(t["moment"], t["moment"]), t["episodes_kept_after_kill"],
+         "yes" if t["dataset_complete_after_kill"] else "no", t["rerun_exit"],
+         t["rerun_recorded"], t["final_episodes"]]
+        for t in d["trials"]
+    ]  # fmt: skip
+    note = (
+        f"`rtvla record task={d['task']} render=false episodes={d['episodes']}` killed with "
+        "SIGKILL at three moments, then the same command run again. At most one episode "
+        "(the one in progress) lost at every moment: "
+        f"**{'yes' if d['at_most_one_episode_lost_per_kill'] else 'no'}**."
+    )
+    header = ["killed", "finished episodes kept", "dataset complete", "rerun exit",
+              "rerun recorded", "episodes in the end"]  # fmt: skip
+    return note + "\n\n" + table(header, rows)
+
+
 # name -> (section title, renderer of its JSON)
 BENCHES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "sim_speed": ("Simulator speed", sim_speed),
@@ -330,6 +353,7 @@ BENCHES: dict[str, tuple[str, Callable[[dict], str]]] = {
         "The same robot beside busy processes and no message (the flood's control)",
         hostile,
     ),
+    "kill_record": ("kill -9 of a recording", kill_record),
     "incumbents": ("Against LeRobot's async inference and RTC", incumbents),
 }
 

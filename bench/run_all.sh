@@ -91,6 +91,7 @@ else
 fi
 # the control: CPU contention alone, 3 busy processes in place of the flood
 bench hostile_hog uv run python bench/hostile.py "${HOSTILE_ARGS[@]}" --cpu-hog 3
+bench kill_record uv run python bench/kill_record.py
 if uv run python -c "import grpc, google.protobuf" > /dev/null 2>&1; then
   bench incumbents uv run --group bench python bench/incumbents.py "${INCUMBENTS_ARGS[@]}"
 else

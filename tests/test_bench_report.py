@@ -26,6 +26,17 @@ FAKE = {
         ],
     },
     "jitter": {"bench": "tick_jitter", "seconds_per_loop": 1.0, "surprise": [1, 2]},
+    "kill_record": {
+        "task": "reach", "episodes": 3, "at_most_one_episode_lost_per_kill": True,
+        "trials": [
+            {"moment": "mid_first_episode", "episodes_kept_after_kill": 0,
+             "dataset_complete_after_kill": False, "rerun_exit": 0, "rerun_recorded": 3,
+             "final_episodes": 3},
+            {"moment": "between_episodes", "episodes_kept_after_kill": 2,
+             "dataset_complete_after_kill": False, "rerun_exit": 0, "rerun_recorded": 1,
+             "final_episodes": 3},
+        ],
+    },
     "hostile_remote": {
         "hostile_messages": 2000, "hostile_kinds": ["random", "pickle"], "senders": 4,
         "blocks": 5, "flood_nice": 0, "flood_cpus": [1], "server_robot_cpus": [0],
@@ -95,6 +106,7 @@ def test_renders_without_a_sweep(report, tmp_path):
     assert "on CPU(s) [1] of its own (the server and robot on [0]" in page  # hostile_remote
     assert "run 3 times and the round trips pooled (each repeat's ratio: 1.3, 1.4, 1.41)" in page
     assert "**1.37** (bootstrap 95 % interval 1.21-1.55)" in page
+    assert "| as episode 2 reached the disk | 2 | no | 0 | 1 | 3 |" in page  # kill_record
     assert "p99 flood / quiet: **1.37**" in page
     assert "Not run: no checkpoint at checkpoints/demo." in page
     assert not (tmp_path / "docs" / "figures").exists()
