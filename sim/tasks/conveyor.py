@@ -162,12 +162,13 @@ class Conveyor(PickPlace):
         entry = np.array([BELT_X, self.belt_y(0.0)])
         grip = self.data.site_xpos[self._site]
         entry_busy = np.linalg.norm(grip[:2] - entry) < ENTRY_CLEAR and grip[2] < ENTRY_CLEAR_Z
+        touched = self.touched()
         for color in COLORS:
             dof = self._dof[color]
             if color in self._kick:
                 self.data.qvel[dof : dof + 6] = [*self._kick.pop(color), 0, 0, 0]
                 continue
-            if not self.on_belt(color) or self.touching(color):
+            if not self.on_belt(color) or color in touched:
                 continue
             velocity = self.belt_velocity()
             adr = self._qpos[color]
@@ -179,9 +180,10 @@ class Conveyor(PickPlace):
             self.data.qvel[dof : dof + 6] = [*velocity, 0, 0, 0]
 
     def after_step(self) -> None:
+        touched = self.touched()
         for color in COLORS:
             self._lifted[color] |= bool(self.cube_pos(color)[2] > REST_Z + 0.01)
-            self._touched[color] |= self.touching(color)
+            self._touched[color] |= color in touched
 
     def push(self, color: str, velocity: np.ndarray) -> None:
         """Set the cube sliding with ``velocity`` (3,) m/s for one control tick (a knock); then
@@ -202,13 +204,14 @@ class Conveyor(PickPlace):
         """(27,) each cube's centre, velocity and yaw (cos and sin of 4 * yaw, as pick_place),
         in red, green, blue order, then the bin's centre. The velocities carry the belt's
         speed and direction, so a policy can lead a cube by its inference delay."""
-        parts = []
-        for color in COLORS:
+        qpos, qvel, values = self.data.qpos, self.data.qvel, []
+        for color in COLORS:  # read as Python floats: this runs every tick
             turn = 4 * self.cube_axis_yaw(color)
-            pos, vel = self.cube_pos(color), self.cube_velocity(color)
-            parts.append([*pos, *vel, math.cos(turn), math.sin(turn)])
-        parts.append(self.bin_pos())
-        return np.concatenate(parts, dtype=np.float32)
+            adr, dof = self._qpos[color], self._dof[color]
+            values += qpos[adr : adr + 3].tolist() + qvel[dof : dof + 3].tolist()
+            values += [math.cos(turn), math.sin(turn)]
+        values += self.data.mocap_pos[self._bin_mocap].tolist()
+        return np.array(values, dtype=np.float32)
 
     def environment_names(self) -> list[str]:
         quantities = ("x", "y", "z", "vx", "vy", "vz", "cos4yaw", "sin4yaw")

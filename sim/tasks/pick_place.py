@@ -140,9 +140,10 @@ class PickPlace(Task):
 
     def cube_axis_yaw(self, color: str) -> float:
         """Yaw in [0, pi/2) of the cube's side faces (the cube looks the same every pi/2)."""
-        rot = self.data.xmat[self._body[color]].reshape(3, 3)
-        side = np.argsort(np.abs(rot[2]))[0]  # the axis closest to horizontal
-        return math.atan2(rot[1, side], rot[0, side]) % (np.pi / 2)
+        rot = self.data.xmat[self._body[color]].tolist()  # row-major 3x3, as 9 floats
+        tilt = [abs(z) for z in rot[6:9]]
+        side = tilt.index(min(tilt))  # the axis closest to horizontal (the first, on a tie)
+        return math.atan2(rot[3 + side], rot[side]) % (np.pi / 2)
 
     def bin_pos(self, side: str | None = None) -> np.ndarray:
         """Centre (3,) of the floor of the bin on ``side`` (default: the instruction's)."""
@@ -167,11 +168,20 @@ class PickPlace(Task):
 
     def touching(self, color: str) -> bool:
         """Whether a finger touches the cube."""
+        return color in self.touched()
+
+    def touched(self) -> set[str]:
+        """The colours of the cubes a finger touches (one pass over the contacts, so that
+        a tick's per-cube checks read the contacts once)."""
         pairs = self.data.contact.geom  # (ncon, 2) geom ids of each active contact
+        if not len(pairs):
+            return set()
         left, right = self._finger_ids
         finger = (pairs == left) | (pairs == right)
-        cube = pairs == self._geom[color]
-        return bool(((cube[:, 0] & finger[:, 1]) | (cube[:, 1] & finger[:, 0])).any())
+        # the other geom of each contact with a finger in it (-1 where none is a finger)
+        other = np.where(finger[:, 1], pairs[:, 0], np.where(finger[:, 0], pairs[:, 1], -1))
+        ids = set(other.tolist())
+        return {color for color in COLORS if self._geom[color] in ids}
 
     def holding(self, color: str) -> bool:
         """Whether the cube sits between the closed fingers."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import mujoco
@@ -62,18 +63,19 @@ class Path:
     ratio: float  # y frequency / x frequency
     phase: np.ndarray  # (3,)
 
-    def _freq(self) -> np.ndarray:
+    @cached_property
+    def _freq(self) -> np.ndarray:  # computed once: the positions are read every tick
         return self.omega * np.array([1.0, self.ratio, 0.5])
 
     def position(self, t: float) -> np.ndarray:
-        return self.centre + self.amplitude * np.sin(self._freq() * t + self.phase)
+        return self.centre + self.amplitude * np.sin(self._freq * t + self.phase)
 
     def velocity(self, t: float) -> np.ndarray:
-        f = self._freq()
+        f = self._freq
         return self.amplitude * f * np.cos(f * t + self.phase)
 
     def acceleration(self, t: float) -> np.ndarray:
-        f = self._freq()
+        f = self._freq
         return -self.amplitude * f**2 * np.sin(f * t + self.phase)
 
 
