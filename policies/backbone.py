@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from policies.features import STATE
 from policies.language import words
 from policies.transformer import Block, init_weights
-from policies.vision import FiLM, make_stem, random_shift
+from policies.vision import FiLM, InstructionQuery, make_stem, random_shift
 
 if TYPE_CHECKING:
     from policies.vla import VLAConfig
@@ -110,7 +110,7 @@ class SmallBackbone(Backbone):
         self.fast_norm = nn.RMSNorm(C)
         self.apply(init_weights)
         for module in self.modules():  # FiLM starts as the identity
-            if isinstance(module, FiLM):
+            if isinstance(module, FiLM | InstructionQuery):
                 module.reset_parameters()
 
     def tokenize_instructions(self, instructions: list[str]) -> tuple[Tensor, Tensor]:
@@ -135,7 +135,8 @@ class SmallBackbone(Backbone):
             images = [random_shift(x, self.config.augment_shift) for x in images]
         words = self.lang_embed(lang_tokens)  # (B, L, C)
         cond = None
-        if self.config.film:  # the instruction, mean-pooled, conditions the image stems
+        if self.config.film or self.config.instruction_keypoints:
+            # the instruction, mean-pooled, conditions the image stems
             weights = lang_mask[..., None].to(words.dtype)
             cond = (words * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # (B, C)
         parts = [

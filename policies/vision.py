@@ -91,6 +91,29 @@ def _check_cond(films: nn.ModuleList | None, cond: Tensor | None) -> None:
         )
 
 
+class InstructionQuery(nn.Module):
+    """Feature maps x (B, D, h, w) and an instruction embedding cond (B, C) -> Kq maps
+    (B, Kq, h, w): the dot product of each pixel's features with Kq filters made from the
+    instruction (a normalised ``cond`` through one linear layer), scaled by 1 / sqrt(D)."""
+
+    def __init__(self, cond_dim: int, count: int, channels: int) -> None:
+        super().__init__()
+        self.count, self.channels = count, channels
+        self.norm = nn.RMSNorm(cond_dim)
+        self.proj = nn.Linear(cond_dim, count * channels)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Unit-variance filters for a unit instruction: call again after a model-wide
+        re-initialisation (the transformer's N(0, 0.02) would start them near zero)."""
+        nn.init.normal_(self.proj.weight, std=self.proj.in_features**-0.5)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> Tensor:
+        filters = self.proj(self.norm(cond)).view(-1, self.count, self.channels)  # (B, Kq, D)
+        return torch.einsum("bkd,bdhw->bkhw", filters, x) * self.channels**-0.5
+
+
 class PatchStem(nn.Module):
     """One camera's images (B, 3, h, w) in [0, 1] -> patch tokens (B, h * w / p^2, C).
 
@@ -149,24 +172,48 @@ class KeypointStem(nn.Module):
     """
 
     def __init__(
-        self, width: int, num_keypoints: int, cond_dim: int | None = None, stride: int = 8
+        self,
+        width: int,
+        num_keypoints: int,
+        cond_dim: int | None = None,
+        stride: int = 8,
+        instruction_keypoints: int = 0,
+        film: bool = True,
     ) -> None:
         super().__init__()
         if stride not in KEYPOINT_STRIDES:
             raise ValueError(f"keypoint stride={stride} is not one of {KEYPOINT_STRIDES}")
+        if instruction_keypoints and cond_dim is None:
+            raise ValueError("instruction_keypoints need the instruction: pass cond_dim")
         stages = KEYPOINT_STRIDES.index(stride)  # 2 -> 0 ... 8 -> 2 stride-2 stages
-        self.films = _films(cond_dim, (32,) + (64,) * stages)
+        channels = 64 if stages else 32
+        self.films = _films(cond_dim if film else None, (32,) + (64,) * stages)
         self.stem = conv_block(3, 32, 2)  # (B, 32, h / 2, w / 2)
         self.down = nn.ModuleList(conv_block(32 if i == 0 else 64, 64, 2) for i in range(stages))
         self.residual = nn.ModuleList(conv_block(64, 64, 1) for _ in range(stages))
-        self.keypoints = nn.Conv2d(64 if stages else 32, num_keypoints, 1)
+        self.keypoints = nn.Conv2d(channels, num_keypoints, 1)
+        # instruction keypoints: their 1x1 filters are a function of the instruction, so each
+        # is where the feature the instruction names is (CLIPort's language-conditioned
+        # attention, reduced to a spatial softmax)
+        self.query = (
+            InstructionQuery(cond_dim, instruction_keypoints, channels)
+            if instruction_keypoints
+            else None
+        )
         # log of the softmax sharpness: sharp enough at init that each keypoint moves
         self.temperature = nn.Parameter(torch.tensor(KEYPOINT_LOG_TEMPERATURE))
         self.embed = nn.Linear(3, width)
-        self.identity = nn.Parameter(0.02 * torch.randn(num_keypoints, width))
+        self.identity = nn.Parameter(
+            0.02 * torch.randn(num_keypoints + instruction_keypoints, width)
+        )
 
     def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
-        _check_cond(self.films, cond)
+        if (self.films is None and self.query is None) != (cond is None):
+            raise ValueError(
+                f"this stem was built with film={self.films is not None} and "
+                f"instruction keypoints={self.query is not None} but called "
+                f"{'without' if cond is None else 'with'} an instruction embedding"
+            )
         x = self.stem(2.0 * images - 1.0)
         if self.films is not None:
             x = self.films[0](x, cond)
@@ -176,6 +223,8 @@ class KeypointStem(nn.Module):
             if self.films is not None:
                 x = self.films[i + 1](x, cond)
         maps = self.keypoints(x)  # (B, K, h', w')
+        if self.query is not None:  # (B, K + Kq, h', w')
+            maps = torch.cat([maps, self.query(x, cond)], dim=1)
         hh, ww = maps.shape[-2:]
         logits = maps.flatten(2) * self.temperature.exp()  # (B, K, h' w')
         attention = logits.softmax(dim=-1)
@@ -191,9 +240,13 @@ class KeypointStem(nn.Module):
 
 def make_stem(config: VLAConfig) -> nn.Module:
     """The image encoder ``config.vision`` names, for one camera."""
-    cond_dim = config.width if config.film else None
     if config.vision == "keypoints":
-        return KeypointStem(config.width, config.num_keypoints, cond_dim, config.keypoint_stride)
+        conditioned = config.film or config.instruction_keypoints > 0
+        return KeypointStem(
+            config.width, config.num_keypoints, config.width if conditioned else None,
+            config.keypoint_stride, config.instruction_keypoints, config.film,
+        )  # fmt: skip
+    cond_dim = config.width if config.film else None
     h, w = config.image_size
     num_patches = (h // config.patch_size) * (w // config.patch_size)
     return PatchStem(config.width, config.patch_size, num_patches, cond_dim)

@@ -48,6 +48,8 @@ class VLAConfig:
     patch_size: int = 8  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
     keypoint_stride: int = 8  # vision=keypoints: keypoint maps are image_size / this (2, 4, 8)
+    instruction_keypoints: int = 0  # vision=keypoints: more per camera, whose filters the
+    # instruction sets (where the thing it names is); small backbone only
     film: bool = True  # small backbone: the instruction FiLM-conditions the image stems (RT-1)
     expert_instruction: bool = True  # small backbone: the expert also reads a bag of its tokens
     augment_shift: int = 4  # training only: random image shifts of up to this many pixels
@@ -94,6 +96,14 @@ class VLAConfig:
         if self.keypoint_stride not in KEYPOINT_STRIDES:
             raise ValueError(
                 f"keypoint_stride={self.keypoint_stride} is not one of {KEYPOINT_STRIDES}"
+            )
+        if self.instruction_keypoints < 0 or (
+            self.instruction_keypoints and (self.vision != "keypoints" or self.backbone != "small")
+        ):
+            raise ValueError(
+                f"instruction_keypoints={self.instruction_keypoints} needs vision=keypoints and "
+                "backbone=small (and is a count, 0 or more): set instruction_keypoints=0 or "
+                "vision=keypoints"
             )
         if self.language not in LANGUAGE:
             raise ValueError(f"language={self.language!r} is unknown: choose one of {LANGUAGE}")

@@ -93,3 +93,53 @@ def test_film_is_the_identity_in_a_fresh_model_and_the_expert_embedding_is_small
     films = [m for m in model.modules() if type(m).__name__ == "FiLM"]
     assert films and all(not f.proj.weight.any() and not f.proj.bias.any() for f in films)
     assert model.expert.instruction.weight.std() < 0.05  # GPT-2 init, like the other tables
+
+
+def test_instruction_keypoints_go_where_the_instruction_points():
+    """Two blobs, one red and one blue: an instruction keypoint whose filter an instruction
+    sets to "red" lands on the red blob, and on the blue one under the other instruction;
+    the ordinary keypoints do not depend on the instruction (no FiLM)."""
+    from policies.vision import make_stem
+
+    torch.manual_seed(0)
+    config = VLAConfig(width=32, num_heads=2, vision="keypoints", keypoint_stride=2,
+                       num_keypoints=4, instruction_keypoints=1, film=False)  # fmt: skip
+    stem = make_stem(config)
+    image = torch.zeros(1, 3, 96, 96)
+    image[0, 0, 10:16, 10:16] = 1.0  # red, top left
+    image[0, 2, 70:76, 70:76] = 1.0  # blue, bottom right
+    # features: the first conv as the identity on two colour channels, the rest zero
+    with torch.no_grad():
+        stem.stem[0].weight.zero_()
+        stem.stem[0].bias.zero_()
+        stem.stem[0].weight[0, 0, 1, 1] = stem.stem[0].weight[1, 2, 1, 1] = 4.0
+    red, blue = torch.zeros(1, 32), torch.zeros(1, 32)
+    red[0, 0], blue[0, 1] = 1.0, 1.0
+    with torch.no_grad():  # instruction i asks for colour channel i
+        stem.query.proj.weight.zero_()
+        stem.query.proj.weight[0, 0] = stem.query.proj.weight[1, 1] = 30.0
+    positions = []
+    stem.query.register_forward_hook(lambda module, args, out: positions.append(out))
+    tokens_red, tokens_blue = stem(image, red), stem(image, blue)
+    assert tokens_red.shape == (1, 5, 32)
+    torch.testing.assert_close(tokens_red[:, :4], tokens_blue[:, :4])
+    assert not torch.allclose(tokens_red[:, 4], tokens_blue[:, 4])
+    for maps, blob in zip(positions, [range(5, 8), range(35, 38)], strict=True):
+        row, col = divmod(int(maps[0, 0].flatten().argmax()), 48)  # on the 48 x 48 map
+        assert row in blob and col in blob
+
+
+def test_instruction_keypoints_start_with_unit_filters_and_need_keypoint_vision():
+    model = VLA(VLAConfig(width=32, num_heads=2, vision="keypoints", instruction_keypoints=2))
+    queries = [m for m in model.modules() if type(m).__name__ == "InstructionQuery"]
+    assert len(queries) == 2  # one per camera
+    assert all(0.1 < q.proj.weight.std() < 0.3 for q in queries)  # 1 / sqrt(32), not 0.02
+    prefix, _ = model.backbone.embed_prefix(
+        {**{k: torch.rand(1, 3, 96, 96) for k in model.config.image_keys},
+         "observation.state": torch.zeros(1, 6),
+         **dict(zip(("lang_tokens", "lang_mask"),
+                    model.tokenize_instructions(["reach the red target"]), strict=True))}
+    )  # fmt: skip
+    assert prefix.shape[1] == 2 * (16 + 2) + 16 + 1  # cameras, language, state
+    with pytest.raises(ValueError, match="instruction_keypoints=2 needs vision=keypoints"):
+        VLAConfig(instruction_keypoints=2)
