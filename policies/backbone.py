@@ -109,7 +109,7 @@ class SmallBackbone(Backbone):
         )
         self.fast_norm = nn.RMSNorm(C)
         self.apply(init_weights)
-        for module in self.modules():  # FiLM starts as the identity
+        for module in self.modules():  # FiLM starts as the identity, queries at unit scale
             if isinstance(module, FiLM | InstructionQuery):
                 module.reset_parameters()
 

@@ -82,12 +82,14 @@ def _films(cond_dim: int | None, channels: tuple[int, ...]) -> nn.ModuleList | N
     return None if cond_dim is None else nn.ModuleList(FiLM(cond_dim, c) for c in channels)
 
 
-def _check_cond(films: nn.ModuleList | None, cond: Tensor | None) -> None:
-    if (films is None) != (cond is None):
+def _check_cond(built: dict[str, bool], cond: Tensor | None) -> None:
+    """A stem that uses the instruction (any of ``built``'s parts) needs ``cond``, one that
+    does not refuses it."""
+    if any(built.values()) != (cond is not None):
+        parts = " and ".join(f"{name}={used}" for name, used in built.items())
         raise ValueError(
-            "this stem was built with film="
-            f"{films is not None} but called {'without' if cond is None else 'with'} an "
-            "instruction embedding"
+            f"this stem was built with {parts} but called "
+            f"{'without' if cond is None else 'with'} an instruction embedding"
         )
 
 
@@ -137,7 +139,7 @@ class PatchStem(nn.Module):
         self.pos = nn.Parameter(0.02 * torch.randn(num_patches, width))
 
     def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
-        _check_cond(self.films, cond)
+        _check_cond({"film": self.films is not None}, cond)
         x = 2.0 * images - 1.0
         for i in range(2):  # conv, FiLM, GELU
             x = self.convs[2 * i](x)
@@ -208,12 +210,8 @@ class KeypointStem(nn.Module):
         )
 
     def forward(self, images: Tensor, cond: Tensor | None = None) -> Tensor:
-        if (self.films is None and self.query is None) != (cond is None):
-            raise ValueError(
-                f"this stem was built with film={self.films is not None} and "
-                f"instruction keypoints={self.query is not None} but called "
-                f"{'without' if cond is None else 'with'} an instruction embedding"
-            )
+        built = {"film": self.films is not None, "instruction_keypoints": self.query is not None}
+        _check_cond(built, cond)
         x = self.stem(2.0 * images - 1.0)
         if self.films is not None:
             x = self.films[0](x, cond)
