@@ -51,6 +51,13 @@ class ActionExpert(nn.Module):
         if self.reads_instruction:
             vocab = config.word_buckets if config.language == "words" else BYTE_VOCAB
             self.instruction = nn.EmbeddingBag(vocab, E, mode="mean", padding_idx=0)
+        # expert_scene: the predicted scene state, the robot state and (with the bag above) the
+        # instruction through one MLP, added to every action token: what a state policy reads,
+        # so that picking the named target's slot is one nonlinear map, not attention hops
+        self.scene = None
+        if config.expert_scene:
+            inputs = config.env_state_dim + config.state_dim + (E if self.reads_instruction else 0)
+            self.scene = nn.Sequential(nn.Linear(inputs, 2 * E), nn.SiLU(), nn.Linear(2 * E, E))
         self.blocks = nn.ModuleList(
             Block(E, num_heads, head_dim, config.mlp_ratio) for _ in range(num_layers)
         )
@@ -70,7 +77,13 @@ class ActionExpert(nn.Module):
         if self.instruction is not None:
             if cache.instruction is None:
                 raise ValueError("this expert reads the instruction: the cache carries none")
-            x = x + self.instruction(cache.instruction)[:, None]  # (B, 1, E)
+            words = self.instruction(cache.instruction)  # (B, E)
+            x = x + words[:, None]
+        if self.scene is not None:
+            if cache.scene is None:
+                raise ValueError("this expert reads the predicted scene state: the cache has none")
+            inputs = [cache.scene] if self.instruction is None else [cache.scene, words]
+            x = x + self.scene(torch.cat(inputs, dim=-1).to(x.dtype))[:, None]  # (B, 1, E)
         for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
             x, _, _ = block(x, mask, context=(k, v))
         return self.action_out(self.norm(x))  # (B, H, A)

@@ -40,6 +40,7 @@ class PrefixCache:
     valid: Tensor  # (B, P) bool, False at padding
     instruction: Tensor | None = None  # (B, L) long, the instruction's token ids (0 pads)
     readout: Tensor | None = None  # (B, C): the state token entering the last layer
+    scene: Tensor | None = None  # (B, E + S): predicted scene state and robot state (expert_scene)
 
     def detach(self) -> PrefixCache:
         """The same cache cut from the autograd graph: stop_grad(K, V) of knowledge insulation."""
@@ -49,6 +50,7 @@ class PrefixCache:
             self.valid,
             self.instruction,
             None if self.readout is None else self.readout.detach(),
+            None if self.scene is None else self.scene.detach(),
         )
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from policies.action_expert import ActionExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
-from policies.features import ACTION, ENV_STATE, GOAL_STATE, IMAGES
+from policies.features import ACTION, ENV_STATE, GOAL_STATE, IMAGES, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
 from policies.rtc import check_training_delay, prefix_flow_time, sample_training_delay
 from policies.vision import KEYPOINT_STRIDES, VISION
@@ -84,6 +84,8 @@ class VLAConfig:
     # state (observation.environment_state); off without one, or with backbone=hf
     env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
     aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the last state
+    expert_scene: bool = False  # with aux_env_state: the expert also reads the scene state the
+    # backbone predicts (detached), the robot state and the instruction, as a state policy does
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
@@ -124,6 +126,12 @@ class VLAConfig:
         )
         if self.env_state_dim == 0 or self.backbone != "small":
             self.aux_env_state = 0.0  # needs a scene state and the small backbone's readout
+        if self.expert_scene and self.aux_env_state <= 0:
+            raise ValueError(
+                "expert_scene=true reads the scene state the backbone predicts, which needs "
+                "aux_env_state > 0, a dataset with observation.environment_state and "
+                "backbone=small: set expert_scene=false"
+            )
         if self.aux_goal > 0 and self.backbone != "small":
             raise ValueError(f"aux_goal={self.aux_goal} needs backbone=small: set aux_goal=0")
         if self.insulation and not self.fast_loss:
@@ -242,7 +250,7 @@ class VLA(nn.Module):
             prefix, prefix_valid, fast_tokens, mask[:, :num_backbone, :num_backbone]
         )
         readout = cache.readout
-        cache = self._with_instruction(cache, batch)
+        cache = self._expert_inputs(cache, batch)
         if self.config.insulation:
             cache = cache.detach()
         velocity = self.expert(cache, x_t, tau, expert_rows(mask, P, fast_valid.shape[1]))
@@ -325,13 +333,18 @@ class VLA(nn.Module):
         prefix, prefix_valid = self.backbone.embed_prefix(batch)  # (B, P, C), (B, P)
         mask = make_attention_mask(prefix_valid, prefix_valid.new_zeros(len(prefix), 0), 0)
         cache, _ = self.backbone(prefix, prefix_valid, None, mask)
-        return self._with_instruction(cache, batch)
+        return self._expert_inputs(cache, batch)
 
-    def _with_instruction(self, cache: PrefixCache, batch: dict[str, Tensor]) -> PrefixCache:
-        """The cache carrying the instruction's token ids, for an expert that reads them."""
-        if not self.expert.reads_instruction:
-            return cache
-        return replace(cache, instruction=get_feature(batch, "lang_tokens"))
+    def _expert_inputs(self, cache: PrefixCache, batch: dict[str, Tensor]) -> PrefixCache:
+        """The cache carrying what the expert reads besides the keys and values: the
+        instruction's token ids, and with ``expert_scene`` the predicted scene state (the aux
+        head on the readout, detached: only the scene-state loss trains it) and the robot state."""
+        if self.expert.reads_instruction:
+            cache = replace(cache, instruction=get_feature(batch, "lang_tokens"))
+        if self.config.expert_scene:
+            scene = self.aux_head(cache.readout).detach()  # (B, E), normalized
+            cache = replace(cache, scene=torch.cat([scene, get_feature(batch, STATE)], dim=-1))
+        return cache
 
     def denoise_step(self, cache: PrefixCache, x_t: Tensor, tau: Tensor) -> Tensor:
         """Velocity v (B, H, A) at noisy actions x_t (B, H, A) and flow time tau (B,) or (B, H),

@@ -315,3 +315,24 @@ def test_aux_env_state_is_off_without_a_scene_state():
     assert not hasattr(model, "aux_head")
     loss, terms = model(make_batch(model))
     assert "aux_env" not in terms and torch.isfinite(loss)
+
+
+def test_expert_scene_reads_the_predicted_scene_state_and_needs_the_scene_loss():
+    """With expert_scene the expert's velocity depends on what the aux head predicts (and the
+    aux head is trained by the scene-state loss only), also when serving without a scene state."""
+    with pytest.raises(ValueError, match="expert_scene"):
+        tiny_config(expert_scene=True)  # no scene state, so no scene-state loss to predict it
+    model = make_model(aux_env_state=1.0, env_state_dim=4, expert_scene=True)
+    batch = make_batch(model)
+    batch["observation.environment_state"] = torch.randn(2, 4)
+    _, terms = model(batch)
+    model.zero_grad()
+    terms["fm"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.aux_head.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.expert.scene.parameters())
+    del batch["observation.environment_state"]
+    x_t, tau = noisy_actions(model)
+    v = model.velocity_fn(batch)(x_t, tau)
+    with torch.no_grad():
+        model.aux_head[1].bias += 1.0  # another predicted scene, the same images
+    assert not torch.allclose(model.velocity_fn(batch)(x_t, tau), v)
