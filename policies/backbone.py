@@ -40,7 +40,7 @@ class PrefixCache:
     valid: Tensor  # (B, P) bool, False at padding
     instruction: Tensor | None = None  # (B, L) long, the instruction's token ids (0 pads)
     readout: Tensor | None = None  # (B, C): the state token entering the last layer
-    scene: Tensor | None = None  # (B, E + S): predicted scene state and robot state (expert_scene)
+    scene: Tensor | None = None  # (B, env + state): predicted scene state, robot state
 
     def detach(self) -> PrefixCache:
         """The same cache cut from the autograd graph: stop_grad(K, V) of knowledge insulation."""

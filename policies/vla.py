@@ -48,8 +48,7 @@ class VLAConfig:
     patch_size: int = 8  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
     keypoint_stride: int = 8  # vision=keypoints: keypoint maps are image_size / this (2, 4, 8)
-    instruction_keypoints: int = 0  # vision=keypoints: more per camera, whose filters the
-    # instruction sets (where the thing it names is); small backbone only
+    instruction_keypoints: int = 0  # vision=keypoints: more per camera, aimed by the instruction
     film: bool = True  # small backbone: the instruction FiLM-conditions the image stems (RT-1)
     expert_instruction: bool = True  # small backbone: the expert also reads a bag of its tokens
     augment_shift: int = 4  # training only: random image shifts of up to this many pixels
@@ -84,8 +83,7 @@ class VLAConfig:
     # state (observation.environment_state); off without one, or with backbone=hf
     env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
     aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the last state
-    expert_scene: bool = False  # with aux_env_state: the expert also reads the scene state the
-    # backbone predicts (detached), the robot state and the instruction, as a state policy does
+    expert_scene: bool = False  # the expert reads the predicted scene state (needs aux_env_state)
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
