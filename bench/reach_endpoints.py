@@ -18,23 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
-import mujoco
 import numpy as np
 
 from sim.env import SimEnv
 from sim.tasks.base import COLORS
-from sim.units import from_follower
-
-
-def grip_positions(env: SimEnv, states: np.ndarray) -> np.ndarray:
-    """Grip-site positions (T, 3) for logged joint states (T, 6) in follower units."""
-    site = env.model.site("grip").id
-    out = np.empty((len(states), 3))
-    for t, q in enumerate(states):
-        env.data.qpos[env.robot.qpos] = from_follower(q)
-        mujoco.mj_kinematics(env.model, env.data)
-        out[t] = env.data.site_xpos[site]
-    return out
 
 
 def endpoints(run: Path, env: SimEnv, near: float) -> dict:
@@ -47,11 +34,11 @@ def endpoints(run: Path, env: SimEnv, near: float) -> dict:
         if not log.is_file():
             raise SystemExit(f"{log} is missing: evaluate again without deleting the run logs")
         env.reset(seed=episode["seed"])
-        named = env.task.color
-        targets = {c: env.task.data.mocap_pos[env.task._mocap[c]].copy() for c in COLORS}
-        grip = grip_positions(env, np.load(log)["ticks.observation.state"])
+        targets = env.task.environment_state().reshape(len(COLORS), 3)  # COLORS order
+        named = list(COLORS).index(env.task.color)
+        grip = env.grip_positions(np.load(log)["ticks.observation.state"])
         to_named = np.linalg.norm(grip - targets[named], axis=1)
-        to_other = min(np.linalg.norm(grip[-1] - targets[c]) for c in COLORS if c != named)
+        to_other = min(np.linalg.norm(grip[-1] - p) for i, p in enumerate(targets) if i != named)
         key = episode["failure"] or "success"
         rows.setdefault(key, []).append((to_named[-1], to_other, to_named.min()))
     classes = {}

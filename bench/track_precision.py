@@ -27,24 +27,17 @@ from omegaconf import OmegaConf
 from runtime.analysis.stats import wilson_interval
 from sim.env import SimEnv
 from sim.tasks.track import GRACE_S, MIN_ON_TARGET
-from sim.units import from_follower
 
 
 def distances(env: SimEnv, states: np.ndarray, seed: int) -> np.ndarray:
     """Grip site to target (m) at each scored tick, from the observed joint states (T, 6)."""
-    import mujoco
-
     env.reset(seed=seed)
     path, dt = env.task.paths[env.task.color], 1.0 / env.control_hz
-    out = []
-    for t, q in enumerate(from_follower(states)):
-        if t * dt > GRACE_S + 1e-9:  # observation t follows the physics step that scored tick t
-            env.data.qpos[env.robot.qpos] = q
-            mujoco.mj_kinematics(env.model, env.data)
-            out.append(
-                np.linalg.norm(env.data.site_xpos[env.robot.grip_site] - path.position(t * dt))
-            )
-    return np.asarray(out)
+    # observation t follows the physics step that scored tick t
+    ticks = [t for t in range(len(states)) if t * dt > GRACE_S + 1e-9]
+    grip = env.grip_positions(states[ticks])
+    targets = np.array([path.position(t * dt) for t in ticks]).reshape(-1, 3)
+    return np.linalg.norm(grip - targets, axis=1)
 
 
 def main() -> None:

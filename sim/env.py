@@ -175,6 +175,16 @@ class SimEnv:
             raise ValueError("this SimEnv was made with render=False: it renders no camera")
         return self._renderer.render(self.data, camera)
 
+    def grip_positions(self, states: np.ndarray) -> np.ndarray:
+        """Grip-site positions (T, 3) in m for joint states (T, 6) in follower units, e.g. an
+        episode log's ``observation.state`` (forward kinematics; moves the arm to the last)."""
+        out = np.empty((len(states), 3))
+        for t, q in enumerate(from_follower(np.asarray(states))):
+            self.data.qpos[self.robot.qpos] = q
+            mujoco.mj_kinematics(self.model, self.data)
+            out[t] = self.data.site_xpos[self.robot.grip_site]
+        return out
+
     def success(self) -> bool:
         return self.task.success()
 

@@ -184,3 +184,22 @@ def test_grip_state_appends_where_the_fingers_are() -> None:
     np.testing.assert_allclose(moved[-3:], gripped.data.site_xpos[site], atol=1e-6)
     with pytest.raises(ValueError, match="grip_state"):
         SimEnv("reach", render=False, grip_state="yes")
+
+
+def test_grip_positions_replay_the_grip_site_from_logged_joint_states(envs):
+    """SimEnv.grip_positions (forward kinematics of follower-unit states) puts the grip site
+    where the simulation had it when those states were observed."""
+    env = envs["reach"]
+    env.reset(seed=3)
+    demonstrator = make_demonstrator(env, np.random.default_rng(3), 0.0)
+    states, sites = [], []
+    for _ in range(20):
+        obs = env.observe()
+        states.append(obs["observation.state"])
+        sites.append(env.data.site_xpos[env.robot.grip_site].copy())
+        env.step(demonstrator.act()[0])
+    replayed = env.grip_positions(np.array(states))
+    assert replayed.shape == (20, 3)
+    # MuJoCo left site_xpos as of the last substep's start: a fraction of a millimetre apart
+    np.testing.assert_allclose(replayed, np.array(sites), atol=5e-4)
+    assert np.linalg.norm(replayed[-1] - replayed[0]) > 0.01  # the arm moved: not a constant
