@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from policies.backbone import BYTE_VOCAB, PrefixCache
+from policies.features import ENV_STATE, STATE
 from policies.transformer import Block, init_weights
 
 if TYPE_CHECKING:
@@ -87,3 +88,46 @@ class ActionExpert(nn.Module):
         for block, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
             x, _, _ = block(x, mask, context=(k, v))
         return self.action_out(self.norm(x))  # (B, H, A)
+
+
+class SceneMixerExpert(nn.Module):
+    """An action expert that reads the scene state the backbone predicts, not its keys/values.
+
+    ``expert="scene_mixer"``: the state-based flow policy's network (``policies.state_flow``,
+    an MLP-mixer over the H action tokens) conditioned on the predicted scene state (the
+    scene-state head's output, detached), the robot state and the instruction as a bag of the
+    backbone's word ids. Pixels reach the actions only through the scene state, so the
+    backbone's job is perception, learnt by the scene-state loss, and the expert's is the
+    state policy's, learnt from the true scene state in training (``expert_scene_teacher``):
+    each part learns what it would alone, neither waits for the other.
+    """
+
+    reads_instruction = True  # the cache must carry the instruction's token ids
+
+    def __init__(self, config: VLAConfig) -> None:
+        super().__init__()
+        from policies.state_flow import StateFlow, StateFlowConfig
+
+        self.env_state_dim = config.env_state_dim
+        self.flow = StateFlow(
+            StateFlowConfig(
+                state_dim=config.state_dim, env_state_dim=config.env_state_dim,
+                action_dim=config.action_dim, chunk_length=config.chunk_length,
+                width=config.expert_width, depth=config.depth,
+            )
+        )  # fmt: skip
+        vocab = config.word_buckets if config.language == "words" else BYTE_VOCAB
+        self.flow.words = nn.EmbeddingBag(vocab, config.expert_width, mode="mean", padding_idx=0)
+
+    def forward(self, cache: PrefixCache, x_t: Tensor, tau: Tensor, mask: Tensor) -> Tensor:
+        """As ``ActionExpert.forward``; ``mask`` is unused (no attention to the prefix)."""
+        if cache.scene is None or cache.instruction is None:
+            raise ValueError(
+                "the scene_mixer expert reads the predicted scene state and the instruction: "
+                "the cache carries no scene or no instruction"
+            )
+        E = self.env_state_dim
+        obs = self.flow.encode(
+            {STATE: cache.scene[:, E:], ENV_STATE: cache.scene[:, :E], "words": cache.instruction}
+        )  # (B, C)
+        return self.flow.velocity(obs, x_t, tau)  # (B, H, A)

@@ -53,6 +53,18 @@ class PrefixCache:
             None if self.scene is None else self.scene.detach(),
         )
 
+    def repeat(self, k: int) -> PrefixCache:
+        """Each example's cache k times in a row (B -> B k): one backbone pass serving k
+        flow-matching samples (``VLAConfig.flow_samples``)."""
+
+        def rep(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.repeat_interleave(k, dim=0)
+
+        return PrefixCache(
+            [rep(x) for x in self.keys], [rep(x) for x in self.values], rep(self.valid),
+            rep(self.instruction), rep(self.readout), rep(self.scene),
+        )  # fmt: skip
+
 
 class Backbone(nn.Module, ABC):
     """A vision-language backbone the action expert can attend to, layer by layer.

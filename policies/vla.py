@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policies.action_expert import ActionExpert
+from policies.action_expert import ActionExpert, SceneMixerExpert
 from policies.backbone import Backbone, PrefixCache, SmallBackbone, get_feature
 from policies.features import ACTION, ENV_STATE, GOAL_STATE, IMAGES, STATE
 from policies.flow import VelocityFn, flow_matching_loss, interpolate, sample_tau
@@ -36,6 +36,7 @@ LANGUAGE = ("words", "bytes")  # the small backbone's instruction tokens (SmallB
 logger = logging.getLogger(__name__)
 
 BACKBONES = ("small", "hf")
+EXPERTS = ("transformer", "scene_mixer")  # VLAConfig.expert
 
 
 @dataclass
@@ -84,6 +85,9 @@ class VLAConfig:
     env_state_dim: int = 0  # size of observation.environment_state (0: the dataset has none)
     aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the last state
     expert_scene: bool = False  # the expert reads the predicted scene state (needs aux_env_state)
+    flow_samples: int = 1  # training: flow-matching samples (noise, time) per backbone pass
+    expert: str = "transformer"  # "transformer" (pi0's) or "scene_mixer" (reads the scene only)
+    expert_scene_teacher: float = 0.0  # training: share of examples reading the true scene state
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
@@ -124,11 +128,24 @@ class VLAConfig:
         )
         if self.env_state_dim == 0 or self.backbone != "small":
             self.aux_env_state = 0.0  # needs a scene state and the small backbone's readout
-        if self.expert_scene and self.aux_env_state <= 0:
+        if self.flow_samples < 1:
+            raise ValueError(f"flow_samples={self.flow_samples} must be 1 or more")
+        if self.expert not in EXPERTS:
+            raise ValueError(f"expert={self.expert!r} is unknown: choose one of {EXPERTS}")
+        if self.reads_scene and self.aux_env_state <= 0:
             raise ValueError(
-                "expert_scene=true reads the scene state the backbone predicts, which needs "
-                "aux_env_state > 0, a dataset with observation.environment_state and "
-                "backbone=small: set expert_scene=false"
+                "expert_scene=true and expert=scene_mixer read the scene state the backbone "
+                "predicts, which needs aux_env_state > 0, a dataset with "
+                "observation.environment_state and backbone=small: set expert_scene=false "
+                "and expert=transformer"
+            )
+        if not 0.0 <= self.expert_scene_teacher <= 1.0 or (
+            self.expert_scene_teacher > 0 and not self.reads_scene
+        ):
+            raise ValueError(
+                f"expert_scene_teacher={self.expert_scene_teacher} is a share in [0, 1] of the "
+                "examples whose expert reads the true scene state, and needs expert_scene=true "
+                "or expert=scene_mixer"
             )
         if self.aux_goal > 0 and self.backbone != "small":
             raise ValueError(f"aux_goal={self.aux_goal} needs backbone=small: set aux_goal=0")
@@ -137,6 +154,11 @@ class VLAConfig:
                 "insulation=True with fast_loss=False: no loss reaches the backbone, its features "
                 "stay as initialised; set insulation=False for flow-only pi0-style training"
             )
+
+    @property
+    def reads_scene(self) -> bool:
+        """The expert reads the scene state the backbone predicts."""
+        return self.expert_scene or self.expert == "scene_mixer"
 
 
 def make_backbone(config: VLAConfig) -> Backbone:
@@ -202,8 +224,12 @@ class VLA(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = make_backbone(config) if backbone is None else backbone
-        self.expert = ActionExpert(
-            config, self.backbone.num_layers, self.backbone.num_heads, self.backbone.head_dim
+        self.expert = (
+            SceneMixerExpert(config)
+            if config.expert == "scene_mixer"
+            else ActionExpert(
+                config, self.backbone.num_layers, self.backbone.num_heads, self.backbone.head_dim
+            )
         )
         if config.aux_env_state > 0:  # training only: the scene state read from the backbone
             self.aux_head = nn.Sequential(
@@ -249,9 +275,15 @@ class VLA(nn.Module):
         )
         readout = cache.readout
         cache = self._expert_inputs(cache, batch)
+        if self.training and self.config.expert_scene_teacher > 0:
+            cache = self._teacher_scene(cache, batch)
         if self.config.insulation:
             cache = cache.detach()
-        velocity = self.expert(cache, x_t, tau, expert_rows(mask, P, fast_valid.shape[1]))
+        rows = expert_rows(mask, P, fast_valid.shape[1])
+        if len(x_t) != B:  # k flow samples per example, one backbone pass (flow_samples)
+            k = len(x_t) // B
+            cache, rows = cache.repeat(k), rows.repeat_interleave(k, dim=0)
+        velocity = self.expert(cache, x_t, tau, rows)
         return velocity, fast_logits, readout
 
     def forward(
@@ -259,7 +291,9 @@ class VLA(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Training loss: (loss, {"loss", "fm", "fast_ce", "aux_env", "aux_goal"}), the terms.
 
-        noise (B, H, A) and tau (B,) are drawn when not given. With rtc_training_max_delay = K
+        noise (B, H, A) and tau (B,) are drawn when not given; with flow_samples = k > 1
+        each example's actions are repeated k times in a row and noise, tau have B k rows
+        (k flow-matching samples on one backbone pass). With rtc_training_max_delay = K
         > 0, each example gets a delay d ~ U{0..K}: its first d actions are clean (tau = 1) and
         the FM loss covers the rest only (training-time RTC). Padded actions (action_is_pad)
         are out of the FM loss. With aux_env_state > 0 the backbone's readout also regresses
@@ -272,7 +306,6 @@ class VLA(nn.Module):
         """
         cfg = self.config
         actions = get_feature(batch, ACTION)  # (B, H, A)
-        B, H = actions.shape[:2]
         if actions.shape[1:] != (cfg.chunk_length, cfg.action_dim):
             raise ValueError(
                 f"action has shape {tuple(actions.shape)}, the policy expects "
@@ -280,7 +313,11 @@ class VLA(nn.Module):
             )
         is_pad = batch.get("action_is_pad")
         if is_pad is None:
-            is_pad = torch.zeros(B, H, dtype=torch.bool, device=actions.device)
+            is_pad = torch.zeros(actions.shape[:2], dtype=torch.bool, device=actions.device)
+        if cfg.flow_samples > 1:  # each example k times: k (noise, tau) draws, B -> B k
+            actions = actions.repeat_interleave(cfg.flow_samples, dim=0)
+            is_pad = is_pad.repeat_interleave(cfg.flow_samples, dim=0)
+        B, H = actions.shape[:2]
         noise = torch.randn_like(actions) if noise is None else noise
         if tau is None:
             tau = sample_tau(
@@ -339,10 +376,23 @@ class VLA(nn.Module):
         head on the readout, detached: only the scene-state loss trains it) and the robot state."""
         if self.expert.reads_instruction:
             cache = replace(cache, instruction=get_feature(batch, "lang_tokens"))
-        if self.config.expert_scene:
+        if self.config.reads_scene:
             scene = self.aux_head(cache.readout).detach()  # (B, E), normalized
             cache = replace(cache, scene=torch.cat([scene, get_feature(batch, STATE)], dim=-1))
         return cache
+
+    def _teacher_scene(self, cache: PrefixCache, batch: dict[str, Tensor]) -> PrefixCache:
+        """Teacher forcing of the scene the expert reads: a random ``expert_scene_teacher``
+        share of the examples read the true (normalized) scene state instead of the
+        prediction, so the expert learns to act on the scene from the first step, as a state
+        policy does, while the rest teach it to act on the backbone's prediction, which is
+        all it reads at inference."""
+        E = self.config.env_state_dim
+        predicted = cache.scene[:, :E]
+        true = get_feature(batch, ENV_STATE).to(predicted.dtype)
+        teach = torch.rand(len(true), 1, device=true.device) < self.config.expert_scene_teacher
+        scene = torch.where(teach, true, predicted)
+        return replace(cache, scene=torch.cat([scene, cache.scene[:, E:]], dim=-1))
 
     def denoise_step(self, cache: PrefixCache, x_t: Tensor, tau: Tensor) -> Tensor:
         """Velocity v (B, H, A) at noisy actions x_t (B, H, A) and flow time tau (B,) or (B, H),

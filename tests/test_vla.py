@@ -336,3 +336,88 @@ def test_expert_scene_reads_the_predicted_scene_state_and_needs_the_scene_loss()
     with torch.no_grad():
         model.aux_head[1].bias += 1.0  # another predicted scene, the same images
     assert not torch.allclose(model.velocity_fn(batch)(x_t, tau), v)
+
+
+def test_expert_scene_teacher_feeds_the_true_scene_state_in_training_only():
+    """With expert_scene_teacher = 1 the training expert reads the true scene state (its loss
+    no longer depends on the aux head's prediction); at inference it reads the prediction."""
+    with pytest.raises(ValueError, match="expert_scene_teacher"):
+        tiny_config(aux_env_state=1.0, env_state_dim=4, expert_scene_teacher=0.5)
+    with pytest.raises(ValueError, match="expert_scene_teacher"):
+        tiny_config(aux_env_state=1.0, env_state_dim=4, expert_scene=True, expert_scene_teacher=2)
+    model = make_model(
+        aux_env_state=1.0, env_state_dim=4, expert_scene=True, expert_scene_teacher=1.0
+    )
+    batch = make_batch(model)
+    batch["observation.environment_state"] = torch.randn(2, 4)
+    noise, tau = torch.randn(2, model.config.chunk_length, 2), torch.full((2,), 0.5)
+    torch.manual_seed(0)
+    fm = model(batch, noise, tau)[1]["fm"]
+    with torch.no_grad():
+        model.aux_head[1].bias += 1.0  # another prediction: the teacher-forced loss ignores it
+    torch.manual_seed(0)
+    assert torch.allclose(model(batch, noise, tau)[1]["fm"], fm)
+    batch["observation.environment_state"] += 1.0  # another true scene: the loss reads it
+    torch.manual_seed(0)
+    assert not torch.allclose(model(batch, noise, tau)[1]["fm"], fm)
+    model.eval()  # inference reads the prediction (and needs no scene state)
+    del batch["observation.environment_state"]
+    x_t, tau = noisy_actions(model)
+    v = model.velocity_fn(batch)(x_t, tau)
+    with torch.no_grad():
+        model.aux_head[1].bias += 1.0
+    assert not torch.allclose(model.velocity_fn(batch)(x_t, tau), v)
+
+
+def test_scene_mixer_expert_acts_on_the_predicted_scene_state_only():
+    """expert=scene_mixer: the velocity depends on the predicted scene state and the
+    instruction, not on the images otherwise; the flow loss trains no backbone weight; the
+    velocity has a gradient w.r.t. the noisy actions (RTC's VJP)."""
+    with pytest.raises(ValueError, match="expert=scene_mixer"):
+        tiny_config(expert="scene_mixer")  # no scene state to predict
+    with pytest.raises(ValueError, match="expert="):
+        tiny_config(expert="mlp")
+    model = make_model(aux_env_state=1.0, env_state_dim=4, expert="scene_mixer")
+    batch = make_batch(model)
+    batch["observation.environment_state"] = torch.randn(2, 4)
+    _, terms = model(batch)
+    model.zero_grad()
+    terms["fm"].backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.backbone.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in model.expert.parameters())
+    model.eval()
+    with torch.no_grad():  # as if trained: the mixer's modulation starts at zero
+        for p in model.expert.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    del batch["observation.environment_state"]
+    x_t, tau = noisy_actions(model)
+    v = model.velocity_fn(batch)(x_t, tau)
+    other = make_batch(model, seed=1)  # other images, same instruction and state
+    other["observation.state"] = batch["observation.state"]
+    with torch.no_grad():  # the same predicted scene for the other images: the same velocity
+        model.aux_head[1].weight.zero_()
+    v0 = model.velocity_fn(batch)(x_t, tau)
+    assert torch.allclose(model.velocity_fn(other)(x_t, tau), v0)
+    assert not torch.allclose(v0, v)
+    words = dict(
+        batch, lang_tokens=batch["lang_tokens"].flip(0), lang_mask=batch["lang_mask"].flip(0)
+    )
+    assert not torch.allclose(model.velocity_fn(words)(x_t, tau), v0)
+    x = x_t.clone().requires_grad_(True)
+    model.velocity_fn(batch)(x, tau).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_flow_samples_reuse_one_backbone_pass_for_k_noise_draws():
+    """flow_samples = 2 with each example's noise and time drawn twice alike gives the loss of
+    one draw; with different draws the examples' rows are the k samples of the same cache."""
+    with pytest.raises(ValueError, match="flow_samples"):
+        tiny_config(flow_samples=0)
+    one, two = make_model(), make_model(flow_samples=2)
+    batch = make_batch(one)
+    noise, tau = noisy_actions(one)
+    fm = one(batch, noise, tau)[1]["fm"]
+    loss = two(batch, noise.repeat_interleave(2, 0), tau.repeat_interleave(2, 0))[1]["fm"]
+    assert torch.allclose(loss, fm)
+    loss, terms = two(batch)  # drawn: 2 B rows
+    assert torch.isfinite(loss) and torch.isfinite(terms["fast_ce"])

@@ -1,0 +1,160 @@
+"""How well a VLA sees the scene, and what a state policy does with what it sees.
+
+A VLA trained with the scene-state loss (``aux_env_state``) predicts
+``observation.environment_state`` from its cameras (``VLA.aux_head`` on the backbone's
+readout). Two measures separate perception from acting:
+
+``readout``: on a dataset's frames (record one with held-out seeds), the error of the
+predicted target centres against the recorded ones, in cm: per target, for the target the
+instruction names, and for the named target by the frame's time in its episode.
+
+    uv run python bench/scene_readout.py readout CHECKPOINT DATASET [--every 3]
+
+``closed-loop``: ``rtvla eval`` of a state-based flow policy (``policy=state_flow``, trained on
+the true scene state) that reads the scene state the VLA predicts from the cameras instead of
+the simulator's, every other ``rtvla eval`` setting as given. Near the state policy's own
+success (with the true scene), perception is not what limits the VLA; near the VLA's, it is.
+
+    uv run python bench/scene_readout.py closed-loop VLA_CHECKPOINT STATE_CHECKPOINT \\
+        task=reach episodes=50 seed=5000
+
+Reach only (three targets in the colour order of ``sim.tasks.base.COLORS``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from policies.features import ENV_STATE, STATE
+from sim.tasks.base import COLORS
+
+FRAME_BINS = ((0, 15), (15, 30), (30, 45), (45, 60), (60, 10_000))  # frame index in episode
+
+
+def named_slot(instruction: str) -> int:
+    """The index in COLORS of the colour an instruction names."""
+    named = [i for i, c in enumerate(COLORS) if c in instruction.split()]
+    if len(named) != 1:
+        raise ValueError(f"{instruction!r} names {len(named)} of the colours {COLORS}, not one")
+    return named[0]
+
+
+def predict_scene(model, normalizer, preprocess, items: list[dict]) -> np.ndarray:
+    """The raw scene states (N, E) the VLA predicts for dataset items."""
+    keys = model.config.image_keys
+    batch = preprocess.batch(
+        {k: torch.stack([it[k] for it in items]) for k in keys},
+        torch.stack([it[STATE] for it in items]),
+        [it["task"] for it in items],
+    )
+    with torch.no_grad():
+        readout = model.encode_prefix(batch).readout
+        return normalizer.unnormalize(ENV_STATE, model.aux_head(readout)).numpy()
+
+
+def readout(checkpoint: str, dataset: str, every: int) -> dict:
+    from policies.checkpoint import load_checkpoint
+    from policies.data import InMemoryChunks, open_dataset
+    from policies.inference import VLAPreprocessor
+
+    ckpt = load_checkpoint(checkpoint)
+    model = ckpt.model
+    if not hasattr(model, "aux_head"):
+        raise ValueError(f"{checkpoint} has no scene-state head: train with aux_env_state > 0")
+    data = open_dataset(dataset, chunk_length=model.config.chunk_length)
+    items = InMemoryChunks(data, model.config.chunk_length, list(model.config.image_keys))
+    frame = items.frame_in_episode()
+    preprocess = VLAPreprocessor(model.config.image_keys, ckpt.normalizer,
+                                 model.tokenize_instructions, model.config.image_size)  # fmt: skip
+    index = np.arange(0, len(items), every)
+    errors, named, frames = [], [], []
+    for start in range(0, len(index), 64):
+        batch = [items[int(i)] for i in index[start : start + 64]]
+        predicted = predict_scene(model, ckpt.normalizer, preprocess, batch)
+        true = np.stack([it[ENV_STATE].numpy() for it in batch])
+        per_target = 100 * np.linalg.norm((predicted - true).reshape(len(batch), -1, 3), axis=-1)
+        errors.append(per_target)  # (n, targets), cm
+        named += [row[named_slot(it["task"])] for row, it in zip(per_target, batch, strict=True)]
+        frames += [int(frame[i]) for i in index[start : start + 64]]
+    errors, named, frames = np.concatenate(errors), np.array(named), np.array(frames)
+    by_frame = {
+        f"{lo}-{hi}": round(float(np.median(named[(frames >= lo) & (frames < hi)])), 3)
+        for lo, hi in FRAME_BINS
+        if ((frames >= lo) & (frames < hi)).any()
+    }
+    return {
+        "checkpoint": checkpoint, "dataset": dataset, "frames": len(named),
+        "target_error_cm_median": round(float(np.median(errors)), 3),
+        "named_target_error_cm_median": round(float(np.median(named)), 3),
+        "named_target_error_cm_p90": round(float(np.percentile(named, 90)), 3),
+        "named_target_error_cm_median_by_frame": by_frame,
+    }  # fmt: skip
+
+
+def scene_reading_policy(vla_checkpoint: str, state_checkpoint: str):
+    """The state policy of ``state_checkpoint`` as a ``FlowPolicy`` that reads the VLA's
+    cameras and predicts the scene state from them (the wire features are the VLA's)."""
+    from policies.checkpoint import load_checkpoint, resolve_checkpoint, wire_features
+    from policies.inference import VLAPreprocessor
+    from policies.state_flow import load_state_flow
+
+    ckpt = load_checkpoint(vla_checkpoint)
+    model = ckpt.model
+    if not hasattr(model, "aux_head"):
+        raise ValueError(f"{vla_checkpoint} has no scene-state head: train with aux_env_state > 0")
+    preprocess = VLAPreprocessor(model.config.image_keys, ckpt.normalizer,
+                                 model.tokenize_instructions, model.config.image_size)  # fmt: skip
+    policy = load_state_flow(resolve_checkpoint(state_checkpoint))
+    state_preprocess = policy.preprocess
+
+    def from_cameras(observations, instructions):
+        batch = preprocess(observations, instructions)
+        with torch.no_grad():
+            readout = model.encode_prefix(batch).readout
+            scene = ckpt.normalizer.unnormalize(ENV_STATE, model.aux_head(readout)).numpy()
+        seen = [{STATE: o[STATE], ENV_STATE: s} for o, s in zip(observations, scene, strict=True)]
+        return state_preprocess(seen, instructions)
+
+    policy.preprocess = from_cameras
+    reads = (*model.config.image_keys, STATE)
+    policy.features = wire_features({k: v for k, v in ckpt.features.items() if k in reads})
+    return policy
+
+
+def closed_loop(vla_checkpoint: str, state_checkpoint: str, overrides: list[str]) -> None:
+    """``rtvla eval checkpoint=VLA_CHECKPOINT OVERRIDES``, the policy loaded as
+    ``scene_reading_policy`` (the loader is replaced in this process only)."""
+    import policies.inference
+    from runtime.commands.cli import main
+
+    policies.inference.load_flow_policy = lambda path, device="cpu": scene_reading_policy(
+        vla_checkpoint, state_checkpoint
+    )
+    main(["eval", f"checkpoint={vla_checkpoint}", *overrides])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    r = sub.add_parser("readout", help="error of the predicted scene on a dataset's frames")
+    r.add_argument("checkpoint")
+    r.add_argument("dataset")
+    r.add_argument("--every", type=int, default=3, help="score every n-th frame")
+    c = sub.add_parser("closed-loop", help="a state policy reading the VLA's predicted scene")
+    c.add_argument("vla_checkpoint")
+    c.add_argument("state_checkpoint")
+    c.add_argument("overrides", nargs="*", help="rtvla eval settings, e.g. episodes=50")
+    args = parser.parse_args()
+    if args.mode == "readout":
+        print(json.dumps({"bench": "scene_readout", **readout(args.checkpoint, args.dataset,
+                                                              args.every)}))  # fmt: skip
+    else:
+        closed_loop(args.vla_checkpoint, args.state_checkpoint, args.overrides)
+
+
+if __name__ == "__main__":
+    main()
