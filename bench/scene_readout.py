@@ -51,6 +51,11 @@ def predict_scene(model, normalizer, preprocess, items: list[dict]) -> np.ndarra
         torch.stack([it[STATE] for it in items]),
         [it["task"] for it in items],
     )
+    return scene_of(model, normalizer, batch)
+
+
+def scene_of(model, normalizer, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    """The raw scene states (B, E) the VLA's scene-state head predicts for a VLA batch."""
     with torch.no_grad():
         readout = model.encode_prefix(batch).readout
         return normalizer.unnormalize(ENV_STATE, model.aux_head(readout)).numpy()
@@ -112,10 +117,7 @@ def scene_reading_policy(vla_checkpoint: str, state_checkpoint: str):
     state_preprocess = policy.preprocess
 
     def from_cameras(observations, instructions):
-        batch = preprocess(observations, instructions)
-        with torch.no_grad():
-            readout = model.encode_prefix(batch).readout
-            scene = ckpt.normalizer.unnormalize(ENV_STATE, model.aux_head(readout)).numpy()
+        scene = scene_of(model, ckpt.normalizer, preprocess(observations, instructions))
         seen = [{STATE: o[STATE], ENV_STATE: s} for o, s in zip(observations, scene, strict=True)]
         return state_preprocess(seen, instructions)
 

@@ -89,3 +89,12 @@ def test_a_missed_grasp_is_a_close_on_nothing_after_an_opening():
     gripper = np.array([86, 40, 1, 0.5, 2, 60, 86, 30, 31, 86, 10, 0])
     assert misses(gripper, closed=3.0, opened=20.0) == 2
     assert misses(np.array([0.0, 0.0, 1.0]), closed=3.0, opened=20.0) == 0  # never opened
+
+
+def test_scene_readout_finds_the_named_target_slot():
+    readout = load("scene_readout")
+    from sim.tasks.base import COLORS
+
+    assert readout.named_slot("move the gripper to the green target") == COLORS.index("green")
+    with pytest.raises(ValueError, match="names 2 of the colours"):
+        readout.named_slot("the red or the blue target")
