@@ -95,6 +95,6 @@ def test_scene_readout_finds_the_named_target_slot():
     readout = load("scene_readout")
     from sim.tasks.base import COLORS
 
-    assert readout.named_slot("move the gripper to the green target") == COLORS.index("green")
+    assert readout.named_slot("move the gripper to the green target") == list(COLORS).index("green")
     with pytest.raises(ValueError, match="names 2 of the colours"):
         readout.named_slot("the red or the blue target")
