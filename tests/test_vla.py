@@ -317,17 +317,23 @@ def test_aux_env_state_is_off_without_a_scene_state():
     assert "aux_env" not in terms and torch.isfinite(loss)
 
 
+def backward_flow_loss(model: VLA) -> dict[str, torch.Tensor]:
+    """A batch with a 4-number scene state; the flow loss alone back-propagated on it."""
+    batch = make_batch(model)
+    batch["observation.environment_state"] = torch.randn(2, 4)
+    _, terms = model(batch)
+    model.zero_grad()
+    terms["fm"].backward()
+    return batch
+
+
 def test_expert_scene_reads_the_predicted_scene_state_and_needs_the_scene_loss():
     """With expert_scene the expert's velocity depends on what the aux head predicts (and the
     aux head is trained by the scene-state loss only), also when serving without a scene state."""
     with pytest.raises(ValueError, match="expert_scene"):
         tiny_config(expert_scene=True)  # no scene state, so no scene-state loss to predict it
     model = make_model(aux_env_state=1.0, env_state_dim=4, expert_scene=True)
-    batch = make_batch(model)
-    batch["observation.environment_state"] = torch.randn(2, 4)
-    _, terms = model(batch)
-    model.zero_grad()
-    terms["fm"].backward()
+    batch = backward_flow_loss(model)
     assert all(p.grad is None or not p.grad.any() for p in model.aux_head.parameters())
     assert any(p.grad is not None and p.grad.any() for p in model.expert.scene.parameters())
     del batch["observation.environment_state"]
@@ -378,11 +384,7 @@ def test_scene_mixer_expert_acts_on_the_predicted_scene_state_only():
     with pytest.raises(ValueError, match="expert="):
         tiny_config(expert="mlp")
     model = make_model(aux_env_state=1.0, env_state_dim=4, expert="scene_mixer")
-    batch = make_batch(model)
-    batch["observation.environment_state"] = torch.randn(2, 4)
-    _, terms = model(batch)
-    model.zero_grad()
-    terms["fm"].backward()
+    batch = backward_flow_loss(model)
     assert all(p.grad is None or not p.grad.any() for p in model.backbone.parameters())
     assert any(p.grad is not None and p.grad.any() for p in model.expert.parameters())
     model.eval()
