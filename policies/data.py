@@ -212,6 +212,20 @@ def _fit(frames: Tensor, size: tuple[int, int] | None) -> Tensor:
     return (resized * 255).round().to(torch.uint8)
 
 
+def failure_segments(episode: np.ndarray, correction: np.ndarray) -> np.ndarray:
+    """(N,) True on the frames of each episode before its first ``correction`` frame, in the
+    episodes that have one: the demonstrator's injected failure (``rtvla record failure_prob``),
+    whose actions head for the wrong place under the task's instruction. Episodes without a
+    correction have none."""
+    out = np.zeros(len(episode), dtype=bool)
+    for ep in np.unique(episode):
+        where = np.flatnonzero(episode == ep)
+        fixes = np.flatnonzero(correction[where])
+        if len(fixes):
+            out[where[: fixes[0]]] = True
+    return out
+
+
 class InMemoryChunks(torch.utils.data.Dataset):
     """A LeRobotDataset decoded once into memory, serving the same items as its
     ``delta_timestamps`` chunk queries (same clamping to the episode, same ``action_is_pad``).
@@ -232,6 +246,7 @@ class InMemoryChunks(torch.utils.data.Dataset):
         rename_map: Mapping[str, str] | None = None,
         history_offsets: Sequence[int] = (),
         label_shift: int = 0,
+        drop_failure_actions: bool = False,
     ) -> None:
         """image_keys: the cameras to decode, policy names (None: all; () for state-based
         policies); image_size: (H, W) to resize them to (None: as recorded);
@@ -240,7 +255,10 @@ class InMemoryChunks(torch.utils.data.Dataset):
         label_shift: an item's hierarchy labels (step and corrective instruction, correction
         flag) are those of the frame this many frames later, clamped to the episode's last
         frame, as the high-level policy is trained to predict them
-        (``policies.hierarchy.label_indices``)."""
+        (``policies.hierarchy.label_indices``);
+        drop_failure_actions: the frames of an episode before its first ``correction`` frame
+        (``failure_segments``: an injected failure) have every action marked as padding, so no
+        action loss reads them; everything else of them (images, states, scene state) stays."""
         if label_shift < 0:
             raise ValueError(f"label_shift={label_shift} must be >= 0 frames")
         self.label_shift = int(label_shift)
@@ -275,6 +293,12 @@ class InMemoryChunks(torch.utils.data.Dataset):
         self.ep_end = np.array([ends[e] for e in self.episode])
         self.offsets = np.arange(chunk_length)
         self.history_offsets = np.asarray(history_offsets, dtype=np.int64)  # (T,)
+        self.drop_actions = np.zeros(len(self.episode), dtype=bool)  # (N,)
+        if drop_failure_actions:
+            if self.correction is None:
+                raise ValueError("failure_actions=drop needs the `correction` label, which the "
+                                 "dataset lacks: record it with `rtvla record failure_prob=...`")  # fmt: skip
+            self.drop_actions = failure_segments(self.episode, self.correction)
         if len(self.history_offsets) and self.env_state is None:
             raise ValueError(f"history_offsets need {ENV_STATE}, which the dataset lacks")
 
@@ -330,7 +354,9 @@ class InMemoryChunks(torch.utils.data.Dataset):
             item[STATE + HISTORY_SUFFIX] = self.state[past]  # (T, S)
             item[ENV_STATE + HISTORY_SUFFIX] = self.env_state[past]  # (T, E)
         item[ACTION] = self.action[index]  # (H, A)
-        item["action_is_pad"] = torch.from_numpy(query >= self.ep_end[i])  # (H,)
+        item["action_is_pad"] = torch.from_numpy(
+            (query >= self.ep_end[i]) | self.drop_actions[i]
+        )  # (H,)
         item["task"] = self.task[i]
         label = min(i + self.label_shift, self.ep_end[i] - 1)
         for key in self.text_keys:

@@ -64,6 +64,7 @@ def vla_config(features: dict[str, dict], policy: Mapping) -> VLAConfig:
 def train(cfg: Mapping) -> dict:
     """Train (or resume) a run described by the resolved ``configs/train.yaml``; returns figures."""
     check_instruction_source(_features(cfg["dataset"]), cfg["instruction"])
+    _failure_actions(cfg)
     lookahead = cfg.get("instruction_lookahead_s") or 0.0
     if lookahead < 0 or (lookahead and cfg["instruction"] == "task"):
         raise ValueError(
@@ -88,6 +89,7 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
     stats = {rename.get(k, k): v for k, v in dataset.meta.stats.items()}
     fps = dataset.meta.fps
     label_shift = round(float(cfg.get("instruction_lookahead_s") or 0.0) * fps)
+    drop = _failure_actions(cfg)
     if label_shift and cfg["data"] != "memory":
         raise ValueError("instruction_lookahead_s needs data=memory (it reads the labels of a "
                          "later frame of the decoded dataset)")  # fmt: skip
@@ -100,7 +102,8 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
                 raise ValueError(f"policy.{option} needs data=memory (its statistics are "
                                  "computed over the decoded dataset)")  # fmt: skip
         items = (InMemoryChunks(dataset, H, (), rename_map=rename,
-                                history_offsets=config.history_offsets, label_shift=label_shift)
+                                history_offsets=config.history_offsets, label_shift=label_shift,
+                                drop_failure_actions=drop)
                  if cfg["data"] == "memory" else Renamed(dataset, rename))  # fmt: skip
         if config.relative_actions:  # normalize the offsets, not the absolute targets
             mean, std = items.relative_action_stats(config.relative_mask)
@@ -139,9 +142,8 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
         raise ValueError(f"policy.aux_goal={config.aux_goal} needs data=memory (it reads each "
                          "episode's last state from the decoded dataset)")  # fmt: skip
     if cfg["data"] == "memory":
-        items = InMemoryChunks(
-            dataset, H, config.image_keys, config.image_size, rename, label_shift=label_shift
-        )
+        items = InMemoryChunks(dataset, H, config.image_keys, config.image_size, rename,
+                               label_shift=label_shift, drop_failure_actions=drop)  # fmt: skip
     else:
         items = Renamed(dataset, rename)
     return Setup(
@@ -151,6 +153,17 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
         meta=meta,
         write_extra=write_extra,
     )
+
+
+def _failure_actions(cfg: Mapping) -> bool:
+    """Whether ``failure_actions`` drops the injected failures' actions (checked up front)."""
+    mode = cfg.get("failure_actions", "keep")
+    if mode not in ("keep", "drop"):
+        raise ValueError(f"failure_actions={mode!r}: use keep or drop")
+    if mode == "drop" and cfg["data"] != "memory":
+        raise ValueError("failure_actions=drop needs data=memory (it reads each episode's "
+                         "correction labels from the decoded dataset)")  # fmt: skip
+    return mode == "drop"
 
 
 def _features(root: str) -> dict[str, dict]:

@@ -355,9 +355,13 @@ class VLA(nn.Module):
 
         Chunks running past their episode's end are tokenized as lerobot pads them (the last
         action repeated: holding still), which is a fine target, so they stay in this loss.
+        Chunks padded from their first action on (``failure_actions=drop``) leave it.
         """
         targets = batch["fast_tokens"]  # (B, F)
-        mask = batch["fast_mask"].to(logits.dtype)  # (B, F)
+        mask = batch["fast_mask"]  # (B, F)
+        if "action_is_pad" in batch:
+            mask = mask & ~batch["action_is_pad"][:, :1]
+        mask = mask.to(logits.dtype)
         ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # (B, F)
         return (ce * mask).sum() / mask.sum().clamp(min=1.0)
 

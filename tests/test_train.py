@@ -86,6 +86,30 @@ def test_correction_weight_draws_the_labelled_corrections_that_many_times_as_oft
         sampling_weights(Items(), 0, 1.0, 2.0)
 
 
+def test_failure_segments_are_the_frames_before_each_episodes_first_correction():
+    from policies.data import failure_segments
+
+    episode = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+    correction = np.array([0, 0, 1, 0, 0, 0, 0, 1, 1, 0], dtype=bool)
+    expected = np.array([1, 1, 0, 0, 0, 0, 0, 0, 0, 0], dtype=bool)
+    np.testing.assert_array_equal(failure_segments(episode, correction), expected)
+
+
+def test_failure_actions_drop_pads_the_injected_failures_actions_only(reach_corrections_dataset):
+    from policies.data import InMemoryChunks, failure_segments, open_dataset
+
+    ds = open_dataset(reach_corrections_dataset, chunk_length=8)
+    kept, dropped = InMemoryChunks(ds, 8, ()), InMemoryChunks(ds, 8, (), drop_failure_actions=True)
+    failing = failure_segments(kept.episode, kept.correction)
+    assert 0 < failing.sum() < len(ds)  # both episodes fail first, then recover
+    for i in range(len(ds)):
+        if failing[i]:
+            assert bool(dropped[i]["action_is_pad"].all()), i
+        else:
+            assert torch.equal(dropped[i]["action_is_pad"], kept[i]["action_is_pad"]), i
+        torch.testing.assert_close(dropped[i]["observation.state"], kept[i]["observation.state"])
+
+
 def test_an_instruction_lookahead_needs_an_instruction_that_changes(reach_dataset, tmp_path):
     from policies.train import train
 
@@ -95,6 +119,17 @@ def test_an_instruction_lookahead_needs_an_instruction_that_changes(reach_datase
     with pytest.raises(ValueError, match="instruction=step, hierarchy"):
         train(cfg)
     assert not (tmp_path / "a").exists()
+
+
+def test_failure_actions_is_checked_before_any_work(reach_dataset, tmp_path):
+    from policies.train import train
+
+    root, _ = reach_dataset
+    with pytest.raises(ValueError, match="use keep or drop"):
+        train({**train_cfg(root, tmp_path / "a", 2), "failure_actions": "skip"})
+    with pytest.raises(ValueError, match="needs data=memory"):
+        train({**train_cfg(root, tmp_path / "b", 2), "failure_actions": "drop", "data": "lerobot"})
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 def test_two_steps_then_resume_equals_four_steps(reach_dataset, tmp_path):

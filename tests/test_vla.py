@@ -204,6 +204,22 @@ def test_padded_steps_are_out_of_the_flow_loss():
     torch.testing.assert_close(moved_terms["fm"], terms["fm"])
 
 
+def test_a_chunk_padded_from_its_first_action_is_out_of_the_fast_loss():
+    model = make_model()
+    batch = make_batch(model)
+    noise, tau = noisy_actions(model)
+    batch["action_is_pad"][1, 5:] = True  # past the episode's end: FAST still reads it
+    _, terms = model(batch, noise=noise, tau=tau)
+    other = dict(batch, fast_tokens=batch["fast_tokens"].clone())
+    other["fast_tokens"][1, :3] = (other["fast_tokens"][1, :3] + 1) % model.config.fast_vocab_size
+    assert not torch.allclose(model(other, noise=noise, tau=tau)[1]["fast_ce"], terms["fast_ce"])
+    dropped = dict(batch, action_is_pad=batch["action_is_pad"].clone())
+    dropped["action_is_pad"][1] = True  # failure_actions=drop: out of every action loss
+    _, kept = model(dropped, noise=noise, tau=tau)
+    _, changed = model(dict(dropped, fast_tokens=other["fast_tokens"]), noise=noise, tau=tau)
+    torch.testing.assert_close(changed["fast_ce"], kept["fast_ce"])
+
+
 def test_instruction_tokenizer_handles_any_text(caplog):
     model = make_model(language="bytes")
     with caplog.at_level(logging.WARNING):
