@@ -296,8 +296,10 @@ class InMemoryChunks(torch.utils.data.Dataset):
         self.drop_actions = np.zeros(len(self.episode), dtype=bool)  # (N,)
         if drop_failure_actions:
             if self.correction is None:
-                raise ValueError("failure_actions=drop needs the `correction` label, which the "
-                                 "dataset lacks: record it with `rtvla record failure_prob=...`")  # fmt: skip
+                raise ValueError(
+                    "failure_actions=drop needs the `correction` label, which the dataset "
+                    "lacks: record it with `rtvla record failure_prob=...`"
+                )
             self.drop_actions = failure_segments(self.episode, self.correction)
         if len(self.history_offsets) and self.env_state is None:
             raise ValueError(f"history_offsets need {ENV_STATE}, which the dataset lacks")
