@@ -18,6 +18,13 @@ success (with the true scene), perception is not what limits the VLA; near the V
     uv run python bench/scene_readout.py closed-loop VLA_CHECKPOINT STATE_CHECKPOINT \\
         task=reach episodes=50 seed=5000
 
+``along``: ``rtvla eval`` of the VLA itself, recording the scene state its scene-state head
+predicts at every request; then the named target's error at each episode's first and last
+request, by outcome (success or failure class). Frames of a recording are what the
+demonstrator saw; these are what the policy sees when it acts, off the demonstrations' paths.
+
+    uv run python bench/scene_readout.py along VLA_CHECKPOINT task=reach episodes=50 seed=5000
+
 Reach only (three targets in the colour order of ``sim.tasks.base.COLORS``).
 """
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -139,6 +147,69 @@ def closed_loop(vla_checkpoint: str, state_checkpoint: str, overrides: list[str]
     main(["eval", f"checkpoint={vla_checkpoint}", *overrides])
 
 
+def along(vla_checkpoint: str, overrides: list[str]) -> dict:
+    """``rtvla eval checkpoint=VLA_CHECKPOINT OVERRIDES`` with the scene-state head's output
+    recorded at every request; the named target's error (cm) at each episode's first and last
+    request, matched to the episode's seed and outcome."""
+    import policies.inference
+    from policies.features import ENV_STATE as ENV
+    from runtime.commands.cli import main as rtvla
+    from sim.env import make_env
+
+    if not any(o.startswith("output_dir=") for o in overrides):
+        overrides = [*overrides, "output_dir=outputs/bench/scene_along"]
+    out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
+    predicted: list[np.ndarray] = []
+    load = policies.inference.load_flow_policy
+
+    def recording(path, device="cpu"):
+        policy = load(path, device)
+        if not hasattr(policy.model, "aux_head"):
+            raise ValueError(f"{path} has no scene-state head: train with aux_env_state > 0")
+
+        def keep(module, inputs, output):
+            predicted.append(policy.normalizer.unnormalize(ENV, output.detach()).numpy())
+
+        policy.model.aux_head.register_forward_hook(keep)
+        return policy
+
+    policies.inference.load_flow_policy = recording
+    try:
+        rtvla(["eval", f"checkpoint={vla_checkpoint}", *overrides])
+    except SystemExit as done:
+        if done.code:
+            raise
+    finally:
+        policies.inference.load_flow_policy = load
+    summary = json.loads((Path(out) / "summary.json").read_text())
+    scenes = np.concatenate(predicted)  # (requests, E), in request order
+    env = make_env(summary["task"], render=False)
+    rows, used = [], 0
+    for k, episode in enumerate(summary["per_episode"]):
+        with np.load(Path(out) / f"episode_{k:03d}.npz") as log:
+            n = len(log["requests.request_id"])
+        env.reset(seed=episode["seed"])
+        slot = named_slot(env.instruction)
+        true = env.task.environment_state().reshape(-1, 3)[slot]
+        error = 100 * np.linalg.norm(scenes[used : used + n].reshape(n, -1, 3)[:, slot] - true,
+                                     axis=-1)  # fmt: skip
+        used += n
+        rows.append((episode["failure"] or "success", error[0], error[-1]))
+    env.close()
+    if used != len(scenes):
+        raise RuntimeError(f"{len(scenes)} predictions for {used} logged requests")
+    by = {}
+    for outcome in sorted({r[0] for r in rows}):
+        first = [r[1] for r in rows if r[0] == outcome]
+        last = [r[2] for r in rows if r[0] == outcome]
+        by[outcome] = {"episodes": len(first),
+                       "first_request_cm_median": round(float(np.median(first)), 2),
+                       "last_request_cm_median": round(float(np.median(last)), 2)}  # fmt: skip
+    return {"checkpoint": vla_checkpoint, "episodes": len(rows),
+            "success_rate": summary["success_rate"], "named_target_error_by_outcome": by,
+            "output_dir": out}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="mode", required=True)
@@ -150,8 +221,14 @@ def main() -> None:
     c.add_argument("vla_checkpoint")
     c.add_argument("state_checkpoint")
     c.add_argument("overrides", nargs="*", help="rtvla eval settings, e.g. episodes=50")
+    a = sub.add_parser("along", help="the VLA's own predicted scene along its eval episodes")
+    a.add_argument("vla_checkpoint")
+    a.add_argument("overrides", nargs="*", help="rtvla eval settings, e.g. episodes=50")
     args = parser.parse_args()
-    if args.mode == "readout":
+    if args.mode == "along":
+        print(json.dumps({"bench": "scene_readout", "mode": "along",
+                          **along(args.vla_checkpoint, args.overrides)}))  # fmt: skip
+    elif args.mode == "readout":
         print(json.dumps({"bench": "scene_readout", **readout(args.checkpoint, args.dataset,
                                                               args.every)}))  # fmt: skip
     else:

@@ -98,3 +98,27 @@ def test_scene_readout_finds_the_named_target_slot():
     assert readout.named_slot("move the gripper to the green target") == list(COLORS).index("green")
     with pytest.raises(ValueError, match="names 2 of the colours"):
         readout.named_slot("the red or the blue target")
+
+
+def test_scene_readout_along_matches_each_request_to_its_episodes_true_scene(
+    reach_dataset, tmp_path
+):
+    """``along`` evaluates a (2-step) scene-mixer VLA and scores the scene it predicted at
+    each request against the scene its episode's seed resets to."""
+    from runtime.commands.cli import main
+
+    readout = load("scene_readout")
+    root, _ = reach_dataset
+    run = tmp_path / "run"
+    main(["train", f"dataset={root}", f"output={run}", "steps=2", "batch_size=4",
+          "save_every=2", "fast_fit_chunks=64", "device=cpu", "policy.fast_loss=false",
+          "policy.insulation=false", "policy.chunk_length=8", "policy.expert=scene_mixer",
+          "policy.expert_scene_teacher=1.0", "policy.width=32", "policy.depth=1",
+          "policy.expert_width=32"])  # fmt: skip
+    result = readout.along(str(run), ["task=reach", "episodes=2", "seed=5000",
+                                                   f"output_dir={tmp_path / 'eval'}"])  # fmt: skip
+    assert result["episodes"] == 2
+    rows = result["named_target_error_by_outcome"]
+    assert sum(r["episodes"] for r in rows.values()) == 2
+    for r in rows.values():  # an untrained head: centimetres off, finite
+        assert 0 < r["first_request_cm_median"] < 100 and 0 < r["last_request_cm_median"] < 100
