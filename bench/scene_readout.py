@@ -84,24 +84,34 @@ def readout(checkpoint: str, dataset: str, every: int) -> dict:
     preprocess = VLAPreprocessor(model.config.image_keys, ckpt.normalizer,
                                  model.tokenize_instructions, model.config.image_size)  # fmt: skip
     index = np.arange(0, len(items), every)
-    errors, named, frames = [], [], []
+    errors, named, frames, slots = [], [], [], []
     for start in range(0, len(index), 64):
         batch = [items[int(i)] for i in index[start : start + 64]]
         predicted = predict_scene(model, ckpt.normalizer, preprocess, batch)
         true = np.stack([it[ENV_STATE].numpy() for it in batch])
         per_target = 100 * np.linalg.norm((predicted - true).reshape(len(batch), -1, 3), axis=-1)
         errors.append(per_target)  # (n, targets), cm
-        named += [row[named_slot(it["task"])] for row, it in zip(per_target, batch, strict=True)]
+        slots += [named_slot(it["task"]) for it in batch]
+        named += [row[k] for row, k in zip(per_target, slots[-len(batch) :], strict=True)]
         frames += [int(frame[i]) for i in index[start : start + 64]]
     errors, named, frames = np.concatenate(errors), np.array(named), np.array(frames)
+    slots = np.array(slots)
     by_frame = {
         f"{lo}-{hi}": round(float(np.median(named[(frames >= lo) & (frames < hi)])), 3)
         for lo, hi in FRAME_BINS
         if ((frames >= lo) & (frames < hi)).any()
     }
+    names = data.meta.features[ENV_STATE]["names"][::3]
+    by_target = {  # each target's error, over all frames / over the frames that name it
+        name.split(".")[0]: [round(float(np.median(errors[:, k])), 3),
+                             round(float(np.median(named[slots == k])), 3) if (slots == k).any()
+                             else None]
+        for k, name in enumerate(names)
+    }  # fmt: skip
     return {
         "checkpoint": checkpoint, "dataset": dataset, "frames": len(named),
         "target_error_cm_median": round(float(np.median(errors)), 3),
+        "target_error_cm_median_by_target_all_and_named": by_target,
         "named_target_error_cm_median": round(float(np.median(named)), 3),
         "named_target_error_cm_p90": round(float(np.percentile(named, 90)), 3),
         "named_target_error_cm_median_by_frame": by_frame,
@@ -184,6 +194,7 @@ def along(vla_checkpoint: str, overrides: list[str]) -> dict:
     summary = json.loads((Path(out) / "summary.json").read_text())
     scenes = np.concatenate(predicted)  # (requests, E), in request order
     env = make_env(summary["task"], render=False)
+    names = [name.split(".")[0] for name in env.task.environment_names()[::3]]
     rows, used = [], 0
     for k, episode in enumerate(summary["per_episode"]):
         with np.load(Path(out) / f"episode_{k:03d}.npz") as log:
@@ -194,7 +205,7 @@ def along(vla_checkpoint: str, overrides: list[str]) -> dict:
         error = 100 * np.linalg.norm(scenes[used : used + n].reshape(n, -1, 3)[:, slot] - true,
                                      axis=-1)  # fmt: skip
         used += n
-        rows.append((episode["failure"] or "success", error[0], error[-1]))
+        rows.append((episode["failure"] or "success", error[0], error[-1], names[slot]))
     env.close()
     if used != len(scenes):
         raise RuntimeError(f"{len(scenes)} predictions for {used} logged requests")
@@ -205,8 +216,12 @@ def along(vla_checkpoint: str, overrides: list[str]) -> dict:
         by[outcome] = {"episodes": len(first),
                        "first_request_cm_median": round(float(np.median(first)), 2),
                        "last_request_cm_median": round(float(np.median(last)), 2)}  # fmt: skip
+    by_target = {name: {"episodes": sum(r[3] == name for r in rows),
+                        "successes": sum(r[3] == name and r[0] == "success" for r in rows)}
+                 for name in names}  # fmt: skip
     return {"checkpoint": vla_checkpoint, "episodes": len(rows),
             "success_rate": summary["success_rate"], "named_target_error_by_outcome": by,
+            "outcome_by_named_target": by_target,
             "output_dir": out}  # fmt: skip
 
 

@@ -122,3 +122,12 @@ def test_scene_readout_along_matches_each_request_to_its_episodes_true_scene(
     assert sum(r["episodes"] for r in rows.values()) == 2
     for r in rows.values():  # an untrained head: centimetres off, finite
         assert 0 < r["first_request_cm_median"] < 100 and 0 < r["last_request_cm_median"] < 100
+    by_target = result["outcome_by_named_target"]
+    assert set(by_target) == {"target_red", "target_green", "target_blue"}
+    assert sum(t["episodes"] for t in by_target.values()) == 2
+    assert sum(t["successes"] for t in by_target.values()) == round(2 * result["success_rate"])
+    frames = readout.readout(str(run), str(root), every=1)
+    errors = frames["target_error_cm_median_by_target_all_and_named"]
+    assert set(errors) == {"target_red", "target_green", "target_blue"}
+    assert all(0 < all_frames < 100 for all_frames, _ in errors.values())
+    assert any(named is not None for _, named in errors.values())
