@@ -84,7 +84,7 @@ def readout(checkpoint: str, dataset: str, every: int) -> dict:
     preprocess = VLAPreprocessor(model.config.image_keys, ckpt.normalizer,
                                  model.tokenize_instructions, model.config.image_size)  # fmt: skip
     index = np.arange(0, len(items), every)
-    errors, named, frames, slots = [], [], [], []
+    errors, frames, slots = [], [], []
     for start in range(0, len(index), 64):
         batch = [items[int(i)] for i in index[start : start + 64]]
         predicted = predict_scene(model, ckpt.normalizer, preprocess, batch)
@@ -92,10 +92,9 @@ def readout(checkpoint: str, dataset: str, every: int) -> dict:
         per_target = 100 * np.linalg.norm((predicted - true).reshape(len(batch), -1, 3), axis=-1)
         errors.append(per_target)  # (n, targets), cm
         slots += [named_slot(it["task"]) for it in batch]
-        named += [row[k] for row, k in zip(per_target, slots[-len(batch) :], strict=True)]
         frames += [int(frame[i]) for i in index[start : start + 64]]
-    errors, named, frames = np.concatenate(errors), np.array(named), np.array(frames)
-    slots = np.array(slots)
+    errors, frames, slots = np.concatenate(errors), np.array(frames), np.array(slots)
+    named = errors[np.arange(len(slots)), slots]
     by_frame = {
         f"{lo}-{hi}": round(float(np.median(named[(frames >= lo) & (frames < hi)])), 3)
         for lo, hi in FRAME_BINS
