@@ -38,3 +38,29 @@ def test_help_shows_values_after_overrides_and_descriptions_from_each_source(cap
     assert "chunks drawn per request" in rows["executor.samples"][1]
     assert "ZMQ endpoint" in settings(command_help("serve", []))["address"][1]  # header line
     assert "knowledge insulation" in settings(command_help("train", []))["policy.insulation"][1]
+
+
+def test_a_recipe_sets_its_settings_lists_in_help_and_the_command_line_still_wins():
+    import dataclasses
+
+    from hydra import compose, initialize_config_dir
+
+    from policies.vla import VLAConfig
+    from runtime.commands.cli import CONFIG_DIR, register_policy_configs, unknown_keys
+
+    register_policy_configs()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        plain = compose(config_name="train", overrides=["dataset=x"])
+        recipe = compose(config_name="train", overrides=["dataset=x", "recipe=reach_cpu"])
+        mine = compose(config_name="train", overrides=["dataset=x", "recipe=reach_cpu", "steps=7"])
+    assert plain.policy.expert == "transformer" and plain.failure_actions == "keep"
+    assert recipe.policy.expert == "scene_mixer" and recipe.policy.vision == "keypoints"
+    assert recipe.failure_actions == "drop" and recipe.steps == 10000 and recipe.lr == 1e-3
+    assert mine.steps == 7 and mine.policy.expert == "scene_mixer"
+    fields = {f.name for f in dataclasses.fields(VLAConfig)}
+    chosen = {k: v for k, v in recipe.policy.items() if k in fields}
+    VLAConfig(**chosen, env_state_dim=9)  # a valid config (the dataset fills env_state_dim)
+    assert unknown_keys("train", ["recipe=reach_cpu", "policy.expert_width=64"]) == ""
+    text = command_help("train", ["recipe=reach_cpu"])
+    assert "  recipe: reach_cpu" in text
+    assert settings(text)["failure_actions"][0] == "drop"

@@ -87,7 +87,7 @@ def _as_hydra_app(name: str) -> Callable[[], None]:
 
 
 POLICY_COMMANDS = ("train",)  # commands composing the policy/ group
-GROUPS = ("task", "driver", "executor", "policy")  # config groups (their choice, not a value)
+GROUPS = ("task", "driver", "executor", "policy", "recipe")  # groups: a choice, not a value
 
 
 def _defaults(name: str) -> DictConfig:
@@ -221,12 +221,18 @@ def command_help(name: str, overrides: list[str]) -> str:
     tree = OmegaConf.to_container(cfg, resolve=False)
     stored = ConfigStore.instance().repo
     groups = {}
+    own_defaults = (CONFIG_DIR / f"{name}.yaml").read_text()
     for group in GROUPS:
-        if not isinstance(tree.get(group), dict):
+        if isinstance(tree.get(group), dict):
+            chosen = tree[group].get("name")
+        elif f"- {group}:" in own_defaults:  # a group of global settings (recipe/)
+            picked = [o.split("=", 1)[1] for o in settings if o.split("=", 1)[0] == group]
+            chosen = picked[-1] if picked else None
+        else:
             continue
         options = {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}
         options |= {n.removesuffix(".yaml") for n in stored.get(group, {})}
-        groups[group] = (tree[group].get("name"), sorted(options))
+        groups[group] = (chosen, sorted(options))
     return render_help(name, COMMANDS[name], tree, descriptions(CONFIG_DIR, name), groups)
 
 

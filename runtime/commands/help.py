@@ -91,6 +91,8 @@ def descriptions(config_dir: Path, name: str) -> dict[str, str]:
             docs.setdefault(key, text)
     for group in sorted(p for p in config_dir.iterdir() if p.is_dir()):
         for option in sorted(group.glob("*.yaml")):
+            if option.read_text().startswith("# @package _global_"):
+                continue  # a recipe: its keys are described where they are defined
             for key, text in yaml_comments(option, f"{group.name}.").items():
                 docs.setdefault(key, text)
     for config, _ in KINDS.values():
