@@ -18,6 +18,13 @@ success (with the true scene), perception is not what limits the VLA; near the V
     uv run python bench/scene_readout.py closed-loop VLA_CHECKPOINT STATE_CHECKPOINT \\
         task=reach episodes=50 seed=5000
 
+``true-scene``: ``rtvla eval`` of the VLA with its action expert reading the simulator's scene
+state instead of the one its backbone predicts (a scene-reading expert, ``policy.expert=
+scene_mixer``): the VLA with perfect perception. Its success against the VLA's own bounds
+what better perception can gain. Any task.
+
+    uv run python bench/scene_readout.py true-scene VLA_CHECKPOINT task=pick_place episodes=50
+
 ``along``: ``rtvla eval`` of the VLA itself, recording the scene state its scene-state head
 predicts at every request; then the named target's error at each episode's first and last
 request, by outcome (success or failure class). Frames of a recording are what the
@@ -25,7 +32,8 @@ demonstrator saw; these are what the policy sees when it acts, off the demonstra
 
     uv run python bench/scene_readout.py along VLA_CHECKPOINT task=reach episodes=50 seed=5000
 
-Reach only (three targets in the colour order of ``sim.tasks.base.COLORS``).
+``readout`` and ``along`` are for reach only (three targets in the colour order of
+``sim.tasks.base.COLORS``).
 """
 
 from __future__ import annotations
@@ -156,6 +164,57 @@ def closed_loop(vla_checkpoint: str, state_checkpoint: str, overrides: list[str]
     main(["eval", f"checkpoint={vla_checkpoint}", *overrides])
 
 
+def true_scene_policy(vla_checkpoint: str, load=None):
+    """The VLA of ``vla_checkpoint`` as a ``FlowPolicy`` whose action expert reads the true
+    scene state the controller sends (``observation.environment_state``, normalized with the
+    checkpoint's statistics) in place of the scene its backbone predicts. load: the policy
+    loader (default ``policies.inference.load_flow_policy``)."""
+    from dataclasses import replace
+
+    import policies.inference
+    from policies.checkpoint import load_checkpoint, wire_features
+
+    policy = (load or policies.inference.load_flow_policy)(vla_checkpoint)
+    model = policy.model
+    if not getattr(model.config, "reads_scene", False):
+        raise ValueError(f"{vla_checkpoint}'s action expert reads no scene state: this needs "
+                         "one trained with policy.expert=scene_mixer")  # fmt: skip
+    features = load_checkpoint(vla_checkpoint).features
+    if ENV_STATE not in features:
+        raise ValueError(f"{vla_checkpoint} was trained without {ENV_STATE}")
+    policy.features = {**policy.features, **wire_features({ENV_STATE: features[ENV_STATE]})}
+    prepare, expert_inputs = policy.preprocess, model._expert_inputs
+    E = model.config.env_state_dim
+
+    def with_scene(observations, instructions):
+        batch = prepare(observations, instructions)
+        scene = torch.as_tensor(np.stack([o[ENV_STATE] for o in observations]), dtype=torch.float32)
+        batch[ENV_STATE] = policy.normalizer.normalize(ENV_STATE, scene)
+        return batch
+
+    def true_scene(cache, batch):
+        cache = expert_inputs(cache, batch)
+        scene = torch.cat([batch[ENV_STATE].to(cache.scene.dtype), cache.scene[:, E:]], dim=-1)
+        return replace(cache, scene=scene)
+
+    policy.preprocess, model._expert_inputs = with_scene, true_scene
+    return policy
+
+
+def true_scene(vla_checkpoint: str, overrides: list[str]) -> None:
+    """``rtvla eval checkpoint=VLA_CHECKPOINT OVERRIDES``, the policy loaded as
+    ``true_scene_policy`` (the loader is replaced in this process only)."""
+    import policies.inference
+    from runtime.commands.cli import main
+
+    load = policies.inference.load_flow_policy
+    policies.inference.load_flow_policy = lambda path, device="cpu": true_scene_policy(path, load)
+    try:
+        main(["eval", f"checkpoint={vla_checkpoint}", *overrides])
+    finally:
+        policies.inference.load_flow_policy = load
+
+
 def along(vla_checkpoint: str, overrides: list[str]) -> dict:
     """``rtvla eval checkpoint=VLA_CHECKPOINT OVERRIDES`` with the scene-state head's output
     recorded at every request; the named target's error (cm) at each episode's first and last
@@ -238,8 +297,13 @@ def main() -> None:
     a = sub.add_parser("along", help="the VLA's own predicted scene along its eval episodes")
     a.add_argument("vla_checkpoint")
     a.add_argument("overrides", nargs="*", help="rtvla eval settings, e.g. episodes=50")
+    t = sub.add_parser("true-scene", help="the VLA acting on the simulator's scene state")
+    t.add_argument("vla_checkpoint")
+    t.add_argument("overrides", nargs="*", help="rtvla eval settings, e.g. episodes=50")
     args = parser.parse_args()
-    if args.mode == "along":
+    if args.mode == "true-scene":
+        true_scene(args.vla_checkpoint, args.overrides)
+    elif args.mode == "along":
         print(json.dumps({"bench": "scene_readout", "mode": "along",
                           **along(args.vla_checkpoint, args.overrides)}))  # fmt: skip
     elif args.mode == "readout":

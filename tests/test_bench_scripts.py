@@ -2,6 +2,7 @@
 path and module name, so a move elsewhere breaks them only when they run)."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -131,3 +132,54 @@ def test_scene_readout_along_matches_each_request_to_its_episodes_true_scene(
     assert set(errors) == {"target_red", "target_green", "target_blue"}
     assert all(0 < all_frames < 100 for all_frames, _ in errors.values())
     assert any(named is not None for _, named in errors.values())
+
+
+def test_scene_readout_true_scene_makes_the_vla_act_on_the_simulators_scene(
+    reach_dataset, tmp_path
+):
+    """``true-scene``: the (2-step) scene-mixer VLA's actions follow the scene state the
+    controller sends, which the VLA itself never reads, and ``rtvla eval`` runs with it."""
+    import torch
+
+    from policies.features import ENV_STATE
+    from policies.inference import load_flow_policy
+    from runtime.commands.cli import main
+    from sim.env import make_env
+
+    readout = load("scene_readout")
+    root, _ = reach_dataset
+    run = tmp_path / "run"
+    main(["train", f"dataset={root}", f"output={run}", "steps=2", "batch_size=4",
+          "save_every=2", "fast_fit_chunks=64", "device=cpu", "policy.fast_loss=false",
+          "policy.insulation=false", "policy.chunk_length=8", "policy.expert=scene_mixer",
+          "policy.expert_scene_teacher=1.0", "policy.width=32", "policy.depth=1",
+          "policy.expert_width=32"])  # fmt: skip
+    env = make_env("reach", render=True)
+    obs = env.reset(seed=0)
+    instruction = env.instruction
+    env.close()
+    moved = {**obs, ENV_STATE: obs[ENV_STATE] + 0.2}
+
+    def scene_read(policy, observation):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            batch = policy.preprocess([observation], [instruction])
+            cache = policy.model.encode_prefix(batch)
+        return cache.scene.clone()
+
+    plain = load_flow_policy(str(run))
+    assert ENV_STATE not in plain.features
+    assert torch.equal(scene_read(plain, obs), scene_read(plain, moved))  # the VLA ignores it
+    policy = readout.true_scene_policy(str(run))
+    assert ENV_STATE in policy.features  # the controller is asked to send it
+    E = policy.model.config.env_state_dim
+    read = scene_read(policy, obs)[0, :E]
+    expected = policy.normalizer.normalize(ENV_STATE, torch.as_tensor(obs[ENV_STATE]))
+    assert torch.allclose(read, expected.float())
+    assert not torch.allclose(scene_read(policy, moved)[0, :E], read)
+    readout.true_scene(str(run), ["task=reach", "episodes=1", "seed=5000",
+                                  f"output_dir={tmp_path / 'eval'}"])  # fmt: skip
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["episodes"] == 1 and summary["requests"] > 0  # a chunk for every request:
+    assert summary["request_errors"] == 0 and summary["chunks_received"] == summary["requests"]
+    assert load_flow_policy is __import__("policies.inference").inference.load_flow_policy
