@@ -53,14 +53,19 @@ def test_a_recipe_sets_its_settings_lists_in_help_and_the_command_line_still_win
         plain = compose(config_name="train", overrides=["dataset=x"])
         recipe = compose(config_name="train", overrides=["dataset=x", "recipe=reach_cpu"])
         mine = compose(config_name="train", overrides=["dataset=x", "recipe=reach_cpu", "steps=7"])
+        pick = compose(config_name="train", overrides=["dataset=x", "recipe=pick_place_cpu"])
     assert plain.policy.expert == "transformer" and plain.failure_actions == "keep"
     assert recipe.policy.expert == "scene_mixer" and recipe.policy.vision == "keypoints"
     assert recipe.failure_actions == "drop" and recipe.steps == 10000 and recipe.lr == 1e-3
     assert mine.steps == 7 and mine.policy.expert == "scene_mixer"
+    # pick_place_cpu is reach_cpu's model and losses on a longer schedule
+    assert pick.steps == 30000 and pick.save_every == 5000
+    assert pick.policy == recipe.policy and pick.failure_actions == "drop" and pick.lr == 1e-3
     fields = {f.name for f in dataclasses.fields(VLAConfig)}
     chosen = {k: v for k, v in recipe.policy.items() if k in fields}
     VLAConfig(**chosen, env_state_dim=9)  # a valid config (the dataset fills env_state_dim)
     assert unknown_keys("train", ["recipe=reach_cpu", "policy.expert_width=64"]) == ""
     text = command_help("train", ["recipe=reach_cpu"])
-    assert "  recipe: reach_cpu" in text
+    (listed,) = [line for line in text.splitlines() if line.startswith("  recipe: ")]
+    assert set(listed.removeprefix("  recipe: ").split(", ")) == {"reach_cpu", "pick_place_cpu"}
     assert settings(text)["failure_actions"][0] == "drop"
