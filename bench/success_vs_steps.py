@@ -75,6 +75,10 @@ def main() -> None:
 
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     ax_s, ax_fm, ax_ce = fig.subplots(1, 3)
+    # the third panel: FAST cross-entropy, or the scene-state loss where no run has FAST
+    third = "fast_ce"
+    if not any(np.isfinite(read_metrics(r).get("fast_ce", [np.nan])).any() for r in runs.values()):
+        third = "aux_env"
     for i, name in enumerate(runs):
         mine = [r for r in rows if r["run"] == name]
         color = f"C{i}"
@@ -85,7 +89,7 @@ def main() -> None:
             ax_s.errorbar(steps, 100 * rate, yerr=100 * np.stack([rate - lo, hi - rate]),
                           marker="o", capsize=3, label=name, color=color)  # fmt: skip
         metrics = read_metrics(runs[name])
-        for ax, term in ((ax_fm, "fm"), (ax_ce, "fast_ce")):
+        for ax, term in ((ax_fm, "fm"), (ax_ce, third)):
             if term in metrics and np.isfinite(metrics[term]).any():
                 y = smooth(metrics[term], args.window)
                 ax.plot(metrics["step"][len(metrics["step"]) - len(y) :], y, label=name,
@@ -93,7 +97,8 @@ def main() -> None:
     ax_s.set(title=args.title, xlabel="training step", ylabel="success % (95 % CI)",
              ylim=(-3, 103))  # fmt: skip
     ax_fm.set(title="flow-matching loss", xlabel="step", yscale="log")
-    ax_ce.set(title="FAST cross-entropy", xlabel="step", yscale="log")
+    ax_ce.set(title="FAST cross-entropy" if third == "fast_ce" else "scene-state loss",
+              xlabel="step", yscale="log")  # fmt: skip
     for ax in (ax_s, ax_fm, ax_ce):
         ax.legend(fontsize=8)
     args.out.parent.mkdir(parents=True, exist_ok=True)
