@@ -101,21 +101,27 @@ def test_scene_readout_finds_the_named_target_slot():
         readout.named_slot("the red or the blue target")
 
 
-def test_scene_readout_along_matches_each_request_to_its_episodes_true_scene(
-    reach_dataset, tmp_path
-):
-    """``along`` evaluates a (2-step) scene-mixer VLA and scores the scene it predicted at
-    each request against the scene its episode's seed resets to."""
+def train_scene_mixer(root: Path, run: Path) -> None:
+    """A 2-step tiny VLA whose action expert reads the scene state (``expert=scene_mixer``)."""
     from runtime.commands.cli import main
 
-    readout = load("scene_readout")
-    root, _ = reach_dataset
-    run = tmp_path / "run"
     main(["train", f"dataset={root}", f"output={run}", "steps=2", "batch_size=4",
           "save_every=2", "fast_fit_chunks=64", "device=cpu", "policy.fast_loss=false",
           "policy.insulation=false", "policy.chunk_length=8", "policy.expert=scene_mixer",
           "policy.expert_scene_teacher=1.0", "policy.width=32", "policy.depth=1",
           "policy.expert_width=32"])  # fmt: skip
+
+
+def test_scene_readout_along_matches_each_request_to_its_episodes_true_scene(
+    reach_dataset, tmp_path
+):
+    """``along`` evaluates a (2-step) scene-mixer VLA and scores the scene it predicted at
+    each request against the scene its episode's seed resets to."""
+
+    readout = load("scene_readout")
+    root, _ = reach_dataset
+    run = tmp_path / "run"
+    train_scene_mixer(root, run)
     result = readout.along(str(run), ["task=reach", "episodes=2", "seed=5000",
                                                    f"output_dir={tmp_path / 'eval'}"])  # fmt: skip
     assert result["episodes"] == 2
@@ -143,17 +149,12 @@ def test_scene_readout_true_scene_makes_the_vla_act_on_the_simulators_scene(
 
     from policies.features import ENV_STATE
     from policies.inference import load_flow_policy
-    from runtime.commands.cli import main
     from sim.env import make_env
 
     readout = load("scene_readout")
     root, _ = reach_dataset
     run = tmp_path / "run"
-    main(["train", f"dataset={root}", f"output={run}", "steps=2", "batch_size=4",
-          "save_every=2", "fast_fit_chunks=64", "device=cpu", "policy.fast_loss=false",
-          "policy.insulation=false", "policy.chunk_length=8", "policy.expert=scene_mixer",
-          "policy.expert_scene_teacher=1.0", "policy.width=32", "policy.depth=1",
-          "policy.expert_width=32"])  # fmt: skip
+    train_scene_mixer(root, run)
     env = make_env("reach", render=True)
     obs = env.reset(seed=0)
     instruction = env.instruction
