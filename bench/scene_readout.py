@@ -172,14 +172,14 @@ def true_scene_policy(vla_checkpoint: str, load=None):
     from dataclasses import replace
 
     import policies.inference
-    from policies.checkpoint import load_checkpoint, wire_features
+    from policies.checkpoint import read_json, resolve_checkpoint, wire_features
 
     policy = (load or policies.inference.load_flow_policy)(vla_checkpoint)
     model = policy.model
     if not getattr(model.config, "reads_scene", False):
         raise ValueError(f"{vla_checkpoint}'s action expert reads no scene state: this needs "
                          "one trained with policy.expert=scene_mixer")  # fmt: skip
-    features = load_checkpoint(vla_checkpoint).features
+    features = read_json(resolve_checkpoint(vla_checkpoint) / "config.json")["features"]
     if ENV_STATE not in features:
         raise ValueError(f"{vla_checkpoint} was trained without {ENV_STATE}")
     policy.features = {**policy.features, **wire_features({ENV_STATE: features[ENV_STATE]})}
