@@ -75,9 +75,10 @@ def main() -> None:
 
     fig = Figure(figsize=(12, 3.4), layout="constrained")
     ax_s, ax_fm, ax_ce = fig.subplots(1, 3)
+    metrics_of = {name: read_metrics(run) for name, run in runs.items()}
     # the third panel: FAST cross-entropy, or the scene-state loss where no run has FAST
     third = "fast_ce"
-    if not any(np.isfinite(read_metrics(r).get("fast_ce", [np.nan])).any() for r in runs.values()):
+    if not any(np.isfinite(m.get("fast_ce", [np.nan])).any() for m in metrics_of.values()):
         third = "aux_env"
     for i, name in enumerate(runs):
         mine = [r for r in rows if r["run"] == name]
@@ -88,7 +89,7 @@ def main() -> None:
             lo, hi = np.array([r["ci95"] for r in mine]).T
             ax_s.errorbar(steps, 100 * rate, yerr=100 * np.stack([rate - lo, hi - rate]),
                           marker="o", capsize=3, label=name, color=color)  # fmt: skip
-        metrics = read_metrics(runs[name])
+        metrics = metrics_of[name]
         for ax, term in ((ax_fm, "fm"), (ax_ce, third)):
             if term in metrics and np.isfinite(metrics[term]).any():
                 y = smooth(metrics[term], args.window)

@@ -117,7 +117,6 @@ def test_scene_readout_along_matches_each_request_to_its_episodes_true_scene(
 ):
     """``along`` evaluates a (2-step) scene-mixer VLA and scores the scene it predicted at
     each request against the scene its episode's seed resets to."""
-
     readout = load("scene_readout")
     root, _ = reach_dataset
     run = tmp_path / "run"
