@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -152,16 +153,28 @@ def scene_reading_policy(vla_checkpoint: str, state_checkpoint: str):
     return policy
 
 
-def closed_loop(vla_checkpoint: str, state_checkpoint: str, overrides: list[str]) -> None:
-    """``rtvla eval checkpoint=VLA_CHECKPOINT OVERRIDES``, the policy loaded as
-    ``scene_reading_policy`` (the loader is replaced in this process only)."""
+def eval_loading(wrap: Callable, checkpoint: str, overrides: list[str]) -> None:
+    """``rtvla eval checkpoint=CHECKPOINT OVERRIDES`` with its policy loaded as
+    ``wrap(path, device, load)``, ``load`` being the usual loader, which is put back after (the
+    loader is replaced in this process only). A failed eval raises its ``SystemExit``."""
     import policies.inference
     from runtime.commands.cli import main
 
-    policies.inference.load_flow_policy = lambda path, device="cpu": scene_reading_policy(
-        vla_checkpoint, state_checkpoint
-    )
-    main(["eval", f"checkpoint={vla_checkpoint}", *overrides])
+    load = policies.inference.load_flow_policy
+    policies.inference.load_flow_policy = lambda path, device="cpu": wrap(path, device, load)
+    try:
+        main(["eval", f"checkpoint={checkpoint}", *overrides])
+    except SystemExit as done:
+        if done.code:
+            raise
+    finally:
+        policies.inference.load_flow_policy = load
+
+
+def closed_loop(vla_checkpoint: str, state_checkpoint: str, overrides: list[str]) -> None:
+    """``rtvla eval`` of ``scene_reading_policy``, every other setting as given."""
+    eval_loading(lambda path, device, load: scene_reading_policy(vla_checkpoint, state_checkpoint),
+                 vla_checkpoint, overrides)  # fmt: skip
 
 
 def true_scene_policy(vla_checkpoint: str, load=None):
@@ -202,35 +215,24 @@ def true_scene_policy(vla_checkpoint: str, load=None):
 
 
 def true_scene(vla_checkpoint: str, overrides: list[str]) -> None:
-    """``rtvla eval checkpoint=VLA_CHECKPOINT OVERRIDES``, the policy loaded as
-    ``true_scene_policy`` (the loader is replaced in this process only)."""
-    import policies.inference
-    from runtime.commands.cli import main
-
-    load = policies.inference.load_flow_policy
-    policies.inference.load_flow_policy = lambda path, device="cpu": true_scene_policy(path, load)
-    try:
-        main(["eval", f"checkpoint={vla_checkpoint}", *overrides])
-    finally:
-        policies.inference.load_flow_policy = load
+    """``rtvla eval`` of ``true_scene_policy``, every other setting as given."""
+    eval_loading(lambda path, device, load: true_scene_policy(path, load),
+                 vla_checkpoint, overrides)  # fmt: skip
 
 
 def along(vla_checkpoint: str, overrides: list[str]) -> dict:
     """``rtvla eval checkpoint=VLA_CHECKPOINT OVERRIDES`` with the scene-state head's output
     recorded at every request; the named target's error (cm) at each episode's first and last
     request, matched to the episode's seed and outcome."""
-    import policies.inference
     from policies.features import ENV_STATE as ENV
-    from runtime.commands.cli import main as rtvla
     from sim.env import make_env
 
     if not any(o.startswith("output_dir=") for o in overrides):
         overrides = [*overrides, "output_dir=outputs/bench/scene_along"]
     out = next(o.split("=", 1)[1] for o in overrides if o.startswith("output_dir="))
     predicted: list[np.ndarray] = []
-    load = policies.inference.load_flow_policy
 
-    def recording(path, device="cpu"):
+    def recording(path, device, load):
         policy = load(path, device)
         if not hasattr(policy.model, "aux_head"):
             raise ValueError(f"{path} has no scene-state head: train with aux_env_state > 0")
@@ -241,14 +243,7 @@ def along(vla_checkpoint: str, overrides: list[str]) -> dict:
         policy.model.aux_head.register_forward_hook(keep)
         return policy
 
-    policies.inference.load_flow_policy = recording
-    try:
-        rtvla(["eval", f"checkpoint={vla_checkpoint}", *overrides])
-    except SystemExit as done:
-        if done.code:
-            raise
-    finally:
-        policies.inference.load_flow_policy = load
+    eval_loading(recording, vla_checkpoint, overrides)
     summary = json.loads((Path(out) / "summary.json").read_text())
     scenes = np.concatenate(predicted)  # (requests, E), in request order
     env = make_env(summary["task"], render=False)

@@ -286,12 +286,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
             f"{FORMAT_VERSION}: retrain, or load it with the version that wrote it"
         )
     # Checkpoints written before these fields existed used patch tokens, no augmentation,
-    # byte tokens, no FiLM, an expert that does not read the instruction itself and no
-    # auxiliary losses.
+    # byte tokens, no FiLM, an expert that does not read the instruction itself, no
+    # auxiliary losses, no instruction keypoints and the transformer expert without teacher
+    # forcing (the defaults of their time, not of now).
     old = {
         "vision": "patch", "augment_shift": 0, "language": "bytes", "film": False,
         "expert_instruction": False, "word_buckets": 4096, "aux_env_state": 0.0,
-        "aux_goal": 0.0, "keypoint_stride": 8,
+        "aux_goal": 0.0, "keypoint_stride": 8, "instruction_keypoints": 0,
+        "expert": "transformer", "expert_scene_teacher": 0.0,
     }  # fmt: skip
     try:
         config = VLAConfig(**{**old, **meta["vla_config"]})

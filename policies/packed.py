@@ -1,16 +1,17 @@
 """Training the VLA on a machine that has torch but no lerobot, mujoco or hydra (a rented GPU).
 
 ``pack`` (run where the project is installed) writes LeRobotDatasets as ``PREFIX.npz`` (state,
-action, scene state, episode and task of every frame; features, fps, tasks and statistics
-computed over all the frames) and ``PREFIX.<camera>.mp4`` per camera (H.264 4:4:4, every frame
-in order): small enough to copy. ``train`` (run there, from a copy of the repository) keeps
-every array on the device, images as uint8, FAST tokens computed once per frame, and gathers
-each step's batch there, so a small VLA trains at GPU speed rather than data-loader speed. The
-model, losses, schedule, EMA and checkpoint format are ``rtvla train``'s: the checkpoint
-evaluates with ``rtvla eval checkpoint=...`` like any other.
+action, scene state, correction label, episode and task of every frame; features, fps, tasks
+and statistics computed over all the frames) and ``PREFIX.<camera>.mp4`` per camera (H.264
+4:4:4, every frame in order): small enough to copy. ``train`` (run there, from a copy of the
+repository) keeps every array on the device, images as uint8, FAST tokens computed once per
+frame, and gathers each step's batch there, so a small VLA trains at GPU speed rather than
+data-loader speed. The model, losses (``--failure-actions`` as ``failure_actions``), schedule,
+EMA and checkpoint format are ``rtvla train``'s: the checkpoint evaluates with ``rtvla eval
+checkpoint=...`` like any other.
 
     uv run python -m policies.packed pack outputs/data/reach1200 --output .gpu/reach1200
-    python3 -m policies.packed train .gpu/reach1200 --output RUN --seconds 480 policy.patch_size=8
+    python3 -m policies.packed train .gpu/reach1200 --output RUN --seconds 480   # the defaults
     python3 -m policies.packed bundle RUN $OUT/run --all --float16   # then, back here:
     cat run.tar.part-* | tar xf - -C outputs/gpu/RUN                 # step_N/ folders to evaluate
     DEVICE=cpu python3 -m policies.packed train ... --steps 20     # a check on a CPU first
@@ -36,7 +37,7 @@ import torch
 import yaml
 
 from policies.checkpoint import save_checkpoint
-from policies.data import sample_chunks
+from policies.data import failure_segments, sample_chunks
 from policies.fast import FastTokenizer
 from policies.features import ACTION, ENV_STATE, STATE
 from policies.normalize import Normalizer
@@ -84,6 +85,8 @@ def pack(datasets: list[str], output: str | Path, crf: int = 18) -> dict:
     }
     if all(p.env_state is not None for p in parts):
         arrays[ENV_STATE] = np.concatenate([p.env_state.numpy() for p in parts])
+    if all(p.correction is not None for p in parts):  # for failure_actions
+        arrays["correction"] = np.concatenate([p.correction for p in parts])
     stats = {k: _stats(arrays[k]) for k in (STATE, ACTION, ENV_STATE) if k in arrays}
     meta = {"image_keys": list(parts[0].image_keys), "features": features, "fps": fps,
             "tasks": tasks, "stats": stats, "sources": [str(d) for d in datasets]}  # fmt: skip
@@ -184,11 +187,13 @@ class DeviceData:
     """A packed dataset as device tensors, and the training batch of any frame indices: the
     same batch ``policies.data.Collator`` makes of ``InMemoryChunks`` items (chunks clamped to
     their episode and ``action_is_pad`` past its end, normalized state, actions and scene
-    state, instruction tokens of the task, FAST tokens of the normalized chunk)."""
+    state, instruction tokens of the task, FAST tokens of the normalized chunk). With
+    ``drop_failures`` every action of the frames before an episode's first correction is
+    padding, as ``InMemoryChunks(drop_failure_actions=True)`` marks them."""
 
     def __init__(
         self, prefix: str | Path, model: VLA, normalizer: Normalizer,
-        fast: FastTokenizer | None, device: torch.device,
+        fast: FastTokenizer | None, device: torch.device, drop_failures: bool = False,
     ) -> None:  # fmt: skip
         z = np.load(f"{prefix}.npz", allow_pickle=False)
         meta = json.loads(str(z["meta"]))
@@ -202,7 +207,13 @@ class DeviceData:
         chunks = action[torch.from_numpy(index)]  # (N, H, A) normalized
         self.device, self.n, self.size = device, n, tuple(cfg.image_size)
         self.chunks = chunks.to(device)
-        self.is_pad = torch.from_numpy(query >= ep_end[:, None]).to(device)
+        is_pad = query >= ep_end[:, None]
+        if drop_failures:
+            if "correction" not in z:
+                raise ValueError(f"{prefix}.npz has no correction labels: pass --failure-actions "
+                                 "keep, or pack a dataset recorded with failure_prob")  # fmt: skip
+            is_pad |= failure_segments(episode, z["correction"])[:, None]
+        self.is_pad = torch.from_numpy(is_pad).to(device)
         self.state = normalizer.normalize(STATE, torch.from_numpy(z[STATE])).float().to(device)
         self.env = None
         if ENV_STATE in normalizer.mean:
@@ -320,11 +331,15 @@ def train(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = VLA(config).to(device)
     fast = fit_fast(args.packed, normalizer, config, args.seed) if config.fast_loss else None
-    data = DeviceData(args.packed, model, normalizer, fast, device)
+    drop = args.failure_actions == "drop" or (
+        args.failure_actions == "auto" and "correction" in np.load(f"{args.packed}.npz")
+    )
+    data = DeviceData(args.packed, model, normalizer, fast, device, drop_failures=drop)
     cfg = {**{k: TRAIN_DEFAULTS[k] for k in OPTIMIZER_KEYS},
            "output": args.output, "lr": args.lr, "warmup_steps": args.warmup,
            "seed": args.seed, "log_every": 50, "batch_size": args.batch,
            "save_every": args.save_every, "instruction": "task", "dataset": meta["sources"],
+           "failure_actions": "drop" if drop else "keep",
            "policy": policy, "trainer": "policies.packed", "bf16": True}  # fmt: skip
     steps, deadline = args.steps, float("inf")
     if args.seconds is not None:
@@ -439,6 +454,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--save-every", type=int, default=2000)
     t.add_argument("--saves", type=int, help="instead of --save-every: this many evenly spaced")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument(
+        "--failure-actions",
+        choices=("auto", "keep", "drop"),
+        default="auto",
+        help="as rtvla train's failure_actions (auto: drop where packed labels exist)",
+    )
     together = "with --seconds: time the steps once N runs sharing DIR are all ready"
     t.add_argument("--together", metavar="DIR:N", help=together)
     b = sub.add_parser("bundle", help="a run's checkpoints as tar parts small enough to copy")

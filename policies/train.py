@@ -156,10 +156,13 @@ def build(cfg: Mapping, kind: str, device: torch.device) -> Setup:
 
 
 def _failure_actions(cfg: Mapping) -> bool:
-    """Whether ``failure_actions`` drops the injected failures' actions (checked up front)."""
+    """Whether ``failure_actions`` drops the injected failures' actions (checked up front);
+    ``auto`` drops them where the dataset labels its corrections and is decoded into memory."""
     mode = cfg.get("failure_actions", "keep")
-    if mode not in ("keep", "drop"):
-        raise ValueError(f"failure_actions={mode!r}: use keep or drop")
+    if mode not in ("keep", "drop", "auto"):
+        raise ValueError(f"failure_actions={mode!r}: use keep, drop or auto")
+    if mode == "auto":
+        return cfg["data"] == "memory" and "correction" in _features(cfg["dataset"])
     if mode == "drop" and cfg["data"] != "memory":
         raise ValueError("failure_actions=drop needs data=memory (it reads each episode's "
                          "correction labels from the decoded dataset)")  # fmt: skip

@@ -36,7 +36,7 @@ LANGUAGE = ("words", "bytes")  # the small backbone's instruction tokens (SmallB
 logger = logging.getLogger(__name__)
 
 BACKBONES = ("small", "hf")
-EXPERTS = ("transformer", "scene_mixer")  # VLAConfig.expert
+EXPERTS = ("transformer", "scene_mixer")  # VLAConfig.expert (or "auto": see there)
 
 
 @dataclass
@@ -45,23 +45,24 @@ class VLAConfig:
 
     image_keys: tuple[str, ...] = (IMAGES + "front", IMAGES + "wrist")  # order
     image_size: tuple[int, int] = (96, 96)  # (H, W) every camera is resized to, with padding
-    vision: str = "patch"  # image encoder: "patch" tokens or "keypoints" (spatial softmax)
+    vision: str = "keypoints"  # image encoder: "keypoints" (spatial softmax) or "patch" tokens
     patch_size: int = 8  # vision=patch: image token side in pixels, 4k dividing image_size
     num_keypoints: int = 16  # vision=keypoints: tokens per camera
-    keypoint_stride: int = 8  # vision=keypoints: keypoint maps are image_size / this (2, 4, 8)
-    instruction_keypoints: int = 0  # vision=keypoints: more per camera, aimed by the instruction
+    keypoint_stride: int = 2  # vision=keypoints: keypoint maps are image_size / this (2, 4, 8)
+    instruction_keypoints: int = 4  # vision=keypoints, backbone=small: more per camera, aimed
+    # by the instruction (off otherwise)
     film: bool = True  # small backbone: the instruction FiLM-conditions the image stems (RT-1)
     expert_instruction: bool = True  # small backbone: the expert also reads a bag of its tokens
     augment_shift: int = 4  # training only: random image shifts of up to this many pixels
     state_dim: int = 6  # size of observation.state
     action_dim: int = 6  # size of one action
-    chunk_length: int = 32  # H, actions per predicted chunk
+    chunk_length: int = 16  # H, actions per predicted chunk
     backbone: str = "small"  # "small": SmallBackbone from scratch; "hf": HFBackbone (a HF VLM)
     hf_model: str | None = None  # backbone=hf: local folder of a SmolVLM / Idefics3 model
     width: int = 128  # small backbone width
     depth: int = 4  # small backbone layers; the expert has one block per backbone layer
     num_heads: int = 4  # small backbone attention heads (head_dim = width // num_heads)
-    expert_width: int = 96  # action expert width (even)
+    expert_width: int = 128  # action expert width (even)
     mlp_ratio: float = 4.0  # MLP hidden width as a multiple of the block width
     language: str = "words"  # small backbone: "words" (hashed, policies/language.py) or "bytes"
     word_buckets: int = 1024  # language=words: hash vocabulary (the tasks' words never collide)
@@ -72,10 +73,9 @@ class VLAConfig:
     time_alpha: float = 1.5  # flow time s ~ Beta(time_alpha, time_beta), tau = max_tau * (1 - s)
     time_beta: float = 1.0  # (pi0: Beta(1.5, 1), more mass near noise)
     max_tau: float = 0.999  # largest training flow time (1 would be clean data)
-    insulation: bool = (
-        True  # knowledge insulation: the expert reads stop_grad(K, V) of the backbone
-    )
-    fast_loss: bool = True  # FAST tokens and their CE in the backbone; False: flow only (pi0)
+    insulation: bool = False  # knowledge insulation: the expert reads stop_grad(K, V) of the
+    # backbone (with fast_loss; recipe=ki)
+    fast_loss: bool = False  # FAST tokens and their CE in the backbone; False: flow only (pi0)
     alpha: float = 1.0  # weight of the flow-matching loss: loss = CE(FAST) + alpha * FM
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K} steps; 0: off
     rtc_training_zero_prob: float | None = None  # share of d = 0 (no prefix), the rest
@@ -86,8 +86,11 @@ class VLAConfig:
     aux_goal: float = 0.0  # weight of an auxiliary loss: the backbone predicts the last state
     expert_scene: bool = False  # the expert reads the predicted scene state (needs aux_env_state)
     flow_samples: int = 1  # training: flow-matching samples (noise, time) per backbone pass
-    expert: str = "transformer"  # "transformer" (pi0's) or "scene_mixer" (reads the scene only)
-    expert_scene_teacher: float = 0.0  # training: share of examples reading the true scene state
+    expert: str = "auto"  # "transformer" (pi0's), "scene_mixer" (reads the scene state only) or
+    # "auto": scene_mixer where the backbone predicts a scene state (aux_env_state), else
+    # transformer
+    expert_scene_teacher: float = 1.0  # training: share of examples whose expert reads the true
+    # scene state (teacher forcing; off when the expert does not read the scene)
 
     def __post_init__(self) -> None:
         self.image_keys, self.image_size = tuple(self.image_keys), tuple(self.image_size)
@@ -101,14 +104,12 @@ class VLAConfig:
             raise ValueError(
                 f"keypoint_stride={self.keypoint_stride} is not one of {KEYPOINT_STRIDES}"
             )
-        if self.instruction_keypoints < 0 or (
-            self.instruction_keypoints and (self.vision != "keypoints" or self.backbone != "small")
-        ):
+        if self.instruction_keypoints < 0:
             raise ValueError(
-                f"instruction_keypoints={self.instruction_keypoints} needs vision=keypoints and "
-                "backbone=small (and is a count, 0 or more): set instruction_keypoints=0 or "
-                "vision=keypoints"
+                f"instruction_keypoints={self.instruction_keypoints} is a count: give 0 or more"
             )
+        if self.vision != "keypoints" or self.backbone != "small":
+            self.instruction_keypoints = 0  # they aim the small backbone's keypoint maps
         if self.language not in LANGUAGE:
             raise ValueError(f"language={self.language!r} is unknown: choose one of {LANGUAGE}")
         if (
@@ -130,23 +131,26 @@ class VLAConfig:
             self.aux_env_state = 0.0  # needs a scene state and the small backbone's readout
         if self.flow_samples < 1:
             raise ValueError(f"flow_samples={self.flow_samples} must be 1 or more")
+        if self.expert == "auto":  # read the scene where the backbone learns to predict one
+            self.expert = "scene_mixer" if self.aux_env_state > 0 else "transformer"
         if self.expert not in EXPERTS:
-            raise ValueError(f"expert={self.expert!r} is unknown: choose one of {EXPERTS}")
+            raise ValueError(
+                f"expert={self.expert!r} is unknown: choose one of {EXPERTS} or 'auto'"
+            )
         if self.reads_scene and self.aux_env_state <= 0:
             raise ValueError(
                 "expert_scene=true and expert=scene_mixer read the scene state the backbone "
                 "predicts, which needs aux_env_state > 0, a dataset with "
                 "observation.environment_state and backbone=small: set expert_scene=false "
-                "and expert=transformer"
+                "and expert=auto (or transformer)"
             )
-        if not 0.0 <= self.expert_scene_teacher <= 1.0 or (
-            self.expert_scene_teacher > 0 and not self.reads_scene
-        ):
+        if not 0.0 <= self.expert_scene_teacher <= 1.0:
             raise ValueError(
                 f"expert_scene_teacher={self.expert_scene_teacher} is a share in [0, 1] of the "
-                "examples whose expert reads the true scene state, and needs expert_scene=true "
-                "or expert=scene_mixer"
+                "examples whose expert reads the true scene state"
             )
+        if not self.reads_scene:
+            self.expert_scene_teacher = 0.0  # no scene state read to teacher-force
         if self.aux_goal > 0 and self.backbone != "small":
             raise ValueError(f"aux_goal={self.aux_goal} needs backbone=small: set aux_goal=0")
         if self.insulation and not self.fast_loss:

@@ -52,20 +52,32 @@ def test_a_recipe_sets_its_settings_lists_in_help_and_the_command_line_still_win
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         plain = compose(config_name="train", overrides=["dataset=x"])
         recipe = compose(config_name="train", overrides=["dataset=x", "recipe=reach_cpu"])
-        mine = compose(config_name="train", overrides=["dataset=x", "recipe=reach_cpu", "steps=7"])
+        mine = compose(config_name="train", overrides=["dataset=x", "steps=7"])
         pick = compose(config_name="train", overrides=["dataset=x", "recipe=pick_place_cpu"])
-    assert plain.policy.expert == "transformer" and plain.failure_actions == "keep"
-    assert recipe.policy.expert == "scene_mixer" and recipe.policy.vision == "keypoints"
-    assert recipe.failure_actions == "drop" and recipe.steps == 10000 and recipe.lr == 1e-3
-    assert mine.steps == 7 and mine.policy.expert == "scene_mixer"
-    # pick_place_cpu is reach_cpu's model and losses on a longer schedule
+        ki = compose(config_name="train", overrides=["dataset=x", "recipe=ki"])
+        state = compose(config_name="train", overrides=["dataset=x", "policy=state_flow"])
+    # the VLA's default recipe (recipe/vla.yaml) is the CPU recipe; reach_cpu is its old name
+    assert plain.policy.expert == "auto" and plain.policy.vision == "keypoints"
+    assert plain.failure_actions == "auto" and plain.steps == 10000 and plain.lr == 1e-3
+    assert recipe == plain and mine.steps == 7 and mine.lr == 1e-3
+    # pick_place_cpu is the same model and losses on a longer schedule
     assert pick.steps == 30000 and pick.save_every == 5000
-    assert pick.policy == recipe.policy and pick.failure_actions == "drop" and pick.lr == 1e-3
+    assert pick.policy == plain.policy and pick.failure_actions == "auto" and pick.lr == 1e-3
+    # ki: knowledge insulation on patch tokens, on train.yaml's own schedule
+    assert (ki.policy.vision, ki.policy.expert, ki.policy.fast_loss, ki.policy.insulation) == (
+        "patch", "transformer", True, True)  # fmt: skip
+    assert ki.steps == 2000 and ki.failure_actions == "keep"
+    # another policy kind has no recipe of its name: train.yaml's schedule
+    assert state.steps == 2000 and state.lr == 3e-4 and state.failure_actions == "keep"
     fields = {f.name for f in dataclasses.fields(VLAConfig)}
-    chosen = {k: v for k, v in recipe.policy.items() if k in fields}
-    VLAConfig(**chosen, env_state_dim=9)  # a valid config (the dataset fills env_state_dim)
-    assert unknown_keys("train", ["recipe=reach_cpu", "policy.expert_width=64"]) == ""
-    text = command_help("train", ["recipe=reach_cpu"])
+    for cfg in (plain, ki):  # valid configs (the dataset fills env_state_dim)
+        VLAConfig(**{k: v for k, v in cfg.policy.items() if k in fields}, env_state_dim=9)
+    assert unknown_keys("train", ["recipe=ki", "policy.expert_width=64"]) == ""
+    text = command_help("train", ["recipe=ki"])
     (listed,) = [line for line in text.splitlines() if line.startswith("  recipe: ")]
-    assert set(listed.removeprefix("  recipe: ").split(", ")) == {"reach_cpu", "pick_place_cpu"}
-    assert settings(text)["failure_actions"][0] == "drop"
+    options = listed.removeprefix("  recipe: ").split(", ")
+    assert options[0] == "ki" and set(options) == {"vla", "ki", "reach_cpu", "pick_place_cpu"}
+    assert settings(text)["policy.vision"][0] == "patch"
+    (listed,) = [line for line in command_help("train", []).splitlines()
+                 if line.startswith("  recipe: ")]  # fmt: skip
+    assert listed.startswith("  recipe: vla, ")  # the default, chosen, first

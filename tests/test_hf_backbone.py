@@ -46,6 +46,7 @@ def vla_config(**overrides) -> VLAConfig:
     values = dict(
         backbone="hf", image_keys=CAMERAS, image_size=(96, 96), state_dim=3, action_dim=2,
         chunk_length=6, expert_width=16, max_lang_tokens=8, fast_vocab_size=20, max_fast_tokens=5,
+        fast_loss=True, insulation=True,  # knowledge insulation: a pretrained backbone's setting
     )  # fmt: skip
     values.update(overrides)
     return VLAConfig(**values)

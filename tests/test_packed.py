@@ -147,3 +147,33 @@ def test_runs_side_by_side_time_their_steps_once_all_are_ready(tmp_path, capsys)
     for bad in ("nocount", f"{folder}:x", ":2"):
         with pytest.raises(ValueError, match="DIR:N"):
             wait_for_peers(bad)
+
+
+def test_packed_failure_actions_pad_what_the_in_memory_path_pads(
+    reach_corrections_dataset, tmp_path
+):
+    """failure_actions=drop on a GPU: the packed correction labels pad the injected failures'
+    actions exactly as InMemoryChunks does for rtvla train."""
+    from policies.data import InMemoryChunks, open_dataset
+    from policies.features import ACTION, STATE
+    from policies.normalize import Normalizer
+    from policies.packed import DeviceData, read_meta
+    from policies.train import vla_config
+    from policies.vla import VLA
+
+    prefix = tmp_path / "corr"
+    run = subprocess.run([*PACKED, "pack", str(reach_corrections_dataset), "--output", str(prefix)],
+                         capture_output=True, text=True, cwd=REPO)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    meta = read_meta(prefix)
+    features = {k: {**v, "shape": tuple(v["shape"])} for k, v in meta["features"].items()}
+    config = vla_config(features, {"chunk_length": 8, "width": 32, "depth": 1, "num_heads": 2,
+                                   "expert_width": 32, "aux_env_state": 0.0})  # fmt: skip
+    model, norm = VLA(config), Normalizer.from_stats(meta["stats"], (STATE, ACTION))
+    ds = open_dataset(reach_corrections_dataset, chunk_length=8)
+    items = InMemoryChunks(ds, 8, config.image_keys, config.image_size, drop_failure_actions=True)
+    want = torch.stack([items[i]["action_is_pad"] for i in range(len(items))])
+    dropped = DeviceData(str(prefix), model, norm, None, torch.device("cpu"), drop_failures=True)
+    kept = DeviceData(str(prefix), model, norm, None, torch.device("cpu"))
+    assert want.all(1).sum() > 0 and torch.equal(dropped.is_pad, want)  # failures dropped
+    assert kept.is_pad.all(1).sum() == 0  # only past-the-end padding without the option

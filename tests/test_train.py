@@ -13,7 +13,7 @@ TINY = {
     "expert_width": 32, "patch_size": 24, "mlp_ratio": 2.0, "max_lang_tokens": 48,
     "fast_vocab_size": 300, "max_fast_tokens": 48, "num_steps": 4, "time_alpha": 1.5,
     "time_beta": 1.0, "max_tau": 0.999, "insulation": True, "fast_loss": True, "alpha": 1.0,
-    "rtc_training_max_delay": 0,
+    "rtc_training_max_delay": 0, "vision": "patch", "expert": "transformer",
 }  # fmt: skip
 
 
@@ -110,6 +110,26 @@ def test_failure_actions_drop_pads_the_injected_failures_actions_only(reach_corr
         torch.testing.assert_close(dropped[i]["observation.state"], kept[i]["observation.state"])
 
 
+def test_the_default_vla_recipe_trains_on_a_dataset_with_corrections(
+    reach_corrections_dataset, tmp_path
+):
+    """The defaults (policy/vla from the dataclass, recipe/vla.yaml's failure_actions=auto):
+    the scene-reading expert, and the injected failures' actions dropped where labelled."""
+    from policies.checkpoint import load_checkpoint
+    from policies.kinds import policy_defaults
+    from policies.train import _failure_actions, train
+
+    root = reach_corrections_dataset
+    small = {"width": 32, "depth": 1, "num_heads": 2, "expert_width": 32, "chunk_length": 8}
+    cfg = {**train_cfg(root, tmp_path / "run", 2), "instruction": "task",
+           "failure_actions": "auto", "policy": {**policy_defaults()["vla"], **small}}  # fmt: skip
+    assert _failure_actions(cfg) and not _failure_actions({**cfg, "data": "lerobot"})
+    figures = train(cfg)
+    assert figures["steps"] == 2 and np.isfinite(figures["loss"])
+    config = load_checkpoint(tmp_path / "run").model.config
+    assert (config.expert, config.vision, config.fast_loss) == ("scene_mixer", "keypoints", False)
+
+
 def test_an_instruction_lookahead_needs_an_instruction_that_changes(reach_dataset, tmp_path):
     from policies.train import train
 
@@ -125,7 +145,7 @@ def test_failure_actions_is_checked_before_any_work(reach_dataset, tmp_path):
     from policies.train import train
 
     root, _ = reach_dataset
-    with pytest.raises(ValueError, match="use keep or drop"):
+    with pytest.raises(ValueError, match="use keep, drop or auto"):
         train({**train_cfg(root, tmp_path / "a", 2), "failure_actions": "skip"})
     with pytest.raises(ValueError, match="needs data=memory"):
         train({**train_cfg(root, tmp_path / "b", 2), "failure_actions": "drop", "data": "lerobot"})

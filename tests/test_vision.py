@@ -22,11 +22,9 @@ def test_keypoint_stem_gives_one_token_per_keypoint_that_follows_the_image():
 @pytest.mark.parametrize("stride", [2, 4, 8])
 def test_keypoint_stride_sets_the_map_size_and_a_bad_one_is_refused(stride):
     stem = KeypointStem(width=16, num_keypoints=4, stride=stride)
-    maps = []
-    stem.keypoints.register_forward_hook(lambda module, args, out: maps.append(out))
-    tokens = stem(torch.rand(2, 3, 96, 96))
-    assert tokens.shape == (2, 4, 16)
-    assert maps[0].shape[-2:] == (96 // stride, 96 // stride)
+    images = torch.rand(2, 3, 96, 96)
+    assert stem(images).shape == (2, 4, 16)
+    assert stem.features(images).shape[-2:] == (96 // stride, 96 // stride)
     with pytest.raises(ValueError, match="keypoint_stride=3"):
         VLAConfig(vision="keypoints", keypoint_stride=3)
 
@@ -71,7 +69,8 @@ def test_film_lets_the_instruction_change_the_image_tokens(vision):
     from policies.vision import make_stem
 
     torch.manual_seed(0)
-    config = VLAConfig(image_size=(32, 32), patch_size=8, width=32, num_heads=2, vision=vision)
+    config = VLAConfig(image_size=(32, 32), patch_size=8, width=32, num_heads=2, vision=vision,
+                       instruction_keypoints=0)  # fmt: skip  # FiLM alone reads the instruction
     stem = make_stem(config)
     images = torch.rand(2, 3, 32, 32)
     red, blue = torch.randn(1, 32).expand(2, 32), torch.randn(1, 32).expand(2, 32)
@@ -84,7 +83,7 @@ def test_film_lets_the_instruction_change_the_image_tokens(vision):
     with pytest.raises(ValueError, match="instruction embedding"):
         stem(images)
     plain = make_stem(VLAConfig(image_size=(32, 32), patch_size=8, width=32, num_heads=2,
-                                vision=vision, film=False))  # fmt: skip
+                                vision=vision, film=False, instruction_keypoints=0))  # fmt: skip
     assert plain.films is None and plain(images).shape == stem(images, red).shape
 
 
@@ -118,8 +117,7 @@ def test_instruction_keypoints_go_where_the_instruction_points():
     with torch.no_grad():  # instruction i asks for colour channel i
         stem.query.proj.weight.zero_()
         stem.query.proj.weight[0, 0] = stem.query.proj.weight[1, 1] = 30.0
-    positions = []
-    stem.query.register_forward_hook(lambda module, args, out: positions.append(out))
+    positions = [stem.query(stem.features(image), cond) for cond in (red, blue)]  # the maps
     tokens_red, tokens_blue = stem(image, red), stem(image, blue)
     assert tokens_red.shape == (1, 5, 32)
     torch.testing.assert_close(tokens_red[:, :4], tokens_blue[:, :4])
@@ -141,5 +139,6 @@ def test_instruction_keypoints_start_with_unit_filters_and_need_keypoint_vision(
                     model.tokenize_instructions(["reach the red target"]), strict=True))}
     )  # fmt: skip
     assert prefix.shape[1] == 2 * (16 + 2) + 16 + 1  # cameras, language, state
-    with pytest.raises(ValueError, match="instruction_keypoints=2 needs vision=keypoints"):
-        VLAConfig(instruction_keypoints=2)
+    assert VLAConfig(vision="patch", instruction_keypoints=2).instruction_keypoints == 0
+    with pytest.raises(ValueError, match="instruction_keypoints=-1 is a count"):
+        VLAConfig(instruction_keypoints=-1)

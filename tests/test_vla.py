@@ -1,6 +1,7 @@
 """The VLA: shapes, the attention mask, knowledge insulation, the prefix cache, training."""
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ def tiny_config(**overrides) -> VLAConfig:
         image_keys=CAMERAS, image_size=(16, 16), patch_size=8, state_dim=3, action_dim=2,
         chunk_length=6, width=32, depth=2, num_heads=2, expert_width=16, max_lang_tokens=8,
         fast_vocab_size=20, max_fast_tokens=5, augment_shift=0,  # deterministic forwards
+        vision="patch", fast_loss=True, insulation=True, expert="transformer",  # recipe=ki
     )  # fmt: skip
     values.update(overrides)
     return VLAConfig(**values)
@@ -360,11 +362,36 @@ def test_expert_scene_reads_the_predicted_scene_state_and_needs_the_scene_loss()
     assert not torch.allclose(model.velocity_fn(batch)(x_t, tau), v)
 
 
+def test_the_default_vla_reads_the_scene_where_the_dataset_has_one_and_acts_on_any_dataset():
+    """The defaults (the CPU recipe) pick the scene-reading expert with its teacher only where
+    the backbone learns a scene state; a dataset without one gets the transformer expert."""
+    scene = VLAConfig(env_state_dim=9)
+    assert (scene.expert, scene.expert_scene_teacher, scene.aux_env_state) == (
+        "scene_mixer",
+        1.0,
+        1.0,
+    )
+    assert (scene.vision, scene.instruction_keypoints, scene.fast_loss) == ("keypoints", 4, False)
+    plain = VLAConfig()  # e.g. a real robot's recording: no observation.environment_state
+    assert (plain.expert, plain.expert_scene_teacher, plain.aux_env_state) == (
+        "transformer",
+        0.0,
+        0.0,
+    )
+    model = VLA(
+        replace(plain, image_size=(32, 32), width=32, num_heads=2, depth=1, expert_width=16)
+    )
+    batch = make_batch(model)
+    loss, terms = model(batch)
+    assert torch.isfinite(loss) and set(terms) == {"loss", "fm"}  # flow only
+    assert VLAConfig(env_state_dim=9, aux_env_state=0.0).expert == "transformer"
+
+
 def test_expert_scene_teacher_feeds_the_true_scene_state_in_training_only():
     """With expert_scene_teacher = 1 the training expert reads the true scene state (its loss
     no longer depends on the aux head's prediction); at inference it reads the prediction."""
-    with pytest.raises(ValueError, match="expert_scene_teacher"):
-        tiny_config(aux_env_state=1.0, env_state_dim=4, expert_scene_teacher=0.5)
+    assert tiny_config(env_state_dim=4, expert_scene_teacher=0.5).expert_scene_teacher == 0.0
+    # (the transformer expert reads no scene state: nothing to teacher-force)
     with pytest.raises(ValueError, match="expert_scene_teacher"):
         tiny_config(aux_env_state=1.0, env_state_dim=4, expert_scene=True, expert_scene_teacher=2)
     model = make_model(

@@ -30,7 +30,7 @@ COMMANDS: dict[str, str] = {
     "demonstrator": "the scripted demonstrator's success rate, with or without injected failures",
     "fit-fast": "fit a FAST action tokenizer on a dataset's action chunks",
     "eval": "success rate of a checkpoint in MuJoCo with synchronous chunk execution",
-    "train": "train the VLA (knowledge insulation, optional training-time RTC) on a dataset",
+    "train": "train a policy on a dataset (the VLA by default; recipe=ki: knowledge insulation)",
     "run": "run the async controller (RTC or a baseline) against MuJoCo or a robot",
     "sweep": "success vs inference delay and execution horizon per executor, seam smoothness",
     "export": "copy what inference needs from a checkpoint (no optimizer state)",
@@ -217,17 +217,19 @@ def command_help(name: str, overrides: list[str]) -> str:
         register_policy_configs()
     settings = [o for o in overrides if "=" in o and o[:1] != "-"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=name, overrides=settings)
+        cfg = compose(config_name=name, overrides=settings, return_hydra_config=True)
+    choices = dict(cfg.hydra.runtime.choices)
     tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra")
     stored = ConfigStore.instance().repo
     groups = {}
-    own_defaults = (CONFIG_DIR / f"{name}.yaml").read_text()
     for group in GROUPS:
         if isinstance(tree.get(group), dict):
             chosen = tree[group].get("name")
-        elif f"- {group}:" in own_defaults:  # a group of global settings (recipe/)
-            picked = [o.split("=", 1)[1] for o in settings if o.split("=", 1)[0] == group]
-            chosen = picked[-1] if picked else None
+        elif group in choices:  # a group of global settings (recipe/), maybe optional
+            chosen = choices[group]
+            if chosen is not None and not (CONFIG_DIR / group / f"{chosen}.yaml").is_file():
+                chosen = None  # an optional default that does not exist
         else:
             continue
         options = {p.stem for p in (CONFIG_DIR / group).glob("*.yaml")}

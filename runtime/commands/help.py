@@ -21,6 +21,7 @@ _KEY = re.compile(r"^(\s*)([A-Za-z_][\w-]*)\s*:(.*)$")
 _HEADER = re.compile(r"^#\s+([a-z_][\w.]*)\s{2,}(\S.*)$")  # "#   address   ZMQ endpoint ..."
 _FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*#\s*(.+)$")  # "    width: int = 128  # ..."
 _LEAF_MAPS = ("rename_map",)  # free-form mappings, shown as one value
+_CONTINUED = re.compile(r"^\s+#\s*(.+)$")  # "    # ...": a field's comment, carried on
 _WRAPPED = re.compile(r"^\s+(\w+)\s*:[^#=]*=\s*\($")  # a default wrapped onto the next line
 
 
@@ -69,7 +70,12 @@ def dataclass_comments(cls: type) -> dict[str, str]:
     for i, line in enumerate(lines):
         match = _FIELD.match(line)
         if match and match[1] in names:
-            docs.setdefault(match[1], match[2].strip())
+            text = [match[2].strip()]
+            for more in lines[i + 1 :]:  # comment lines that carry the description on
+                if not _CONTINUED.match(more):
+                    break
+                text.append(_CONTINUED.match(more)[1].strip())
+            docs.setdefault(match[1], " ".join(text))
             continue
         wrapped = _WRAPPED.match(line)  # "    insulation: bool = (" / "        True  # ..."
         if wrapped and wrapped[1] in names and i + 1 < len(lines) and "#" in lines[i + 1]:
