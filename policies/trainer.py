@@ -170,7 +170,7 @@ def step_batches(
 
 def make_optimizer(model: nn.Module, cfg: Mapping) -> torch.optim.AdamW:
     """AdamW with the training config's ``lr``, ``betas`` and ``weight_decay`` (its multi-tensor
-    update, which torch picks on a GPU, on a CPU too: a third less time per step there)."""
+    update, which torch picks on a GPU, on a CPU too: a third less optimizer time there)."""
     return torch.optim.AdamW(
         model.parameters(),
         lr=cfg["lr"],
