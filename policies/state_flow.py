@@ -69,12 +69,12 @@ class StateFlowConfig:
     rtc_training_max_delay: int = 0  # training-time RTC: clean prefix of d ~ U{0..K}; 0: off
     rtc_training_zero_prob: float | None = None  # share of d = 0 (no prefix), the rest
     # d ~ U{1..K}; null: d ~ U{0..K}
-    # share of the prefixed examples whose prefix lags: the recorded chunk delayed by a lag
-    # ~ U(0, rtc_training_max_lag) ticks, while the rest of the chunk is the recording's, so
-    # the policy learns to correct a stale prefix (as an older chunk's plan is) from the
-    # observation instead of carrying it on; 0: every prefix is the recording's
-    rtc_training_lag_prob: float = 0.0
-    rtc_training_max_lag: float = 0.0
+    rtc_training_lag_prob: float = 0.0  # share of the prefixed examples whose prefix lags: the
+    # recorded chunk delayed by a lag ~ U(0, rtc_training_max_lag) ticks, while the rest of the
+    # chunk is the recording's, so the policy learns to correct a stale prefix (as an older
+    # chunk's plan is) from the observation instead of carrying it on; 0: every prefix is the
+    # recording's
+    rtc_training_max_lag: float = 0.0  # the largest such lag, in ticks
     relative_actions: bool = (
         False  # predict joint targets as offsets from the current state (not the gripper)
     )
